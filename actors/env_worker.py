@@ -1,0 +1,247 @@
+"""EnvWorker: a Ray actor that holds many concurrent tau2-telecom sessions; EnvPool: a set of them.
+
+Each worker parses the telecom domain once (TelecomWorld) and serves sessions by id. Every step returns,
+besides the observation, the tau2 messages it added; the pool keeps that log per session on the driver,
+so when a worker dies (OOM, node loss) Ray restarts it and the pool rebuilds the session from its task
+and log - tau2 replays every recorded tool call and checks the outputs - and retries the call.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+from envs.tau2_telecom.session import JudgeConfig, SessionLimits, TelecomSession
+from envs.tau2_telecom.tool_calls import ToolCallLimits
+from envs.tau2_telecom.users import LLMUser, ScriptedUser
+
+
+@dataclass(frozen=True)
+class EnvSettings:
+    """What a worker needs to build sessions; plain data so it travels to actors."""
+
+    policy: str = "manual"
+    limits: SessionLimits = SessionLimits()
+    call_limits: ToolCallLimits = ToolCallLimits()
+    user: str = "scripted"  # scripted | llm
+    user_llm: dict = field(default_factory=dict)  # LLMUser fields when user == "llm"
+    judge: dict = field(default_factory=dict)  # JudgeConfig fields; empty = no NL-assertion judge
+    world: str = "cached"  # "tau2_per_episode" builds every env with tau2's constructor (benchmark baseline)
+
+    @classmethod
+    def from_config(cls, cfg) -> EnvSettings:
+        """From the typed run config (rl.config.Config)."""
+        env = cfg.env
+        llm = {k: getattr(cfg.user_llm, k) for k in ("model", "base_url", "api_key", "temperature", "max_tokens")}
+        judge = {k: getattr(cfg.judge, k) for k in ("model", "base_url", "api_key", "temperature")}
+        return cls(policy=env.policy,
+                   limits=SessionLimits(max_turns=env.max_turns, max_errors=env.max_errors),
+                   call_limits=ToolCallLimits(max_calls_per_turn=env.max_calls_per_turn,
+                                              max_argument_chars=env.max_argument_chars),
+                   user=env.user, user_llm=llm if env.user == "llm" else {},
+                   judge=judge if cfg.judge.model else {})
+
+
+class EnvWorkerImpl:
+    """The actor's body, usable in-process too (tests, benchmarks)."""
+
+    def __init__(self, settings: EnvSettings):
+        from envs.tau2_telecom.world import get_world  # parse the domain inside the actor process
+
+        self.settings = settings
+        self.world = get_world(settings.policy, settings.call_limits, settings.world)
+        self.sessions: dict[str, TelecomSession] = {}
+
+    def _new_session(self) -> TelecomSession:
+        s = self.settings
+        user = LLMUser(**s.user_llm) if s.user == "llm" else ScriptedUser()
+        judge = JudgeConfig(**s.judge) if s.judge else None
+        return TelecomSession(self.world, s.limits, user=user, judge=judge)
+
+    def reset(self, sid: str, task: dict, mode: str) -> dict:
+        from envs.tau2_telecom import tau2_api as t2
+
+        session = self.sessions.get(sid) or self._new_session()
+        self.sessions[sid] = session
+        obs = session.reset(t2.Task.model_validate(task), mode)
+        return {"obs": obs.to_dict(), "log_delta": _dump(session.trajectory), "counters": _counters(session)}
+
+    def step(self, sid: str, turn: Any) -> dict:
+        session = self._session(sid)
+        n, n_rejected = len(session.trajectory), len(session.rejected)
+        obs = session.step(turn)
+        return {"obs": obs.to_dict(), "log_delta": _dump(session.trajectory[n:]),
+                "rejected_delta": session.rejected[n_rejected:], "counters": _counters(session)}
+
+    def evaluate(self, sid: str) -> dict:
+        return self._session(sid).evaluate().to_dict()
+
+    def restore(self, sid: str, log: dict) -> None:
+        fresh = self._new_session()
+        self.sessions[sid] = TelecomSession.restore(self.world, log, fresh.limits, user=fresh.user, judge=fresh.judge)
+
+    def run_batch(self, method: str, calls: list[tuple]) -> list[tuple[bool, Any]]:
+        """Many calls in one Ray round trip; each item is (ok, result or exception), so one bad
+        session does not fail the others."""
+        out = []
+        for args in calls:
+            try:
+                out.append((True, getattr(self, method)(*args)))
+            except Exception as e:
+                out.append((False, e))
+        return out
+
+    def close(self, sid: str) -> None:
+        self.sessions.pop(sid, None)
+
+    def num_sessions(self) -> int:
+        return len(self.sessions)
+
+    def _session(self, sid: str) -> TelecomSession:
+        if sid not in self.sessions:
+            raise SessionNotFound(f"no session {sid!r} on this worker (closed, or the worker restarted)")
+        return self.sessions[sid]
+
+
+class SessionNotFound(KeyError):
+    """Raised by a worker that does not hold the session - after a restart the pool rebuilds it."""
+
+
+def _dump(messages) -> list[dict]:
+    return [m.model_dump(mode="json") for m in messages]
+
+
+def _counters(s: TelecomSession) -> dict:
+    return {"turns": s.turns, "tool_errors": s.tool_errors, "done": s.done,
+            "termination": s.termination, "transferred": s.transferred}
+
+
+EnvWorker = ray.remote(num_cpus=0)(EnvWorkerImpl)
+"""Ray actor class. num_cpus=0: env steps are short and bursty; they should not hold a CPU slot that the
+vLLM engines and learners need."""
+
+
+# Ray re-raises a remote exception as a subclass of its original type, so SessionNotFound is caught too.
+_RETRYABLE = (RayActorError, ActorDiedError, ActorUnavailableError, SessionNotFound)
+
+
+@dataclass
+class _SessionRecord:
+    worker: int
+    task: dict
+    mode: str
+    trajectory: list[dict] = field(default_factory=list)
+    rejected: list[dict] = field(default_factory=list)
+    counters: dict = field(default_factory=dict)
+
+    def log(self) -> dict:
+        return {"task": self.task, "mode": self.mode, "trajectory": self.trajectory,
+                "rejected": self.rejected, "counters": self.counters}
+
+
+class EnvPool:
+    """Driver-side handle on N EnvWorker actors: routes sessions, keeps their logs, survives worker deaths."""
+
+    def __init__(self, settings: EnvSettings, num_workers: int = 2, max_restarts: int = 3):
+        self.settings = settings
+        self.max_restarts = max_restarts
+        self.workers = [EnvWorker.options(max_restarts=max_restarts, max_task_retries=0).remote(settings)
+                        for _ in range(num_workers)]
+        self.records: dict[str, _SessionRecord] = {}
+        self._ids = itertools.count()
+        self.recoveries = 0
+
+    # -- batch API: one Ray round trip per call for many sessions
+    def reset_many(self, tasks: list[Any], mode: str) -> list[tuple[str, dict]]:
+        """Start one session per task (tau2 Task or dict). Returns [(session_id, first observation)]."""
+        sids = []
+        for task in tasks:
+            sid = f"s{next(self._ids)}"
+            worker = min(range(len(self.workers)), key=lambda w: self._load(w))
+            d = task if isinstance(task, dict) else task.model_dump(mode="json")
+            self.records[sid] = _SessionRecord(worker=worker, task=d, mode=mode)
+            sids.append(sid)
+        outs = self._call_many("reset", [(sid, (sid, self.records[sid].task, mode)) for sid in sids])
+        for sid, out in zip(sids, outs):
+            self.records[sid].trajectory = out["log_delta"]
+            self.records[sid].counters = out["counters"]
+        return [(sid, out["obs"]) for sid, out in zip(sids, outs)]
+
+    def step_many(self, turns: list[tuple[str, Any]]) -> list[dict]:
+        outs = self._call_many("step", [(sid, (sid, turn)) for sid, turn in turns])
+        for (sid, _), out in zip(turns, outs):
+            rec = self.records[sid]
+            rec.trajectory.extend(out["log_delta"])
+            rec.rejected.extend(out["rejected_delta"])
+            rec.counters = out["counters"]
+        return [out["obs"] for out in outs]
+
+    def evaluate_many(self, sids: list[str]) -> list[dict]:
+        return self._call_many("evaluate", [(sid, (sid,)) for sid in sids])
+
+    def close_many(self, sids: list[str]) -> None:
+        self._call_many("close", [(sid, (sid,)) for sid in sids])
+        for sid in sids:
+            self.records.pop(sid, None)
+
+    # -- single-session conveniences
+    def reset(self, task, mode: str) -> tuple[str, dict]:
+        return self.reset_many([task], mode)[0]
+
+    def step(self, sid: str, turn: Any) -> dict:
+        return self.step_many([(sid, turn)])[0]
+
+    def evaluate(self, sid: str) -> dict:
+        return self.evaluate_many([sid])[0]
+
+    def log(self, sid: str) -> dict:
+        return self.records[sid].log()
+
+    def shutdown(self) -> None:
+        for w in self.workers:
+            ray.kill(w)
+        self.workers = []
+
+    def _load(self, w: int) -> int:
+        return sum(r.worker == w for r in self.records.values())
+
+    def _call_many(self, method: str, calls: list[tuple[str, tuple]]) -> list[Any]:
+        """`method(*args)` for each (session id, args), one batch per worker (one Ray round trip each)."""
+        by_worker: dict[int, list[int]] = {}
+        for i, (sid, _) in enumerate(calls):
+            by_worker.setdefault(self.records[sid].worker, []).append(i)
+        refs = {w: self.workers[w].run_batch.remote(method, [calls[i][1] for i in idx]) for w, idx in by_worker.items()}
+        results: list[Any] = [None] * len(calls)
+        for w, idx in by_worker.items():
+            try:
+                outcomes = ray.get(refs[w])
+            except _RETRYABLE:  # the worker died: every call in its batch is recovered one by one
+                outcomes = [(False, SessionNotFound("worker died"))] * len(idx)
+            for i, (ok, value) in zip(idx, outcomes):
+                if ok:
+                    results[i] = value
+                elif isinstance(value, _RETRYABLE) and calls[i][0] in self.records:
+                    results[i] = self._recover_and_retry(calls[i][0], method, calls[i][1])
+                else:
+                    raise value
+        return results
+
+    def _recover_and_retry(self, sid: str, method: str, args: tuple) -> Any:
+        """The worker died mid-call: wait for Ray to restart it, rebuild the session from its log, retry."""
+        worker = self.workers[self.records[sid].worker]
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if method != "reset":
+                    ray.get(worker.restore.remote(sid, self.records[sid].log()))
+                result = ray.get(getattr(worker, method).remote(*args))
+                self.recoveries += 1
+                return result
+            except _RETRYABLE:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)

@@ -1,0 +1,377 @@
+"""Typed run configuration: one dataclass schema, YAML + CLI overrides, validated on load.
+
+Layering: schema defaults <- YAML file (``--config``) <- ``key=value`` overrides.
+Every key is applied one at a time against the schema so that an unknown key, a
+wrong type or a bad value fails immediately with a ``ConfigError`` that names the
+dotted key, the value, what was expected and where it came from (``file:line`` or
+the override string).  OmegaConf keeps no line numbers, so we compose the YAML
+ourselves to recover them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "EnvConfig",
+    "EnvPoolConfig",
+    "LLMEndpointConfig",
+    "RayConfig",
+    "config_to_yaml",
+    "load_config",
+    "parse_cli",
+    "validate",
+]
+
+
+class ConfigError(ValueError):
+    """A config could not be loaded; the message is meant for the user, verbatim."""
+
+
+# --------------------------------------------------------------------------- schema
+# Fields use typing.Optional, not ``X | None``: omegaconf 2.3 rejects PEP 604 unions.
+
+
+@dataclass
+class EnvConfig:
+    """The tau2 telecom environment an episode runs in."""
+
+    mode: str = "solo"  # solo: the agent also runs the phone's tools; dual: a simulated customer does
+    user: str = "scripted"  # customer simulator in dual mode: scripted | llm
+    policy: str = "manual"  # which of tau2's two tech-support policies the agent follows: manual | workflow
+    split: str = "train"  # tau2 task split: small | train | test | base | full
+    tasks_file: Optional[str] = None  # a tau2 task JSON file; overrides split when set
+    max_turns: int = 30  # agent turns per episode
+    max_errors: int = 10  # tool-call errors before the episode ends (tau2's default)
+    max_calls_per_turn: int = 8  # tool calls the agent may make in one turn
+    max_argument_chars: int = 4096  # longest serialized tool-call arguments accepted
+
+
+@dataclass
+class LLMEndpointConfig:
+    """An OpenAI-compatible chat endpoint reached through litellm."""
+
+    model: str = ""  # litellm model name, e.g. "openai/Qwen3-4B"; "" = not configured
+    base_url: str = ""  # OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1
+    api_key: str = "EMPTY"  # local servers accept any key
+    temperature: float = 0.0  # sampling temperature
+    max_tokens: int = 512  # completion length cap per call
+
+
+@dataclass
+class EnvPoolConfig:
+    """The Ray actors hosting environment sessions."""
+
+    num_workers: int = 2  # EnvWorker actors
+    sessions_per_worker: int = 64  # concurrent episodes one worker hosts
+    max_restarts: int = 3  # Ray restarts of a crashed EnvWorker
+
+
+@dataclass
+class RayConfig:
+    """How to reach (or start) the Ray cluster."""
+
+    address: Optional[str] = None  # None = start a local cluster
+    num_cpus: Optional[int] = None  # CPUs for a local cluster; None = all
+
+
+@dataclass
+class Config:
+    seed: int = 0  # global RNG seed
+    run_dir: str = "runs/default"  # where logs, checkpoints and the config snapshot go
+    env: EnvConfig = field(default_factory=EnvConfig)
+    user_llm: LLMEndpointConfig = field(default_factory=LLMEndpointConfig)  # simulated customer when env.user == "llm"
+    judge: LLMEndpointConfig = field(default_factory=LLMEndpointConfig)  # NL-assertion judge; disabled when model == ""
+    env_pool: EnvPoolConfig = field(default_factory=EnvPoolConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+# ----------------------------------------------------------------------- validation
+# A check returns None when the value is fine, else a phrase saying what was expected.
+Check = Callable[[Any], str | None]
+
+
+def one_of(*choices: Any) -> Check:
+    return lambda v: None if v in choices else "one of: " + ", ".join(map(str, choices))
+
+
+def positive(v: Any) -> str | None:
+    return None if v > 0 else "a value > 0"
+
+
+def non_negative(v: Any) -> str | None:
+    return None if v >= 0 else "a value >= 0"
+
+
+def non_empty(v: Any) -> str | None:
+    return None if v else "a non-empty string"
+
+
+def optional(check: Check) -> Check:
+    return lambda v: None if v is None else check(v)
+
+
+# Per-field rules, keyed by section type so a section reused under several keys
+# (user_llm, judge) is checked everywhere.  New sections add a row here.
+RULES: dict[type, dict[str, Check]] = {
+    Config: {"run_dir": non_empty},
+    EnvConfig: {
+        "mode": one_of("solo", "dual"),
+        "user": one_of("scripted", "llm"),
+        "policy": one_of("manual", "workflow"),
+        "split": one_of("small", "train", "test", "base", "full"),
+        "tasks_file": optional(non_empty),
+        "max_turns": positive,
+        "max_errors": positive,
+        "max_calls_per_turn": positive,
+        "max_argument_chars": positive,
+    },
+    LLMEndpointConfig: {"temperature": non_negative, "max_tokens": positive},
+    EnvPoolConfig: {"num_workers": positive, "sessions_per_worker": positive, "max_restarts": non_negative},
+    RayConfig: {"num_cpus": optional(positive)},
+}
+
+
+class _Invalid(Exception):
+    """Internal: a failed rule, before load_config adds where the value came from."""
+
+    def __init__(self, key: str, value: Any, expected: str, related: str | None = None):
+        super().__init__(key)
+        self.key, self.value, self.expected, self.related = key, value, expected, related
+
+
+def _llm_user_needs_model(cfg: Config) -> None:
+    if cfg.env.user == "llm" and not cfg.user_llm.model:
+        raise _Invalid("user_llm.model", cfg.user_llm.model,
+                       "a litellm model name because env.user is 'llm'", related="env.user")
+
+
+# Rules spanning several keys; each raises _Invalid.
+CROSS_RULES: list[Callable[[Config], None]] = [_llm_user_needs_model]
+
+
+def _check(obj: Any, prefix: str = "") -> None:
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), prefix + f.name
+        if dataclasses.is_dataclass(value):
+            _check(value, key + ".")
+            continue
+        rule = RULES.get(type(obj), {}).get(f.name)
+        try:
+            expected = rule(value) if rule else None
+        except TypeError:  # a hand-built Config can hold any type; loaded ones are already typed
+            expected = f"a value of type {f.type}"
+        if expected:
+            raise _Invalid(key, value, expected)
+
+
+def _validate(cfg: Config) -> None:
+    _check(cfg)
+    for rule in CROSS_RULES:
+        rule(cfg)
+
+
+def validate(cfg: Config) -> Config:
+    """Check value constraints the type system cannot express; raises ConfigError."""
+    try:
+        _validate(cfg)
+    except _Invalid as e:
+        raise ConfigError(_message(e.key, e.value, e.expected)) from None
+    return cfg
+
+
+# ---------------------------------------------------------------------- loading
+
+_UNSET = object()
+
+
+def _message(key: str, value: Any = _UNSET, expected: str = "", where: str = "") -> str:
+    msg = f"{where}: " if where else ""
+    msg += f"config key '{key}'"
+    if value is not _UNSET:
+        msg += f": got {value!r}"
+    if expected:
+        msg += f", expected {expected}"
+    return msg
+
+
+def _describe(tp: Any) -> str:
+    """Human phrase for a schema annotation, for 'expected ...' messages."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (Union, types.UnionType) and type(None) in args:
+        inner = [a for a in args if a is not type(None)]
+        return _describe(inner[0]) + " or null"
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, getattr(tp, "__name__", str(tp)))
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+# A source maps a key path to a location string, e.g. "configs/x.yaml:7" or "override 'a=b'".
+Where = Callable[[tuple[str, ...]], str]
+
+
+def _apply(node: DictConfig, cls: type, data: dict, prefix: tuple[str, ...], where: Where,
+           provenance: dict[str, str]) -> None:
+    """Set ``data`` into the schema-backed ``node`` key by key, so errors name the exact key."""
+    hints = _hints(cls)
+    for raw_key, value in data.items():
+        key = str(raw_key)
+        path = prefix + (key,)
+        dotted = ".".join(path)
+        if key not in hints:
+            raise ConfigError(_message(dotted, where=where(path))
+                              + f" is unknown; expected one of: {', '.join(hints)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp) and value is None:
+            continue  # "env:" with every key commented out means "no changes", not "delete section"
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            _apply(node[key], tp, value, path, where, provenance)
+            continue
+        try:
+            node[key] = value
+        except OmegaConfBaseException:
+            raise ConfigError(_message(dotted, value, _describe(tp), where(path))) from None
+        provenance[dotted] = where(path)
+
+
+def _yaml_lines(text: str, path: str) -> dict[tuple[str, ...], int]:
+    """1-based line of every key path in a YAML mapping document; raises ConfigError on bad YAML."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else path
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
+    if root is None:
+        return {}
+    if not isinstance(root, yaml.MappingNode):
+        raise ConfigError(f"{path}:{root.start_mark.line + 1}: top level must be a mapping of config keys")
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(node: yaml.MappingNode, prefix: tuple[str, ...]) -> None:
+        for k, v in node.value:
+            p = prefix + (str(k.value),)
+            if p in lines:  # PyYAML silently keeps the last duplicate; a typo'd copy would hide
+                raise ConfigError(f"{path}:{k.start_mark.line + 1}: duplicate config key "
+                                  f"'{'.'.join(p)}' (first at line {lines[p]})")
+            lines[p] = k.start_mark.line + 1
+            if isinstance(v, yaml.MappingNode):
+                walk(v, p)
+
+    walk(root, ())
+    return lines
+
+
+def _file_where(path: str, lines: dict[tuple[str, ...], int]) -> Where:
+    def where(key_path: tuple[str, ...]) -> str:
+        # Longest prefix that is a real key: a bad value under an unknown section points at the section.
+        for n in range(len(key_path), 0, -1):
+            if key_path[:n] in lines:
+                return f"{path}:{lines[key_path[:n]]}"
+        return path
+    return where
+
+
+def _load_file(schema: DictConfig, path: str, provenance: dict[str, str]) -> None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    lines = _yaml_lines(text, path)
+    try:
+        # OmegaConf's YAML loader, so values parse exactly as in dotlist overrides (e.g. 1e-3 is a float).
+        data = OmegaConf.to_container(OmegaConf.create(text), resolve=False) if lines else {}
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{path}: {str(e).splitlines()[0]}") from None
+    _apply(schema, Config, data, (), _file_where(path, lines), provenance)
+
+
+_KEY_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+def _apply_override(schema: DictConfig, override: str, provenance: dict[str, str]) -> None:
+    def where(_path: tuple[str, ...]) -> str:
+        return f"command-line override '{override}'"
+
+    key, sep, raw = override.partition("=")
+    key = key.strip()
+    if not sep or not _KEY_RE.match(key):
+        raise ConfigError(f"{where(())}: expected key=value with a dotted key, e.g. env.max_turns=5")
+    if raw == "":
+        value: Any = ""  # "judge.model=" means the empty string, not null
+    else:
+        try:  # OmegaConf's own value parsing: 5 -> int, null -> None, [a,b] -> list
+            value = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={raw}"]), resolve=False)["v"]
+        except Exception as e:  # noqa: BLE001 - any parse failure is the user's override
+            raise ConfigError(f"{where(())}: cannot parse value {raw!r}: {str(e).splitlines()[0]}") from None
+    nested: Any = value
+    for part in reversed(key.split(".")):
+        nested = {part: nested}
+    _apply(schema, Config, nested, (), where, provenance)
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Schema defaults <- YAML at ``path`` <- ``key=value`` overrides; typed and validated."""
+    schema = OmegaConf.structured(Config)
+    provenance: dict[str, str] = {}  # dotted key -> where its current value was set
+    if path is not None:
+        _load_file(schema, str(path), provenance)
+    for override in overrides or []:
+        _apply_override(schema, override, provenance)
+    try:
+        cfg = OmegaConf.to_object(schema)  # resolves ${...} interpolations, if any
+    except OmegaConfBaseException as e:
+        key = e.full_key or "?"
+        raise ConfigError(_message(key, where=provenance.get(key, ""))
+                          + f": {str(e).splitlines()[0]}") from None
+    assert isinstance(cfg, Config)
+    try:
+        _validate(cfg)
+    except _Invalid as e:
+        # Point at where the bad key was set, else at the key that made it required.
+        where = provenance.get(e.key) or provenance.get(e.related or "", "")
+        raise ConfigError(_message(e.key, e.value, e.expected, where)) from None
+    return cfg
+
+
+def config_to_yaml(cfg: Config) -> str:
+    """YAML snapshot of a loaded config; ``load_config`` on it gives an equal Config."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def parse_cli(argv: list[str] | None = None, description: str = "") -> tuple[Config, argparse.Namespace]:
+    """``prog [--config PATH] [key=value ...]``; a bad config exits 2 with the message on stderr."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", metavar="PATH", default=None, help="YAML config file (see configs/)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="dotted overrides applied after the file, e.g. env.max_turns=5")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"{parser.prog}: config error: {e}", file=sys.stderr)
+        sys.exit(2)
+    return cfg, args

@@ -1,0 +1,31 @@
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+TAU2_SHARED = SHARED / "tau2-telecom"
+
+
+def shared_file(name: str) -> Path:
+    """A file from ../shared/tau2-telecom (read there; never copied into the repo)."""
+    path = TAU2_SHARED / name
+    if not path.exists():
+        pytest.skip(f"{path} not available")
+    return path
+
+
+@pytest.fixture(scope="session")
+def world():
+    from envs.tau2_telecom.world import get_world
+
+    return get_world()
+
+
+@pytest.fixture(scope="session")
+def tasks_by_id():
+    from envs.tau2_telecom.tasks import load_split
+
+    return {t.id: t for t in load_split("base") + load_split("small")}
