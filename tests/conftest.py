@@ -29,3 +29,18 @@ def tasks_by_id():
     from envs.tau2_telecom.tasks import load_split
 
     return {t.id: t for t in load_split("base") + load_split("small")}
+
+REPO_ROOT = str(Path(__file__).resolve().parents[1])
+
+
+def cleanup_vllm_shm() -> None:
+    """vLLM engines torn down abruptly leave /dev/shm segments behind (see ../shared/notes); remove ours."""
+    import glob
+    import os as _os
+
+    for path in glob.glob("/dev/shm/psm_*") + glob.glob("/dev/shm/sem.mp-*"):
+        try:
+            if _os.stat(path).st_uid == _os.getuid():
+                _os.unlink(path)
+        except OSError:
+            pass

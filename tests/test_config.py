@@ -59,7 +59,7 @@ def test_test_tiny_yaml_loads():
     cfg = load_config(str(CONFIGS / "test_tiny.yaml"))
     assert cfg.env.split == "small"
     assert cfg.env_pool.num_workers == 1
-    assert cfg.env.max_turns == 12
+    assert cfg.env.max_turns == 4 and cfg.model.name == "tiny" and cfg.learner.num_ranks == 2
     assert cfg.env.policy == "manual"  # untouched keys keep schema defaults
 
 
@@ -124,11 +124,11 @@ def test_unknown_section_with_children_points_at_section(tmp_path):
     path = write(tmp_path, """
         env:
           mode: solo
-        learner:
+        trainer:
           lr: 0.1
     """)
     msg = load_error(str(path))
-    assert "'learner'" in msg and f"{path}:3" in msg
+    assert "'trainer'" in msg and f"{path}:3" in msg
 
 
 def test_wrong_type_names_key_value_expected_and_line(tmp_path):

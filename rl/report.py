@@ -1,0 +1,53 @@
+"""report.png from metrics.jsonl: reward, success, per-component rewards, step-time breakdown."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+TIME_KEYS = ("time/generate", "time/env", "time/reward", "time/train", "time/sync")
+
+
+def write_report(metrics: list[dict], path: str | Path) -> Path:
+    steps = [m["step"] for m in metrics]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    ax = axes[0][0]
+    ax.plot(steps, [m.get("reward/mean", 0) for m in metrics], marker="o", label="reward (mixed)")
+    ax.plot(steps, [m.get("reward/tau2", 0) for m in metrics], marker=".", label="tau2 reward")
+    ax.set_title("reward")
+    ax.legend()
+    ax = axes[0][1]
+    ax.plot(steps, [m.get("success_rate", 0) for m in metrics], marker="o", color="green")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title("success rate (tau2)")
+    ax = axes[1][0]
+    for key in ("reward/env_assertions", "reward/actions", "reward/penalty"):
+        ax.plot(steps, [m.get(key, 0) for m in metrics], marker=".", label=key.split("/")[1])
+    ax.set_title("reward components")
+    ax.legend()
+    ax = axes[1][1]
+    bottom = [0.0] * len(steps)
+    for key in TIME_KEYS:
+        vals = [m.get(key, 0.0) for m in metrics]
+        ax.bar(steps, vals, bottom=bottom, label=key.split("/")[1])
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax.set_title("step time (s)")
+    ax.legend()
+    for a in axes.flat:
+        a.set_xlabel("step")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+if __name__ == "__main__":
+    run = Path(sys.argv[1])
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    print(write_report(rows, run / "report.png"))

@@ -1,0 +1,103 @@
+"""The run directory: config snapshot, git revision, metrics (JSONL + TensorBoard), trajectories, checkpoints.
+
+    runs/<name>/
+      config.yaml        the resolved config (API keys redacted)
+      meta.json          git revision, start time, host, command line
+      metrics.jsonl      one line per step (appended across resumes)
+      trajectories.jsonl every episode: task, reward, components, conversation
+      tb/                TensorBoard event files
+      checkpoints/step_N learner shards + driver state; `latest` names the newest
+      report.png         reward, success, components, step-time breakdown
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rl.config import Config, config_to_yaml
+
+
+def git_revision() -> str:
+    try:
+        here = Path(__file__).resolve().parent
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=10)
+        return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if rev.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _redacted_yaml(cfg: Config) -> str:
+    lines = []
+    for line in config_to_yaml(cfg).splitlines():
+        key, sep, value = line.partition(":")
+        if key.strip() == "api_key" and value.strip() not in ("", "EMPTY"):
+            line = f"{key}{sep} '***'"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+class RunDir:
+    def __init__(self, cfg: Config, resume: bool = False):
+        self.path = Path(cfg.run_dir)
+        if self.path.exists() and any(self.path.iterdir()) and not resume:
+            raise FileExistsError(f"{self.path} already holds a run; pass --resume to continue it, "
+                                  f"or choose another run_dir=...")
+        (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (self.path / "config.yaml").write_text(_redacted_yaml(cfg))
+        meta = {"git": git_revision(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "host": platform.node(),
+                "argv": sys.argv, "resumed": resume}
+        with open(self.path / "meta.json", "a") as fh:
+            fh.write(json.dumps(meta) + "\n")
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(str(self.path / "tb"))
+
+    def log_metrics(self, step: int, metrics: dict) -> None:
+        with open(self.path / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps({"step": step, **metrics}) + "\n")
+        for k, v in metrics.items():
+            if isinstance(v, (int, float)):
+                self.tb.add_scalar(k, v, step)
+        self.tb.flush()
+
+    def log_trajectories(self, step: int, trajectories: list[dict], scores: list[dict]) -> None:
+        with open(self.path / "trajectories.jsonl", "a") as fh:
+            for t, s in zip(trajectories, scores):
+                row = {"step": step, "task_id": t["task_id"], "group": t["group"], "reward": s["reward"],
+                       "components": s["components"], "turns": t["turns"], "truncated": t["truncated"],
+                       "termination": t["termination"], "tokens": len(t["token_ids"]),
+                       "generated_tokens": sum(t["loss_mask"]), "messages": t["messages"]}
+                fh.write(json.dumps(row) + "\n")
+
+    def metrics(self) -> list[dict]:
+        path = self.path / "metrics.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    # -- checkpoints
+    def checkpoint_dir(self, step: int) -> Path:
+        return self.path / "checkpoints" / f"step_{step}"
+
+    def mark_latest(self, step: int, keep: int) -> None:
+        tmp = self.path / "checkpoints" / "latest.tmp"
+        tmp.write_text(str(step))
+        os.replace(tmp, self.path / "checkpoints" / "latest")  # atomic: a crash never leaves a bad pointer
+        steps = sorted(int(p.name.split("_")[1]) for p in (self.path / "checkpoints").glob("step_*"))
+        for old in steps[:-keep]:
+            shutil.rmtree(self.checkpoint_dir(old), ignore_errors=True)
+
+    def latest_checkpoint(self) -> tuple[int, Path] | None:
+        pointer = self.path / "checkpoints" / "latest"
+        if not pointer.exists():
+            return None
+        step = int(pointer.read_text().strip())
+        return step, self.checkpoint_dir(step)
+
+    def close(self) -> None:
+        self.tb.close()
