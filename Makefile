@@ -33,7 +33,7 @@ DEMO_DIR ?= runs/demo
 demo: install
 	rm -rf $(DEMO_DIR)
 	$(PY) -m envs.tau2_telecom.replay --split small
-	$(PY) -m rl.sft --config configs/laptop.yaml run_dir=$(DEMO_DIR) --epochs 1 --limit 8 --batch-size 4 \
+	$(PY) -m rl.sft --config configs/laptop.yaml run_dir=$(DEMO_DIR) --epochs 1 --limit 2 --batch-size 2 \
 		--lr 2e-5 --out $(DEMO_DIR)/sft_model
 	$(PY) -m rl.train --config configs/laptop.yaml run_dir=$(DEMO_DIR)/grpo model.name=$(DEMO_DIR)/sft_model
 

@@ -8,6 +8,7 @@ and log - tau2 replays every recorded tool call and checks the outputs - and ret
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -160,16 +161,20 @@ class EnvPool:
         self._ids = itertools.count()
         self._prefix = prefix
         self.recoveries = 0
+        # Guards the bookkeeping only, never a Ray call: a rollout worker calls the pool from many threads
+        # at once (one per episode in flight) and their round trips must overlap, not queue.
+        self._lock = threading.Lock()
 
     # -- batch API: one Ray round trip per call for many sessions
     def reset_many(self, tasks: list[Any], mode: str) -> list[tuple[str, dict]]:
         """Start one session per task (tau2 Task or dict). Returns [(session_id, first observation)]."""
         sids = []
         for task in tasks:
-            sid = f"{self._prefix}{next(self._ids)}"
-            worker = min(range(len(self.workers)), key=lambda w: self._load(w))
             d = task if isinstance(task, dict) else task.model_dump(mode="json")
-            self.records[sid] = _SessionRecord(worker=worker, task=d, mode=mode)
+            with self._lock:
+                sid = f"{self._prefix}{next(self._ids)}"
+                worker = min(range(len(self.workers)), key=lambda w: self._load(w))
+                self.records[sid] = _SessionRecord(worker=worker, task=d, mode=mode)
             sids.append(sid)
         outs = self._call_many("reset", [(sid, (sid, self.records[sid].task, mode)) for sid in sids])
         for sid, out in zip(sids, outs):
@@ -191,8 +196,9 @@ class EnvPool:
 
     def close_many(self, sids: list[str]) -> None:
         self._call_many("close", [(sid, (sid,)) for sid in sids])
-        for sid in sids:
-            self.records.pop(sid, None)
+        with self._lock:
+            for sid in sids:
+                self.records.pop(sid, None)
 
     # -- single-session conveniences
     def reset(self, task, mode: str) -> tuple[str, dict]:

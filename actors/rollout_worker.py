@@ -91,7 +91,6 @@ class RolloutWorkerImpl:
         self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kw))
         self.eos_id = self.tokenizer.eos_token_id
         self.env = EnvPool(self.env_settings, workers=self.env_workers, prefix=f"{self.name}-") if self.env_workers else None
-        self._env_lock = asyncio.Lock()
         return {"seconds": time.perf_counter() - t0, "device": "cuda" if on_gpu else "cpu", "pid": os.getpid()}
 
     # ------------------------------------------------------------- generation
@@ -150,8 +149,9 @@ class RolloutWorkerImpl:
         return self.encode(after[len(before):])
 
     async def _env(self, method: str, *args):
-        async with self._env_lock:  # the pool's bookkeeping is not thread-safe; env calls take ~1 ms
-            return await asyncio.to_thread(getattr(self.env, method), *args)
+        # The pool is synchronous (ray.get) and thread-safe; a thread per call keeps the event loop - and the
+        # other episodes' generation - running while this episode waits on its environment.
+        return await asyncio.to_thread(getattr(self.env, method), *args)
 
     async def run_episode(self, task: dict, group: int, greedy: bool = False) -> Trajectory:
         s = self.settings

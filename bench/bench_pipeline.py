@@ -127,10 +127,9 @@ def bench_agent_vs_raw(worker, jobs: list[dict], rounds: int) -> dict:
                      # Inside the episodes (summed over episodes, so concurrent waits count once per episode):
                      "episode_generate_s": sum(t["timings"]["generate_s"] for t in trajs),
                      "episode_env_s": sum(t["timings"]["env_s"] for t in trajs)})
-    for r in rows:
+    for r in rows:  # per round the arms did the same work, so the paired per-round ratio is the one to read
         for arm in ("agent", "raw_batched", "raw_dependent"):
             r[f"{arm}_tok_s"] = r["tokens"] / r[f"{arm}_s"]
-    for r in rows:  # per round the arms did the same work, so the paired per-round ratio is the one to read
         r["ratio_vs_dependent"] = r["agent_tok_s"] / r["raw_dependent_tok_s"]
         r["ratio_vs_batched"] = r["agent_tok_s"] / r["raw_batched_tok_s"]
     return {"episodes": len(jobs), "rounds": rows,
@@ -322,7 +321,15 @@ def main(argv=None) -> dict:
     tasks = load_split("small")
     report: dict = {"model": "tiny", "mode": MODE, "prompt": ENV.prompt, "max_new_tokens": args.max_new_tokens,
                     "rounds": args.rounds, "cpus": os.cpu_count(), "load_avg_start": os.getloadavg()}
-    t_start = time.perf_counter()
+    t_start = last = time.perf_counter()
+    sections = report["sections_s"] = {}  # where the run's wall time goes (engine starts dominate)
+
+    def lap(name: str) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        sections[name] = round(now - last, 1)
+        last = now
+
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
     try:
@@ -334,18 +341,23 @@ def main(argv=None) -> dict:
         jobs = [{"task": t.model_dump(mode="json"), "group": i} for i, t in enumerate(tasks[: args.episodes])]
         _, warm = agent_arm(worker, jobs)  # warm-up: first-request costs out of the timings
         raw_batched_arm(worker, turn_workload(warm))
+        lap("setup")
         report["agent_vs_raw"] = bench_agent_vs_raw(worker, jobs, args.rounds)
         report["host_overhead"] = host_overhead_ms(model_path, warm, get_world().tool_schemas(MODE, compact=True))
         report["host_overhead"]["env_call_ms_median"] = env_call_ms(env, warm)
+        lap("agent_vs_raw")
         hf_tasks = tasks[: args.hf_episodes or args.episodes]
         report["agent_vs_naive_hf"] = bench_agent_vs_naive(worker, model_path, hf_tasks, min(3, args.rounds),
                                                            args.max_new_tokens)
+        lap("agent_vs_naive_hf")
         ray.get(worker.shutdown.remote())
         env.shutdown()
     finally:
         ray.shutdown()
+    lap("teardown")
     if not args.skip_step:
         report["step_breakdown"] = bench_step_breakdown()
+        lap("step_breakdown")
     report["shm_segments_removed"] = cleanup_shm(shm_before)
     report["total_s"] = round(time.perf_counter() - t_start, 1)
     report["load_avg_end"] = os.getloadavg()
@@ -370,9 +382,9 @@ def _print(r: dict) -> None:
           f"tokens, prompts ~{last['mean_prompt_tokens']} tokens per round), generated tokens/s:")
     print(f"   agent loop {a['tok_s']['agent']:>8}   raw, same turn order {a['tok_s']['raw_dependent']:>8}   "
           f"raw, all turns at once {a['tok_s']['raw_batched']:>8}")
-    print(f"   agent / raw (same turn order)  {a['ratio_vs_dependent']:.2f}  (goal >= 0.85: "
+    print(f"   agent / raw (same turn order)  {a['ratio_vs_dependent']:.3f}  (goal >= 0.85: "
           f"{_goal(a['ratio_vs_dependent'] >= 0.85)})  <- headline: same work, same dependencies")
-    print(f"   agent / raw (all turns at once) {a['ratio_vs_batched']:.2f}  (upper bound on raw: turns of one episode "
+    print(f"   agent / raw (all turns at once) {a['ratio_vs_batched']:.3f}  (upper bound on raw: turns of one episode "
           f"run in parallel there, impossible in an episode)")
     h = r["host_overhead"]
     print(f"   host CPU per turn in the actor's event loop (observation_ids: 2 template renders + encode): "
@@ -395,7 +407,8 @@ def _print(r: dict) -> None:
               f"sync {100 * fr['sync']:.1f}% (goal < 10%: {_goal(fr['sync'] < 0.10)})")
         print("   (time/env is the driver's own metric: per-episode env_s summed, which counts the episodes' waits for "
               "the worker's env lock - compare the env lines of 1.)")
-    print(f"total {r['total_s']} s; /dev/shm segments removed: {r['shm_segments_removed']}")
+    parts = ", ".join(f"{k} {v}" for k, v in r["sections_s"].items())
+    print(f"total {r['total_s']} s ({parts}); /dev/shm segments removed: {r['shm_segments_removed']}")
 
 
 if __name__ == "__main__":

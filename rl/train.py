@@ -130,8 +130,6 @@ class Trainer:
         jobs = [{"task": self.tasks_by_id(tid), "group": g} for g, tid in enumerate(task_ids) for _ in range(group_size)]
         shards = [jobs[i:: len(self.rollout)] for i in range(len(self.rollout))]
         outs = ray.get([w.rollout.remote(shard, greedy) for w, shard in zip(self.rollout, shards) if shard])
-        # Env calls are serialised within a rollout worker, so their summed time is wall time the env was busy.
-        self.last_env_busy = max(sum(t["timings"]["env_s"] for t in out) for out in outs)
         return [t for out in outs for t in out]
 
     def tasks_by_id(self, tid: str) -> dict:
@@ -142,9 +140,11 @@ class Trainer:
         t0 = time.perf_counter()
         trajs = self.rollout_batch(self.cursor.take(cfg.train.tasks_per_step), cfg.algorithm.group_size)
         rollout_wall = time.perf_counter() - t0
-        # Split the rollout's wall time into env-busy time and the rest (generation, which overlaps env calls
-        # of other episodes - so "generate" is a lower bound and "env" an upper bound on the env's share).
-        timings["time/env"] = min(self.last_env_busy, rollout_wall)
+        # Episodes run concurrently, each alternating generation and env calls; split the rollout's wall time
+        # by the average share of an episode's own time spent waiting on its environment.
+        env_share = sum(t["timings"]["env_s"] / max(1e-9, t["timings"]["env_s"] + t["timings"]["generate_s"])
+                        for t in trajs) / max(1, len(trajs))
+        timings["time/env"] = rollout_wall * env_share
         timings["time/generate"] = rollout_wall - timings["time/env"]
 
         t0 = time.perf_counter()
@@ -158,6 +158,8 @@ class Trainer:
         keep = (algorithms.drop_zero_variance_groups(rewards, groups) if cfg.algorithm.drop_zero_variance_groups
                 else torch.ones(len(trajs), dtype=torch.bool))
         kept = [i for i in range(len(trajs)) if keep[i] and sum(trajs[i]["loss_mask"]) > 0]
+        if cfg.algorithm.kl_coef == 0:  # an all-zero advantage gives a zero gradient: don't pay for the step
+            kept = [i for i in kept if bool(adv[i].abs().sum() > 0)]
 
         t0 = time.perf_counter()
         learner_metrics: dict = {}
