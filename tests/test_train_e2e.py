@@ -48,12 +48,13 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
     try:
         probe = trainer.rollout_batch(sorted(trainer.tasks)[:1], 1)[0]["token_ids"][:200]
         before = ray.get(trainer.learner.state_dict_ref())
-        grad_norms = []
+        trained = []
         for _ in range(2):
             m = trainer.train_step()
-            assert math.isfinite(m["learner/loss"]) and m["train/sequences"] > 0 and m["sync/bytes"] > 0
-            grad_norms.append(m["learner/grad_norm"])
-        assert max(grad_norms) > 0, "no reward variance within any group: nothing to learn from"
+            if m["train/sequences"]:  # a step whose groups all tied has no signal and is skipped
+                assert math.isfinite(m["learner/loss"]) and m["learner/grad_norm"] > 0 and m["sync/bytes"] > 0
+                trained.append(m)
+        assert trained, "no reward variance within any group in two steps: nothing to learn from"
         after = ray.get(trainer.learner.state_dict_ref())
         changed = [k for k in before if not torch.equal(before[k], after[k])]
         assert len(changed) > len(before) // 2, "most weight tensors should move after two steps"
