@@ -35,6 +35,7 @@ __all__ = [
     "ModelConfig",
     "RayConfig",
     "RewardConfig",
+    "RewardModelConfig",
     "RolloutConfig",
     "TrainConfig",
     "config_to_yaml",
@@ -147,13 +148,50 @@ class AlgorithmConfig:
 
 @dataclass
 class RewardConfig:
-    """How the reward actor mixes its components (all logged every step)."""
+    """How the reward actor mixes its components (all logged every step; rl/rewards.py).
+
+    checks = task_weight * tau2 + env_assertion_weight * env_assertions + action_weight * actions - penalty
+    soft   = rm_weight * rm (learned score, normalised to [0, 1]) + judge_weight * judge (NL assertions met)
+    mixing: weighted        reward = checks + soft
+            gated           reward = checks + soft squeezed below half the smallest gap between distinct check
+                            scores of the same task in the batch: the soft score only orders episodes with the
+                            same verified outcome and can never flip two that differ
+            multiplicative  reward = checks * (1 - w + soft), w = rm_weight + judge_weight <= 1: soft scales a
+                            verified reward, never creates one
+    """
 
     task_weight: float = 1.0  # tau2's verifiable reward (0/1 per reward_basis)
     env_assertion_weight: float = 0.0  # partial credit: fraction of env assertions met
     action_weight: float = 0.0  # partial credit: fraction of required actions performed
-    malformed_call_penalty: float = 0.0  # subtracted per rejected tool call
+    malformed_call_penalty: float = 0.0  # subtracted per rejected tool call (the format component)
     max_penalty: float = 1.0  # cap on the total malformed-call penalty
+    mixing: str = "weighted"  # weighted | gated | multiplicative
+    rm_path: Optional[str] = None  # HF folder written by `python -m rl.rm_train`; None = no learned score
+    rm_weight: float = 0.0  # weight of the learned score (needs rm_path)
+    rm_normalization: str = "train_stats"  # train_stats: sigmoid of the z-score by the RM's training scores | batch
+    rm_max_len: int = 2048  # tokens the RM sees per episode (the start is cut: outcomes sit at the end)
+    judge_weight: float = 0.0  # weight of the LLM judge's NL-assertion score (needs judge.model)
+    judge_votes: int = 1  # judge samples per assertion; the majority decides (ties: not met)
+    judge_seed: int = 0  # seeds the order in which assertions are shown to the judge
+
+
+@dataclass
+class RewardModelConfig:
+    """Bradley-Terry reward model training (python -m rl.rm_train) on pairs in OpenRLHF's JSONL layout."""
+
+    base_model: str = "tiny"  # causal LM the scalar head goes on: tiny | smollm2-135m | a local HF folder | hub id
+    train_file: str = ""  # pairs JSONL: {"prompt": [...], "chosen": [...], "rejected": [...], "subset": ...}
+    eval_file: Optional[str] = None  # pairs JSONL evaluated after training (rl.rm_eval report)
+    out: Optional[str] = None  # where the trained RM goes; None = <run_dir>/rm
+    epochs: int = 1
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    batch_size: int = 16  # pairs per optimizer step (all ranks)
+    micro_batch_size: int = 4  # pairs per forward/backward on one rank
+    num_ranks: int = 2  # DeepSpeed ZeRO-3 ranks (Ray actors)
+    max_len: int = 1024  # tokens per side; longer conversations lose their start
+    margin_scale: float = 0.0  # loss -log sigmoid(r_chosen - r_rejected - margin_scale * margin)
+    gradient_checkpointing: bool = False
 
 
 @dataclass
@@ -182,6 +220,7 @@ class Config:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    rm: RewardModelConfig = field(default_factory=RewardModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -239,7 +278,14 @@ RULES: dict[type, dict[str, Check]] = {
                       "clip_eps": positive, "clip_eps_high": optional(positive), "kl_coef": non_negative,
                       "kl_kind": one_of("k1", "k2", "k3"),
                       "aggregation": one_of("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")},
-    RewardConfig: {"malformed_call_penalty": non_negative, "max_penalty": non_negative},
+    RewardConfig: {"malformed_call_penalty": non_negative, "max_penalty": non_negative,
+                   "mixing": one_of("weighted", "gated", "multiplicative"), "rm_path": optional(non_empty),
+                   "rm_weight": non_negative, "rm_normalization": one_of("train_stats", "batch"),
+                   "rm_max_len": positive, "judge_weight": non_negative, "judge_votes": positive},
+    RewardModelConfig: {"base_model": non_empty, "eval_file": optional(non_empty), "out": optional(non_empty),
+                        "epochs": positive, "lr": positive, "weight_decay": non_negative, "batch_size": positive,
+                        "micro_batch_size": positive, "num_ranks": positive, "max_len": positive,
+                        "margin_scale": non_negative},
     TrainConfig: {"steps": positive, "tasks_per_step": positive, "checkpoint_every": positive,
                   "eval_split": one_of("small", "train", "test", "base", "full"), "eval_tasks": non_negative,
                   "keep_checkpoints": positive},
@@ -260,8 +306,33 @@ def _llm_user_needs_model(cfg: Config) -> None:
                        "a litellm model name because env.user is 'llm'", related="env.user")
 
 
+def _soft_components_need_sources(cfg: Config) -> None:
+    if cfg.reward.rm_weight > 0 and not cfg.reward.rm_path:
+        raise _Invalid("reward.rm_path", cfg.reward.rm_path,
+                       "a trained reward model folder because reward.rm_weight > 0", related="reward.rm_weight")
+    if cfg.reward.judge_weight > 0 and not cfg.judge.model:
+        raise _Invalid("judge.model", cfg.judge.model,
+                       "a litellm model name because reward.judge_weight > 0", related="reward.judge_weight")
+
+
+def _mixing_is_well_posed(cfg: Config) -> None:
+    r = cfg.reward
+    if r.mixing == "gated":
+        # Gating keeps the check score's order; that order must put every success above every failure.
+        penalty = r.max_penalty if r.malformed_call_penalty > 0 else 0.0
+        if r.task_weight <= r.env_assertion_weight + r.action_weight + penalty:
+            raise _Invalid("reward.task_weight", r.task_weight,
+                           f"more than env_assertion_weight + action_weight + max_penalty "
+                           f"(= {r.env_assertion_weight + r.action_weight + penalty:g}) with mixing 'gated', so a "
+                           "verified success always outscores a failure", related="reward.mixing")
+    if r.mixing == "multiplicative" and r.rm_weight + r.judge_weight > 1:
+        raise _Invalid("reward.rm_weight", r.rm_weight,
+                       "rm_weight + judge_weight <= 1 with mixing 'multiplicative'", related="reward.mixing")
+
+
 # Rules spanning several keys; each raises _Invalid.
-CROSS_RULES: list[Callable[[Config], None]] = [_llm_user_needs_model]
+CROSS_RULES: list[Callable[[Config], None]] = [_llm_user_needs_model, _soft_components_need_sources,
+                                               _mixing_is_well_posed]
 
 
 def _check(obj: Any, prefix: str = "") -> None:
@@ -346,6 +417,8 @@ def _apply(node: DictConfig, cls: type, data: dict, prefix: tuple[str, ...], whe
         if dataclasses.is_dataclass(tp) and isinstance(value, dict):
             _apply(node[key], tp, value, path, where, provenance)
             continue
+        if tp is float and type(value) is int:
+            value = float(value)  # "lr: 1" means 1.0 (omegaconf would warn about the implicit conversion)
         try:
             node[key] = value
         except OmegaConfBaseException:

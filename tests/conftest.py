@@ -34,13 +34,21 @@ REPO_ROOT = str(Path(__file__).resolve().parents[1])
 
 
 def cleanup_vllm_shm() -> None:
-    """vLLM engines torn down abruptly leave /dev/shm segments behind (see ../shared/notes); remove ours."""
+    """vLLM engines torn down abruptly leave /dev/shm segments behind (see ../shared/notes); remove ours that no
+    live process still maps (another engine - a concurrent test run - may be using the rest)."""
     import glob
     import os as _os
 
+    in_use = set()
+    for maps in glob.glob("/proc/[0-9]*/maps"):
+        try:
+            with open(maps) as fh:
+                in_use.update(line.split(None, 5)[-1].strip() for line in fh if "/dev/shm/" in line)
+        except OSError:
+            pass
     for path in glob.glob("/dev/shm/psm_*") + glob.glob("/dev/shm/sem.mp-*"):
         try:
-            if _os.stat(path).st_uid == _os.getuid():
+            if path not in in_use and _os.stat(path).st_uid == _os.getuid():
                 _os.unlink(path)
         except OSError:
             pass
