@@ -116,10 +116,9 @@ class LearnerRank:
         # zero.Init, so each rank only ever materialises its own shard.
         self._hf_ds_config = HfDeepSpeedConfig(cfg)
         dtype = torch.bfloat16 if self.use_gpu else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(settings.model_path, dtype=dtype)
-        model.config.use_cache = False
+        model = self.build_model(settings.model_path, dtype)
         if settings.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.hf_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=cfg)
         self.engine.train()
 
@@ -131,6 +130,21 @@ class LearnerRank:
             self.ref, *_ = deepspeed.initialize(model=ref, config=deepspeed_config(settings, self.use_gpu, train=False))
             self.ref.eval()
         self.init_seconds = time.perf_counter() - t0
+
+    @staticmethod
+    def build_model(model_path: str, dtype) -> torch.nn.Module:
+        """The trained module (called under HfDeepSpeedConfig, so it is built sharded). Subclasses put other heads
+        on the same ZeRO-3 machinery (actors/rm_learner.py: a scalar reward head)."""
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+        model.config.use_cache = False
+        return model
+
+    @staticmethod
+    def hf_model(module: torch.nn.Module):
+        """The HF PreTrainedModel inside the trained module (what is saved and synced, with HF parameter names)."""
+        return module
 
     def ready(self) -> dict:
         return {"rank": self.rank, "init_seconds": self.init_seconds, "device": "cuda" if self.use_gpu else "cpu",
@@ -237,7 +251,7 @@ class LearnerRank:
     def gather_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Full weights on rank 0 (CPU copies, HF names), None elsewhere. named_parameters lists a tied weight
         once, under its first name, so a tied lm_head.weight is left out exactly as save_pretrained does."""
-        module = self.engine.module
+        module = self.hf_model(self.engine.module)
         params = list(module.parameters())
         with self._ds.zero.GatheredParameters(params, modifier_rank=None):
             if self.rank != 0:
@@ -260,14 +274,16 @@ class LearnerRank:
             raise FileNotFoundError(f"no DeepSpeed checkpoint under {path}")
         return client_state or {}
 
-    def save_hf(self, path: str) -> None:
-        """A plain HF folder (weights + config + tokenizer files) written by rank 0."""
+    def save_hf(self, path: str, extra_files: dict[str, str] | None = None) -> None:
+        """A plain HF folder (weights + config + tokenizer files + extra_files {name: text}) written by rank 0."""
         sd = self.gather_state_dict()
         if self.rank != 0:
             return
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
-        self.engine.module.save_pretrained(out, state_dict=sd)
+        self.hf_model(self.engine.module).save_pretrained(out, state_dict=sd)
+        for name, text in (extra_files or {}).items():
+            (out / name).write_text(text)
         for f in Path(self.settings.model_path).iterdir():  # tokenizer, chat template, ... (not weights/config)
             if f.is_file() and not f.name.endswith(_WEIGHT_FILES) and f.name not in {
                     "config.json", "generation_config.json", "model.safetensors.index.json"}:
@@ -295,6 +311,8 @@ def _rendezvous_address() -> tuple[str, int]:
 class LearnerGroup:
     """Driver-side handle on num_ranks LearnerRank actors (one ZeRO-3 group)."""
 
+    actor_class = LearnerActor  # subclasses run other LearnerRank subclasses on the same group machinery
+
     def __init__(self, settings: LearnerSettings, num_ranks: int = 2, use_gpu: bool | None = None,
                  placement_group=None, timeout_s: float | None = None, init_timeout_s: float = 900):
         """placement_group: bundles 0..num_ranks-1 hold the ranks (one each); without it the group reserves its own
@@ -311,7 +329,7 @@ class LearnerGroup:
             addr, port = ray.get(_rendezvous_address.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
                 self.pg, placement_group_bundle_index=0)).remote(), timeout=init_timeout_s)
             for r in range(num_ranks):
-                self.ranks.append(LearnerActor.options(
+                self.ranks.append(self.actor_class.options(
                     num_cpus=1, num_gpus=1 if use_gpu else 0,
                     scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=r),
                 ).remote(settings, r, num_ranks, addr, port, use_gpu))
@@ -377,8 +395,8 @@ class LearnerGroup:
     def load_checkpoint(self, path: str) -> dict:
         return self._call("load_checkpoint", [(str(path),)] * self.num_ranks, spread=True)[0]
 
-    def save_hf(self, path: str) -> None:
-        self._call("save_hf", [(str(path),)] * self.num_ranks, spread=True)
+    def save_hf(self, path: str, extra_files: dict[str, str] | None = None) -> None:
+        self._call("save_hf", [(str(path), extra_files)] * self.num_ranks, spread=True)
 
     def stats(self) -> list[dict]:
         return self._call("stats", [()] * self.num_ranks, spread=True)

@@ -114,16 +114,10 @@ class Trainer:
             self._resume()
 
     def _init_ray(self, use_gpu: bool) -> None:
-        if ray.is_initialized():
-            return
-        if self.cfg.ray.address:
-            ray.init(address=self.cfg.ray.address, runtime_env={"env_vars": {"PYTHONPATH": _repo_root()}})
-            return
         # Logical CPUs: one per learner rank and rollout engine. On a 2-core laptop this oversubscribes on
         # purpose - the phases mostly take turns (rollout, then train) - rather than failing to schedule.
         need = 0 if use_gpu else self.cfg.learner.num_ranks + self.cfg.rollout.num_workers * self.cfg.rollout.num_cpus
-        ray.init(num_cpus=max(self.cfg.ray.num_cpus or os.cpu_count() or 1, need), include_dashboard=False,
-                 log_to_driver=True, runtime_env={"env_vars": {"PYTHONPATH": _repo_root()}})
+        init_ray(self.cfg, need)
 
     # ------------------------------------------------------------------ step
     def rollout_batch(self, task_ids: list[str], group_size: int, greedy: bool = False) -> list[dict]:
@@ -235,6 +229,19 @@ class Trainer:
                 pass
         self.learner.shutdown()
         self.env.shutdown()
+
+
+def init_ray(cfg: Config, need_cpus: int = 0) -> None:
+    """Connect to cfg.ray.address (a cluster; inside `ray job submit` RAY_ADDRESS says where) or start a local
+    Ray with at least need_cpus logical CPUs. Actors import this repo's packages, hence the PYTHONPATH."""
+    if ray.is_initialized():
+        return
+    runtime_env = {"env_vars": {"PYTHONPATH": _repo_root()}}
+    if cfg.ray.address:
+        ray.init(address=cfg.ray.address, runtime_env=runtime_env)
+        return
+    ray.init(num_cpus=max(cfg.ray.num_cpus or os.cpu_count() or 1, need_cpus), include_dashboard=False,
+             log_to_driver=True, runtime_env=runtime_env)
 
 
 def _episode_metrics(trajs: list[dict], scores: list[dict]) -> dict:
