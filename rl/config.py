@@ -318,13 +318,15 @@ def _soft_components_need_sources(cfg: Config) -> None:
 def _mixing_is_well_posed(cfg: Config) -> None:
     r = cfg.reward
     if r.mixing == "gated":
-        # Gating keeps the check score's order; that order must put every success above every failure.
+        # Within a batch the gate keeps each task group's check-score order; an episode scored alone (the OpenRLHF
+        # plugin) only has this bound: the best failure must stay below the worst success with any soft score.
         penalty = r.max_penalty if r.malformed_call_penalty > 0 else 0.0
-        if r.task_weight <= r.env_assertion_weight + r.action_weight + penalty:
+        bound = r.env_assertion_weight + r.action_weight + penalty + r.rm_weight + r.judge_weight
+        if r.task_weight <= bound:
             raise _Invalid("reward.task_weight", r.task_weight,
-                           f"more than env_assertion_weight + action_weight + max_penalty "
-                           f"(= {r.env_assertion_weight + r.action_weight + penalty:g}) with mixing 'gated', so a "
-                           "verified success always outscores a failure", related="reward.mixing")
+                           f"more than env_assertion_weight + action_weight + max_penalty + rm_weight + judge_weight "
+                           f"(= {bound:g}) with mixing 'gated', so a verified success always outscores a failure",
+                           related="reward.mixing")
     if r.mixing == "multiplicative" and r.rm_weight + r.judge_weight > 1:
         raise _Invalid("reward.rm_weight", r.rm_weight,
                        "rm_weight + judge_weight <= 1 with mixing 'multiplicative'", related="reward.mixing")

@@ -78,7 +78,6 @@ class Trainer:
         from actors.reward_actor import RewardActor
         from actors.rollout_worker import RolloutSettings, RolloutWorker
         from rl.models import resolve_model
-        from rl.rewards import RewardWeights
 
         self.cfg = cfg
         self.run = RunDir(cfg, resume=resume)
@@ -107,7 +106,7 @@ class Trainer:
                              clip_eps=cfg.algorithm.clip_eps, clip_eps_high=cfg.algorithm.clip_eps_high,
                              aggregation=cfg.algorithm.aggregation, seed=cfg.seed)
         self.learner = LearnerGroup(ls, num_ranks=cfg.learner.num_ranks, use_gpu=use_gpu)
-        self.reward = RewardActor.remote(RewardWeights.from_config(cfg.reward))
+        self.reward = RewardActor.remote(cfg.reward, cfg.judge)
         ray.get([w.start.remote() for w in self.rollout])
         self.step = 0
         if resume:
@@ -141,6 +140,9 @@ class Trainer:
         timings["time/env"] = rollout_wall * env_share
         timings["time/generate"] = rollout_wall - timings["time/env"]
 
+        for t in trajs:  # the judge needs the task's natural-language assertions (tau2 tasks may carry some)
+            criteria = self.tasks_by_id(t["task_id"]).get("evaluation_criteria") or {}
+            t["nl_assertions"] = criteria.get("nl_assertions") or []
         t0 = time.perf_counter()
         scores = ray.get(self.reward.score.remote(trajs))
         timings["time/reward"] = time.perf_counter() - t0
@@ -253,8 +255,10 @@ def _episode_metrics(trajs: list[dict], scores: list[dict]) -> dict:
            "episode/tokens": sum(len(t["token_ids"]) for t in trajs) / n,
            "episode/generated_tokens": sum(sum(t["loss_mask"]) for t in trajs) / n,
            "episode/truncated": sum(t["truncated"] for t in trajs) / n}
-    for key in scores[0]["components"] if scores else []:
-        out[f"reward/{key}"] = sum(s["components"][key] for s in scores) / n
+    # A component absent from some episodes (e.g. judge: only tasks with NL assertions) averages over the others.
+    for key in sorted({k for s in scores for k in s["components"]}):
+        values = [s["components"][key] for s in scores if s["components"].get(key) is not None]
+        out[f"reward/{key}"] = sum(values) / len(values)
     return out
 
 

@@ -35,3 +35,109 @@ def test_reward_actor_scores_trajectories_in_order():
     actor = RewardActorImpl(RewardWeights(action_weight=1.0))
     out = actor.score([{"eval": _eval(1.0, 1.0, 1.0)}, {"eval": _eval(0.0, 0.0, 0.5), "rejected_calls": 1}])
     assert [o["reward"] for o in out] == [2.0, 0.5] and out[1]["components"]["malformed_calls"] == 1.0
+
+
+# ---- hybrid mixing ---------------------------------------------------------------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from rl.config import ConfigError, load_config  # noqa: E402
+from rl.rewards import check_score, mix  # noqa: E402
+
+
+def test_weighted_and_multiplicative_arithmetic():
+    w = RewardWeights(rm_weight=0.5, judge_weight=0.25)
+    assert mix([1.0, 0.0], [0.8, 0.2], [1.0, None], [0, 0], w) == pytest.approx([1.0 + 0.4 + 0.25, 0.1])
+    m = RewardWeights(rm_weight=0.5, judge_weight=0.25, mixing="multiplicative")
+    # factor = 1 - 0.75 + soft; a missing judge counts as met (neutral), a failure stays 0
+    assert mix([1.0, 1.0, 0.0], [0.8, 0.2, 1.0], [1.0, None, 1.0], [0, 0, 0], m) == pytest.approx(
+        [0.25 + 0.4 + 0.25, 0.25 + 0.1 + 0.25, 0.0])
+
+
+def test_gated_squeezes_soft_scores_below_half_the_gap_between_outcomes():
+    w = RewardWeights(env_assertion_weight=0.5, rm_weight=0.4, mixing="gated")
+    checks = [1.5, 0.25, 0.0, 0.0]  # group 0: gap 0.25 between the two failures' partial credit
+    out = mix(checks, [0.0, 0.0, 1.0, 0.5], [None] * 4, [0, 0, 0, 1], w)
+    assert out[0] == 1.5 and out[1] == 0.25
+    assert out[2] == pytest.approx(0.49 * 0.25)  # squeezed: still below the 0.25 of the next outcome up
+    assert out[3] == pytest.approx(0.4 * 0.5)  # group 1 has one outcome level: the full soft weight applies
+
+
+episodes = st.lists(st.tuples(st.integers(0, 3),  # task group
+                              st.booleans(),  # verified success
+                              st.floats(0, 1), st.floats(0, 1),  # env assertion / action fractions
+                              st.integers(0, 5),  # rejected calls
+                              st.floats(0, 1), st.one_of(st.none(), st.floats(0, 1))),  # rm, judge
+                    min_size=1, max_size=12)
+weights = st.fixed_dictionaries({"env_assertion_weight": st.floats(0, 1), "action_weight": st.floats(0, 1),
+                                 "malformed_call_penalty": st.floats(0, 0.5), "max_penalty": st.floats(0, 1),
+                                 "rm_weight": st.floats(0, 2), "judge_weight": st.floats(0, 1)})
+
+
+@settings(max_examples=300, deadline=None)
+@given(episodes, weights, st.floats(0.01, 3))
+def test_gated_never_ranks_a_failure_above_a_success_of_the_same_task(batch, kw, headroom):
+    # Any configuration the loader accepts for gated mixing: task_weight above the bound it enforces.
+    bound = (kw["env_assertion_weight"] + kw["action_weight"] + kw["rm_weight"] + kw["judge_weight"]
+             + (kw["max_penalty"] if kw["malformed_call_penalty"] > 0 else 0))
+    w = RewardWeights(task_weight=bound + headroom, mixing="gated", **kw)
+    checks, groups, success = [], [], []
+    for group, ok, env, act, rejected, _, _ in batch:
+        c, _ = check_score({"reward": float(ok), "success": ok, "env_assertion_fraction": 1.0 if ok else env,
+                            "action_fraction": act, "tool_errors": 0}, rejected, w)
+        checks.append(c)
+        groups.append(group)
+        success.append(ok)
+    rewards = mix(checks, [b[5] for b in batch], [b[6] for b in batch], groups, w)
+    for i in range(len(batch)):
+        for j in range(len(batch)):
+            if groups[i] == groups[j] and checks[i] < checks[j] - 1e-9:
+                assert rewards[i] < rewards[j]  # the soft part never flips two verified outcomes
+            if groups[i] == groups[j] and success[i] and not success[j]:
+                assert rewards[i] > rewards[j]
+    # Scored alone (no group context, as in the OpenRLHF plugin) a success still beats any failure.
+    alone = [mix([c], [b[5]], [b[6]], [0], w)[0] for c, b in zip(checks, batch)]
+    if any(success) and not all(success):
+        assert min(a for a, ok in zip(alone, success) if ok) > max(a for a, ok in zip(alone, success) if not ok)
+
+
+def test_config_rejects_mixings_that_cannot_keep_their_promise():
+    with pytest.raises(ConfigError, match="reward.task_weight.*gated"):
+        load_config(None, ["reward.mixing=gated", "reward.rm_weight=1", "reward.rm_path=x"])
+    with pytest.raises(ConfigError, match="reward.rm_weight.*multiplicative"):
+        load_config(None, ["reward.mixing=multiplicative", "reward.rm_weight=0.8", "reward.rm_path=x",
+                           "reward.judge_weight=0.5", "judge.model=openai/j"])
+    with pytest.raises(ConfigError, match="judge.model"):
+        load_config(None, ["reward.judge_weight=0.5"])
+
+
+@pytest.fixture(scope="module")
+def untrained_rm(tmp_path_factory):
+    """A tiny RM folder straight from the base model (random head): enough to test the plumbing."""
+    from transformers import AutoTokenizer
+
+    from rl.models import resolve_model
+    from rl.rm_model import RM_META, load_sequence_classifier, write_meta
+
+    base = str(resolve_model("tiny"))
+    out = tmp_path_factory.mktemp("rm")
+    load_sequence_classifier(base).save_pretrained(out)
+    AutoTokenizer.from_pretrained(base).save_pretrained(out)
+    (out / RM_META).write_text(write_meta(128, [0.0, 1.0, 2.0], "tiny"))
+    return str(out)
+
+
+def test_reward_actor_adds_the_learned_score_and_logs_it(untrained_rm):
+    from rl.config import RewardConfig
+    from rl.rm_model import RewardModelScorer, normalise
+
+    cfg = RewardConfig(rm_path=untrained_rm, rm_weight=0.5, rm_max_len=128)
+    conv = [{"role": "user", "content": "No service."}, {"role": "assistant", "content": "Fixed it."}]
+    conv2 = [{"role": "user", "content": "No service."}, {"role": "assistant", "content": "Transferring you."}]
+    out = RewardActorImpl(cfg).score([{"eval": _eval(1.0, 1.0, 1.0), "messages": conv, "group": 0},
+                                      {"eval": _eval(0.0, 0.5, 0.0), "messages": conv2, "group": 0}])
+    scorer = RewardModelScorer(untrained_rm, max_len=128)
+    expected = normalise(scorer.score([conv, conv2]), "train_stats", scorer.stats)
+    assert [o["components"]["rm"] for o in out] == pytest.approx(expected)
+    assert [o["reward"] for o in out] == pytest.approx([1.0 + 0.5 * expected[0], 0.5 * expected[1]])
+    assert "judge" not in out[0]["components"]  # no judge configured: the component is absent, not 0
