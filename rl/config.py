@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
 import sys
 import types
@@ -467,7 +468,11 @@ def _file_where(path: str, lines: dict[tuple[str, ...], int]) -> Where:
     return where
 
 
-def _load_file(schema: DictConfig, path: str, provenance: dict[str, str]) -> None:
+def _load_file(schema: DictConfig, path: str, provenance: dict[str, str], chain: tuple[str, ...] = ()) -> None:
+    """One YAML file; a top-level `base: other.yaml` (relative to this file) is loaded first, so presets such as
+    configs/ablations/*.yaml only state what they change."""
+    if os.path.realpath(path) in chain:
+        raise ConfigError(f"{path}: `base` chain loops back to itself ({' -> '.join(chain + (path,))})")
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
@@ -481,6 +486,12 @@ def _load_file(schema: DictConfig, path: str, provenance: dict[str, str]) -> Non
         data = OmegaConf.to_container(OmegaConf.create(text), resolve=False) if lines else {}
     except OmegaConfBaseException as e:
         raise ConfigError(f"{path}: {str(e).splitlines()[0]}") from None
+    if isinstance(data, dict) and "base" in data:
+        base = data.pop("base")
+        if not isinstance(base, str) or not base:
+            raise ConfigError(f"{path}:{lines[('base',)]}: config key 'base': got {base!r}, expected a YAML path")
+        _load_file(schema, os.path.join(os.path.dirname(path), base), provenance,
+                   chain + (os.path.realpath(path),))
     _apply(schema, Config, data, (), _file_where(path, lines), provenance)
 
 

@@ -318,3 +318,22 @@ def test_parse_cli_bad_yaml_key_exits_2_naming_file_line(tmp_path, capsys):
         parse_cli(["--config", str(path)])
     assert exc.value.code == 2
     assert f"{path}:3" in capsys.readouterr().err
+
+
+def test_base_file_is_loaded_first_and_errors_point_at_the_right_file(tmp_path):
+    (tmp_path / "parent.yaml").write_text("seed: 3\nenv:\n  max_turns: 7\n")
+    (tmp_path / "child.yaml").write_text("base: parent.yaml\nenv:\n  max_turns: 9\n")
+    cfg = load_config(str(tmp_path / "child.yaml"))
+    assert (cfg.seed, cfg.env.max_turns) == (3, 9)
+    (tmp_path / "parent.yaml").write_text("seed: 3\nenv:\n  max_turnz: 7\n")
+    with pytest.raises(ConfigError, match=r"parent.yaml:3: config key 'env.max_turnz' is unknown"):
+        load_config(str(tmp_path / "child.yaml"))
+    (tmp_path / "parent.yaml").write_text("base: child.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_config(str(tmp_path / "child.yaml"))
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in (Path(__file__).parents[1] / "configs").rglob("*.yaml")
+                                        if "sweeps" not in p.parts))
+def test_every_shipped_config_loads(path):
+    load_config(path)
