@@ -41,7 +41,7 @@ def train_reward_model(cfg: Config) -> Path:
     from rl.models import resolve_model
     from rl.rm_model import RM_META, write_meta
     from rl.rm_pairs import read_pairs
-    from rl.train import init_ray
+    from rl.train import cluster_has_gpus, init_ray
 
     rm = cfg.rm
     if not rm.train_file:
@@ -56,8 +56,8 @@ def train_reward_model(cfg: Config) -> Path:
     encoded = encode_pairs(tokenizer, pairs, rm.max_len)
     rng = random.Random(cfg.seed)
 
-    use_gpu = torch.cuda.is_available()
-    init_ray(cfg, 0 if use_gpu else rm.num_ranks)
+    init_ray(cfg, 0 if torch.cuda.is_available() else rm.num_ranks)
+    use_gpu = cluster_has_gpus()
     group = RewardModelGroup(rm_settings(base, rm, cfg.seed), num_ranks=rm.num_ranks, use_gpu=use_gpu)
     try:
         steps_per_epoch = -(-len(encoded) // rm.batch_size)

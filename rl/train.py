@@ -86,8 +86,8 @@ class Trainer:
         self.model_path = str(resolve_model(cfg.model.name))
         self.tasks = load_tasks(cfg)
         self.cursor = TaskCursor(sorted(self.tasks), cfg.seed)
-        use_gpu = torch.cuda.is_available()
-        self._init_ray(use_gpu)
+        self._init_ray(torch.cuda.is_available())
+        use_gpu = cluster_has_gpus()
 
         env_settings = EnvSettings.from_config(cfg)
         self.env = EnvPool(env_settings, num_workers=cfg.env_pool.num_workers, max_restarts=cfg.env_pool.max_restarts)
@@ -231,6 +231,12 @@ class Trainer:
                 pass
         self.learner.shutdown()
         self.env.shutdown()
+
+
+def cluster_has_gpus() -> bool:
+    """Whether the actors get GPUs. A `ray job submit` driver runs on the CPU head node, so this is a property of
+    the cluster, not of the driver's process."""
+    return ray.cluster_resources().get("GPU", 0) > 0
 
 
 def init_ray(cfg: Config, need_cpus: int = 0) -> None:
