@@ -1,0 +1,369 @@
+"""RewardBench-style evaluation of a reward model or an LLM judge on preference pairs (rl/rm_pairs.py JSONL).
+
+    python -m rl.rm_eval --pairs test.jsonl --rm runs/rm/model --out runs/rm/eval
+    python -m rl.rm_eval --pairs test.jsonl --judge-model openai/Qwen3-4B \\
+        --judge-base-url http://127.0.0.1:8000/v1 --out DIR
+    python -m rl.rm_eval --pairs test.jsonl --judge-vllm smollm2-135m --both-orders --out DIR
+
+Scoring, as in RewardBench (v1 for pairwise, v2 for best-of-4):
+* pairwise accuracy per subset: a scalar RM gets 1 when score(chosen) > score(rejected) - a TIE IS WRONG - else 0;
+  a judge gets its preference for the chosen side (1 / 0, 0.5 for an unparseable verdict, the mean of both orders
+  with --both-orders). A section's score is the mean of its subsets weighted by their number of pairs; "overall"
+  is the unweighted mean of the section scores (RewardBench's headline number), and "all_pairs" the plain mean
+  over every pair.
+* best-of-4: a group (pairs sharing `group`, prompt and chosen) with >= 3 distinct rejected sides is one item:
+  the chosen side against 3 rejected ones (a seeded choice of 3 when there are more). A scalar RM earns 1 if the
+  chosen score is strictly above all three, 1/(k+1) if it ties for the top with k rejected, else 0. A judge only
+  compares two sides at a time, so its credit is the product of its three chosen-vs-rejected preferences (the
+  chance of winning all three if the verdicts were independent; an unparseable verdict counts 0.5).
+  The groups of tau2 oracle perturbations mix perturbation kinds, so best-of-4 is reported per section and
+  overall, and per subset only for the groups whose three rejected sides all belong to that subset.
+Every distinct conversation is scored once (a group's chosen side is shared by all its pairs), every distinct
+pair judged once.
+
+Output in --out: report.json, report.md (section | subset | n | pairwise acc | best-of-4), report.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+CHANCE = 0.5  # pairwise accuracy of a coin flip
+
+
+# ------------------------------------------------------------------------------------------- pure arithmetic
+def _conv_key(messages: list[dict]) -> str:
+    return json.dumps(messages, sort_keys=True, ensure_ascii=False)
+
+
+def _aggregate(items: list[tuple[str, str | None, float]]) -> dict:
+    """(section, subset or None, value) -> {"sections": {sec: {"n", "accuracy", "subsets": {sub: {"n",
+    "accuracy"}}}}, "overall": {"n", "accuracy" (mean of sections), "all_pairs" (mean of items)}}. An item with
+    subset None counts for its section and overall only."""
+    by_sub: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    by_sec: dict[str, list[float]] = defaultdict(list)
+    for section, subset, value in items:
+        by_sec[section].append(value)
+        if subset is not None:
+            by_sub[section][subset].append(value)
+    sections = {}
+    for section in sorted(by_sec):
+        subsets = {s: {"n": len(v), "accuracy": sum(v) / len(v)} for s, v in sorted(by_sub[section].items())}
+        # RewardBench: a section's score is its subsets' scores weighted by example count. Items outside any
+        # subset (best-of-4 groups of mixed kinds) weigh in as their own part.
+        parts = [(d["n"], d["accuracy"]) for d in subsets.values()]
+        loose = [v for (sec, sub, v) in items if sec == section and sub is None]
+        if loose:
+            parts.append((len(loose), sum(loose) / len(loose)))
+        n = sum(k for k, _ in parts)
+        sections[section] = {"n": n, "accuracy": sum(k * a for k, a in parts) / n, "subsets": subsets}
+    values = [v for _, _, v in items]
+    overall = {"n": len(values),
+               "accuracy": sum(s["accuracy"] for s in sections.values()) / len(sections) if sections else None,
+               "all_pairs": sum(values) / len(values) if values else None}
+    return {"sections": sections, "overall": overall}
+
+
+def pairwise_accuracy(pairs: list, values: list[float]) -> dict:
+    """Per-subset / per-section / overall accuracy from each pair's chosen-preference value in [0, 1]."""
+    if len(pairs) != len(values):
+        raise ValueError(f"pairwise_accuracy: {len(pairs)} pairs but {len(values)} values")
+    return _aggregate([(p.section, p.subset, float(v)) for p, v in zip(pairs, values)])
+
+
+def scalar_preferences(chosen: list[float], rejected: list[float]) -> list[float]:
+    """A scalar RM's pairwise value: 1 if strictly higher, else 0 (a tie is wrong)."""
+    return [1.0 if c > r else 0.0 for c, r in zip(chosen, rejected)]
+
+
+def best_of_4_groups(pairs: list, seed: int = 0) -> list[list[int]]:
+    """Indices of 3 pairs (same group, prompt and chosen; distinct rejected) for every group that has >= 3;
+    with more than 3 a seeded choice (per group, so independent of the other groups), kept in file order."""
+    groups: dict[tuple, list[int]] = {}
+    seen_rejected: dict[tuple, set] = defaultdict(set)
+    for i, p in enumerate(pairs):
+        key = (p.group, _conv_key(p.prompt), _conv_key(p.chosen))
+        rej = _conv_key(p.rejected)
+        if rej in seen_rejected[key]:
+            continue
+        seen_rejected[key].add(rej)
+        groups.setdefault(key, []).append(i)
+    out = []
+    for key, idx in groups.items():
+        if len(idx) < 3:
+            continue
+        if len(idx) > 3:
+            idx = sorted(random.Random(f"{seed}:{key[0]}").sample(idx, 3))
+        out.append(idx)
+    return out
+
+
+def scalar_best_of_4_credit(chosen: float, rejected: list[float]) -> float:
+    """1 if chosen strictly tops every rejected score; tied at the top with k of them: 1/(k+1); else 0."""
+    if any(r > chosen for r in rejected):
+        return 0.0
+    return 1.0 / (1 + sum(r == chosen for r in rejected))
+
+
+def judge_best_of_4_credit(preferences: list[float]) -> float:
+    """A pairwise judge must prefer the chosen side in all three comparisons: the product of its preferences."""
+    credit = 1.0
+    for p in preferences:
+        credit *= p
+    return credit
+
+
+def best_of_4(pairs: list, groups: list[list[int]], credits: list[float]) -> dict:
+    """Aggregate per-group credits like pairwise_accuracy (n = groups); a group counts for a subset only when
+    its three rejected sides all belong to it."""
+    items = []
+    for idx, credit in zip(groups, credits):
+        subsets = {pairs[i].subset for i in idx}
+        items.append((pairs[idx[0]].section, subsets.pop() if len(subsets) == 1 else None, float(credit)))
+    return _aggregate(items)
+
+
+# -------------------------------------------------------------------------------------------- evaluators
+def _chunks(n: int, size: int, desc: str, progress: bool):
+    starts = range(0, n, size)
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n, desc=desc, unit="item", file=sys.stderr)
+        for s in starts:
+            yield s
+            bar.update(min(size, n - s))
+        bar.close()
+    else:
+        yield from starts
+
+
+def _header(kind: str, identity: dict, pairs: list, seed: int) -> dict:
+    return {"kind": kind, **identity, "seed": seed, "n_pairs": len(pairs),
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def evaluate_rm(pairs: list, scorer, seed: int = 0, chunk: int = 32, progress: bool = False) -> dict:
+    """Report for a scalar reward model (`scorer.score(conversations) -> floats`, e.g. rl.rm_model's
+    RewardModelScorer): each distinct prompt+side conversation is scored once."""
+    if not pairs:
+        raise ValueError("evaluate_rm: no pairs to evaluate")
+    convs: dict[str, list[dict]] = {}
+    for p in pairs:
+        for side in (p.chosen, p.rejected):
+            convs.setdefault(_conv_key(p.prompt + side), p.prompt + side)
+    keys = list(convs)
+    scores: dict[str, float] = {}
+    t0 = time.perf_counter()
+    for s in _chunks(len(keys), chunk, "scoring", progress):
+        batch = keys[s:s + chunk]
+        for k, v in zip(batch, scorer.score([convs[k] for k in batch])):
+            scores[k] = float(v)
+    chosen = [scores[_conv_key(p.prompt + p.chosen)] for p in pairs]
+    rejected = [scores[_conv_key(p.prompt + p.rejected)] for p in pairs]
+    groups = best_of_4_groups(pairs, seed)
+    credits = [scalar_best_of_4_credit(chosen[g[0]], [rejected[i] for i in g]) for g in groups]
+    report = _header("reward_model", {"model": str(getattr(scorer, "path", type(scorer).__name__))}, pairs, seed)
+    report.update(conversations_scored=len(keys), seconds=time.perf_counter() - t0,
+                  pairwise=pairwise_accuracy(pairs, scalar_preferences(chosen, rejected)),
+                  best_of_4=best_of_4(pairs, groups, credits),
+                  mean_margin=sum(c - r for c, r in zip(chosen, rejected)) / len(pairs))
+    return report
+
+
+def evaluate_judge(pairs: list, judge, seed: int = 0, chunk: int = 16, progress: bool = False) -> dict:
+    """Report for a pairwise judge (rl.judges.PairwiseJudge): each distinct pair is judged once."""
+    if not pairs:
+        raise ValueError("evaluate_judge: no pairs to evaluate")
+    unique: dict[str, int] = {}
+    for i, p in enumerate(pairs):
+        unique.setdefault(_conv_key([p.prompt, p.chosen, p.rejected]), i)
+    keys = list(unique)
+    prefs: dict[str, float] = {}
+    t0 = time.perf_counter()
+    for s in _chunks(len(keys), chunk, "judging", progress):
+        batch = keys[s:s + chunk]
+        for k, v in zip(batch, judge.prefer([pairs[unique[k]] for k in batch])):
+            prefs[k] = float(v)
+    values = [prefs[_conv_key([p.prompt, p.chosen, p.rejected])] for p in pairs]
+    groups = best_of_4_groups(pairs, seed)
+    credits = [judge_best_of_4_credit([values[i] for i in g]) for g in groups]
+    identity = {"model": getattr(judge, "name", type(judge).__name__),
+                "judge": {"both_orders": getattr(judge, "both_orders", None),
+                          "order_seed": getattr(judge, "seed", None), **dict(getattr(judge, "stats", {}))}}
+    report = _header("judge", identity, pairs, seed)
+    report.update(pairs_judged=len(keys), seconds=time.perf_counter() - t0,
+                  pairwise=pairwise_accuracy(pairs, values), best_of_4=best_of_4(pairs, groups, credits))
+    return report
+
+
+# ----------------------------------------------------------------------------------------------- outputs
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def markdown_table(report: dict) -> str:
+    pw, bo = report["pairwise"], report["best_of_4"]
+
+    def bo4(d: dict | None) -> str:
+        return "-" if not d else f"{_fmt(d['accuracy'])} (n={d['n']})"
+
+    rows = ["| section | subset | n | pairwise acc | best-of-4 |", "|---|---|---|---|---|"]
+    for section, sec in pw["sections"].items():
+        bsec = bo["sections"].get(section)
+        for subset, sub in sec["subsets"].items():
+            bsub = bsec["subsets"].get(subset) if bsec else None
+            rows.append(f"| {section} | {subset} | {sub['n']} | {_fmt(sub['accuracy'])} | {bo4(bsub)} |")
+        rows.append(f"| {section} | *all* | {sec['n']} | {_fmt(sec['accuracy'])} | {bo4(bsec)} |")
+    ov = pw["overall"]
+    rows.append(f"| overall | *mean of sections* | {ov['n']} | {_fmt(ov['accuracy'])} | "
+                f"{bo4(bo['overall'] if bo['overall']['n'] else None)} |")
+    return "\n".join(rows) + "\n"
+
+
+def plot_report(report: dict, path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels, values, colors = [], [], []
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for j, (section, sec) in enumerate(report["pairwise"]["sections"].items()):
+        for subset, sub in sec["subsets"].items():
+            labels.append(f"{section}\n{subset}\n(n={sub['n']})")
+            values.append(sub["accuracy"])
+            colors.append(palette[j % len(palette)])
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(labels) + 2), 4.5))
+    ax.bar(range(len(values)), values, color=colors)
+    ax.axhline(CHANCE, color="black", linestyle="--", linewidth=1, label="chance (0.5)")
+    ax.set_xticks(range(len(labels)), labels, fontsize=7)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("pairwise accuracy")
+    ax.set_title(f"{report['kind']}: {report['model']}  (overall {_fmt(report['pairwise']['overall']['accuracy'])})",
+                 fontsize=9)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "report.json", "md": out / "report.md", "png": out / "report.png"}
+    paths["json"].write_text(json.dumps(report, indent=2) + "\n")
+    paths["md"].write_text(f"# {report['kind']} evaluation: {report['model']}\n\n"
+                           f"seed {report['seed']}, {report['n_pairs']} pairs, {report['timestamp']}\n\n"
+                           + markdown_table(report))
+    plot_report(report, paths["png"])
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m rl.rm_eval", description=__doc__.split("\n\n")[0])
+    p.add_argument("--pairs", action="append", required=True, metavar="FILE", help="pair JSONL (repeatable)")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--rm", metavar="PATH", help="trained reward model folder (python -m rl.rm_train)")
+    who.add_argument("--judge-model", metavar="M", help="litellm model name of an OpenAI-compatible judge")
+    who.add_argument("--judge-vllm", metavar="MODEL", help="local judge model: a folder, 'tiny' or 'smollm2-135m'")
+    p.add_argument("--judge-base-url", metavar="U", default="", help="endpoint for --judge-model")
+    p.add_argument("--judge-api-key", default="EMPTY")
+    p.add_argument("--judge-max-tokens", type=int, default=256)
+    p.add_argument("--judge-num-cpus", type=float, default=1, help="CPUs of the --judge-vllm actor")
+    p.add_argument("--judge-max-model-len", type=int, default=None, help="--judge-vllm context (model's default)")
+    p.add_argument("--both-orders", action="store_true", help="judges: ask in both A/B orders and average")
+    p.add_argument("--seed", type=int, default=0, help="A/B order and best-of-4 choice")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N pairs")
+    p.add_argument("--batch-size", type=int, default=8, help="--rm scoring batch")
+    p.add_argument("--out", required=True, metavar="DIR")
+    return p
+
+
+def _judge_and_close(args) -> tuple[object, Callable[[], None]]:
+    from rl.judges import LiteLLMChat, PairwiseJudge, VLLMChat
+
+    if args.judge_model:
+        from rl.config import LLMEndpointConfig
+
+        client = LiteLLMChat(LLMEndpointConfig(model=args.judge_model, base_url=args.judge_base_url,
+                                               api_key=args.judge_api_key, temperature=0.0,
+                                               max_tokens=args.judge_max_tokens))
+        return PairwiseJudge(client, seed=args.seed, both_orders=args.both_orders), lambda: None
+    import ray
+
+    from rl.models import resolve_model
+
+    ray.init(num_cpus=max(1, int(args.judge_num_cpus + 0.999)), include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
+    try:
+        client = VLLMChat(str(resolve_model(args.judge_vllm)), num_cpus=args.judge_num_cpus,
+                          max_model_len=args.judge_max_model_len, max_tokens=args.judge_max_tokens, seed=args.seed)
+    except BaseException:
+        ray.shutdown()
+        raise
+
+    def close():
+        try:
+            client.close()
+        finally:
+            ray.shutdown()
+
+    return PairwiseJudge(client, seed=args.seed, both_orders=args.both_orders), close
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.both_orders and args.rm:
+        parser.error("--both-orders applies to judges (--judge-model / --judge-vllm), not to --rm")
+    if args.judge_base_url and not args.judge_model:
+        parser.error("--judge-base-url needs --judge-model")
+    if args.limit is not None and args.limit < 1:
+        parser.error(f"--limit must be >= 1, got {args.limit}")
+    from rl.rm_pairs import read_pairs
+
+    pairs = []
+    try:
+        for f in args.pairs:
+            pairs += read_pairs(f)
+    except ValueError as e:  # PairFileError names file:line and the field
+        print(f"rm_eval: error: {e}", file=sys.stderr)
+        return 2
+    pairs = pairs[: args.limit] if args.limit else pairs
+    if not pairs:
+        print(f"rm_eval: error: no pairs in {', '.join(args.pairs)}", file=sys.stderr)
+        return 2
+    if args.rm:
+        from rl.rm_model import RewardModelScorer
+
+        try:
+            scorer = RewardModelScorer(args.rm, batch_size=args.batch_size)
+        except FileNotFoundError as e:
+            print(f"rm_eval: error: {e}", file=sys.stderr)
+            return 2
+        report = evaluate_rm(pairs, scorer, seed=args.seed, progress=True)
+    else:
+        judge, close = _judge_and_close(args)
+        try:
+            report = evaluate_judge(pairs, judge, seed=args.seed, progress=True)
+        finally:
+            close()
+    report["pairs_files"] = [str(f) for f in args.pairs]
+    report["limit"] = args.limit
+    paths = write_report(report, args.out)
+    print(markdown_table(report), end="")
+    print(f"report: {paths['json']}  {paths['md']}  {paths['png']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
