@@ -59,13 +59,14 @@ class RewardActorImpl:
         return scores
 
     def _judge_scores(self, trajectories: list[dict], components: list[dict]) -> list[float | None]:
+        if self.judge is None or not any(t.get("nl_assertions") for t in trajectories):
+            return [None] * len(trajectories)
+        items = [(t["messages"], list(t.get("nl_assertions") or [])) for t in trajectories]
         out: list[float | None] = []
-        for t, comp in zip(trajectories, components):
-            assertions = t.get("nl_assertions") or []
-            if self.judge is None or not assertions:
+        for (_, assertions), met, comp in zip(items, self.judge.judge_many(items), components):  # one batched call
+            if not assertions:
                 out.append(None)
                 continue
-            met = self.judge.judge(t["messages"], list(assertions))
             comp["judge"] = sum(met) / len(met)
             out.append(comp["judge"])
         return out

@@ -141,3 +141,21 @@ def test_reward_actor_adds_the_learned_score_and_logs_it(untrained_rm):
     assert [o["components"]["rm"] for o in out] == pytest.approx(expected)
     assert [o["reward"] for o in out] == pytest.approx([1.0 + 0.5 * expected[0], 0.5 * expected[1]])
     assert "judge" not in out[0]["components"]  # no judge configured: the component is absent, not 0
+
+
+def test_reward_actor_asks_the_judge_about_nl_assertions_only_where_a_task_has_them():
+    from rl.config import LLMEndpointConfig, RewardConfig
+    from tests.openai_stub import ScriptedOpenAI
+
+    conv = [{"role": "user", "content": "My MMS fails."}, {"role": "assistant", "content": "Sorry! Fixed: APN reset."}]
+    with ScriptedOpenAI([{"content": "1: MET\n2: NOT_MET"}]) as server:
+        endpoint = LLMEndpointConfig(model="openai/judge", base_url=server.base_url)
+        actor = RewardActorImpl(RewardConfig(judge_weight=0.5), endpoint)
+        out = actor.score([
+            {"eval": _eval(1.0, 1.0, 1.0), "messages": conv, "nl_assertions": ["Agent apologises", "Agent says why"]},
+            {"eval": _eval(1.0, 1.0, 1.0), "messages": conv}])
+        assert len(server.requests) == 1  # one batched call; the episode without assertions costs nothing
+        shown = "\n".join(m["content"] for m in server.requests[0]["messages"])
+        assert "Agent apologises" in shown and "Agent says why" in shown and "length" in shown.lower()
+    assert out[0]["components"]["judge"] == 0.5 and out[0]["reward"] == pytest.approx(1.0 + 0.5 * 0.5)
+    assert "judge" not in out[1]["components"] and out[1]["reward"] == 1.0
