@@ -1,0 +1,382 @@
+"""rl.sweep: sweep-file validation, grid/random expansion, resume (skip finished, retry failed), failed-run
+reports and aggregation over real metrics.jsonl files (written by rl.run_dir.RunDir from a stand-in trainer), the
+local subprocess runner, and (slow) a 2-arm sweep of the real rl.train as Ray jobs on a local head."""
+import csv
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from rl.run_dir import RunDir
+from rl.sweep import (DONE_FILE, LocalTrain, SequentialRunner, SweepError, _parse_override_value, expand, load_sweep,
+                      main, plan, render, run_sweep)
+from tests.conftest import REPO_ROOT
+
+TINY = Path(REPO_ROOT) / "configs" / "test_tiny.yaml"
+
+
+def write_sweep(tmp_path: Path, body: str, name: str = "sweep.yaml") -> Path:
+    """A sweep file over configs/test_tiny.yaml writing into tmp_path/out; `body` adds the rest."""
+    path = tmp_path / name
+    path.write_text(f"base_config: {TINY}\nsweep_dir: {tmp_path / 'out'}\n" + textwrap.dedent(body))
+    return path
+
+
+ALGOS = """\
+seeds: [0, 1]
+overrides: [train.steps=2]
+params:
+  algorithm.name: [grpo, rloo]
+metrics: [reward/mean, success_rate]
+"""
+
+
+def fake_metrics(cfg, step: int) -> dict:
+    """What the stand-in trainer logs: known numbers, so the aggregates can be checked exactly."""
+    bonus = 0.5 if cfg.algorithm.name == "rloo" else 0.0
+    return {"reward/mean": 0.1 * step + 0.01 * cfg.seed + bonus, "success_rate": 0.5 * cfg.seed, "time/step": 1.0,
+            "episodes": 4}
+
+
+class FakeTrain:
+    """Stands in for `python -m rl.train` (which takes minutes): the same RunDir, hence the same metrics.jsonl, and
+    the same refusal to reuse a non-empty run dir without --resume. Runs whose label is in `fail` crash after
+    their first step."""
+
+    def __init__(self, fail=()):
+        self.fail, self.calls = set(fail), []
+
+    def __call__(self, run) -> int:
+        args = run.train_args()
+        resume = "--resume" in args
+        self.calls.append((run.label, resume))
+        run.log_path.parent.mkdir(parents=True, exist_ok=True)
+        rd = RunDir(run.config, resume=resume)
+        try:
+            start = len(rd.metrics())
+            for step in range(max(1, start), run.config.train.steps + 1):  # a resume re-logs its last step
+                rd.log_metrics(step, fake_metrics(run.config, step))
+                if run.label in self.fail:
+                    with open(run.log_path, "a") as log:
+                        log.write("step 1 done\nTraceback (most recent call last):\nRuntimeError: boom in "
+                                  f"{run.label}\n")
+                    return 1
+        finally:
+            rd.close()
+        with open(run.log_path, "a") as log:
+            log.write(f"trained {run.label}\n")
+        return 0
+
+
+def rows(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+# ------------------------------------------------------------------------------------------ expansion
+
+def test_grid_is_every_combination_times_seeds_each_config_validated(tmp_path):
+    rm = tmp_path / "rm"
+    rm.mkdir()  # reward.rm_path must be a folder before anything runs
+    sweep = load_sweep(write_sweep(tmp_path, f"""\
+        seeds: [3, 4]
+        overrides: [reward.rm_path={rm}, train.steps=1]
+        params:
+          reward.mixing: [weighted, gated]
+          reward.rm_weight: [0.0, 0.5]
+        """))
+    runs = plan(sweep)
+    names = ["mixing=weighted,rm_weight=0", "mixing=weighted,rm_weight=0.5", "mixing=gated,rm_weight=0",
+             "mixing=gated,rm_weight=0.5"]
+    assert [r.arm.name for r in runs] == [n for n in names for _ in (3, 4)]
+    assert [r.seed for r in runs] == [3, 4] * 4
+    for r in runs:
+        assert r.config.reward.mixing == r.arm.values["reward.mixing"]
+        assert r.config.reward.rm_weight == r.arm.values["reward.rm_weight"]
+        assert r.config.seed == r.seed and r.config.train.steps == 1 and r.config.reward.rm_path == str(rm)
+        assert r.run_dir == tmp_path / "out" / r.arm.name / f"seed{r.seed}"
+        assert r.config.run_dir == str(r.run_dir)
+        assert r.train_args()[:2] == ["--config", str(TINY)] and "--resume" not in r.train_args()
+
+
+def test_random_draws_are_reproducible_in_range_and_typed(tmp_path):
+    body = """\
+        mode: random
+        num_samples: 6
+        random_seed: {seed}
+        params:
+          learner.lr: {{low: 1.0e-5, high: 1.0e-2, log: true}}
+          algorithm.group_size: {{low: 2, high: 8}}
+          algorithm.name: {{choices: [grpo, rloo, dr_grpo]}}
+        """
+    a = expand(load_sweep(write_sweep(tmp_path, body.format(seed=1), "a.yaml")))
+    again = expand(load_sweep(write_sweep(tmp_path, body.format(seed=1), "b.yaml")))
+    other = expand(load_sweep(write_sweep(tmp_path, body.format(seed=2), "c.yaml")))
+    assert [x.values for x in a] == [x.values for x in again]  # resume relies on the same arms every time
+    assert [x.values for x in a] != [x.values for x in other]
+    assert len(a) == 6 and len({x.name for x in a}) == 6
+    for arm in a:
+        v = arm.values
+        assert 1e-5 <= v["learner.lr"] <= 1e-2 and isinstance(v["learner.lr"], float)
+        assert 2 <= v["algorithm.group_size"] <= 8 and type(v["algorithm.group_size"]) is int  # an int key
+        assert v["algorithm.name"] in ("grpo", "rloo", "dr_grpo")
+    plan(load_sweep(write_sweep(tmp_path, body.format(seed=1), "d.yaml")))  # every drawn config validates
+
+
+@pytest.mark.parametrize("value", ["weighted", "0.5", "null", "x y", "runs/rm/model", True, None, 1e-5, 3, 0.1])
+def test_override_values_round_trip(value):
+    assert _parse_override_value(render(value)) == (type(value), value)
+
+
+# ------------------------------------------------------------------------------------------ validation
+
+@pytest.mark.parametrize("body, expected", [
+    ("paramz:\n  algorithm.name: [grpo]\n", ["sweep.yaml:3:", "unknown sweep key 'paramz'"]),
+    ("params:\n  algorithm.nme: [grpo, rloo]\n",
+     ["sweep.yaml:4:", "param 'algorithm.nme'", "'algorithm.nme' is unknown", "expected one of: name, group_size"]),
+    ("params:\n  algorithm.name: [grpo, ppo2]\n",
+     ["sweep.yaml:4:", "param 'algorithm.name' = 'ppo2'", "one of: grpo, dr_grpo, rloo, reinforce_pp"]),
+    ("params:\n  train.steps: [1, two]\n", ["sweep.yaml:4:", "param 'train.steps' = 'two'", "an integer"]),
+    # Cross-key rule: gated mixing with rm_weight 1.0 needs task_weight > 1.0 (test_tiny keeps 1.0).
+    ("overrides: [reward.rm_path=/tmp]\nparams:\n  reward.mixing: [weighted, gated]\n  reward.rm_weight: [1.0]\n",
+     ["sweep.yaml:5:", "param 'reward.mixing' = 'gated'", "config key 'reward.task_weight': got 1.0",
+      "with mixing 'gated'"]),
+    ("overrides:\n  - train.steps=2\n  - train.stepz=3\n",
+     ["sweep.yaml:5:", "override 'train.stepz=3'", "'train.stepz' is unknown"]),
+    ("overrides: [train.steps]\n", ["sweep.yaml:3:", "key=value"]),
+    ("params:\n  seed: [1, 2]\n", ["sweep.yaml:4:", "param 'seed'", "use `seeds`"]),
+    ("overrides: [run_dir=x]\n", ["sweep.yaml:3:", "the sweep sets it"]),
+    ("mode: random\nparams:\n  learner.lr: {low: 1.0e-5, high: 1.0e-3}\n",
+     ["sweep.yaml:3:", "'num_samples'", "with mode 'random'"]),
+    ("params:\n  learner.lr: {low: 1.0e-5, high: 1.0e-3}\n", ["sweep.yaml:4:", "are for mode 'random'"]),
+    ("mode: random\nnum_samples: 2\nparams:\n  learner.lr: {low: 1.0e-3, high: 1.0e-5}\n",
+     ["sweep.yaml:6:", "low < high"]),
+    ("mode: random\nnum_samples: 2\nparams:\n  learner.lr: {low: 0, high: 1, log: true}\n",
+     ["sweep.yaml:6:", "low > 0 with log"]),
+    ("mode: random\nnum_samples: 5\nparams:\n  algorithm.name: {choices: [grpo, rloo]}\n",
+     ["sweep.yaml:4:", "at most 2"]),
+    ("params:\n  algorithm.name: []\n", ["sweep.yaml:4:", "a non-empty list"]),
+    ("params:\n  algorithm.name: [grpo, grpo]\n", ["sweep.yaml:4:", "distinct values"]),
+    ("seeds: [0, 0]\n", ["sweep.yaml:3:", "distinct seeds"]),
+    ("seeds: 3\n", ["sweep.yaml:3:", "a non-empty list of integers"]),
+    ("mode: grid\nmode: random\n", ["sweep.yaml:4:", "duplicate sweep key 'mode'"]),
+    ("params:\n  algorithm.name: [grpo\n", ["sweep.yaml:", "YAML syntax error"]),
+    ("overrides: [reward.rm_path=/nonexistent/rm, reward.rm_weight=0.5]\n",
+     ["reward.rm_path '/nonexistent/rm' is not a folder", "python -m rl.rm_train"]),
+])
+def test_bad_sweeps_fail_before_anything_runs_naming_file_line_and_key(tmp_path, body, expected):
+    path = write_sweep(tmp_path, body)
+    with pytest.raises(SweepError) as e:
+        plan(load_sweep(path))
+    for part in expected:
+        assert part in str(e.value), f"{part!r} not in: {e.value}"
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_base_config_and_key(tmp_path):
+    (tmp_path / "a.yaml").write_text("base_config: nowhere.yaml\nsweep_dir: out\n")
+    with pytest.raises(SweepError, match=r"a\.yaml:1: base_config 'nowhere.yaml' not found"):
+        load_sweep(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("sweep_dir: out\n")
+    with pytest.raises(SweepError, match="missing sweep key 'base_config'"):
+        load_sweep(tmp_path / "b.yaml")
+
+
+def test_the_repo_sweeps_load(tmp_path):
+    runs = plan(load_sweep(Path(REPO_ROOT) / "configs" / "sweeps" / "algorithms.yaml"))
+    assert len(runs) == 8 and {r.config.algorithm.name for r in runs} == {"grpo", "dr_grpo", "rloo", "reinforce_pp"}
+    sweep = load_sweep(Path(REPO_ROOT) / "configs" / "sweeps" / "reward_mixing.yaml")
+    with pytest.raises(SweepError, match="train the reward model first"):  # the RM is a placeholder path
+        plan(sweep)
+    runs = plan(sweep, check_paths=False)  # every arm is a valid config (gated's weight rule included)
+    assert len(runs) == 18 and {r.config.reward.mixing for r in runs} == {"weighted", "gated", "multiplicative"}
+
+
+# ------------------------------------------------------------------------------- running, resuming, results
+
+def test_failed_run_is_reported_not_fatal_and_a_rerun_retries_only_it(tmp_path):
+    sweep = load_sweep(write_sweep(tmp_path, ALGOS))
+    fake = FakeTrain(fail={"algorithm=rloo seed1"})
+    results = run_sweep(sweep, SequentialRunner(fake))
+    # Seed-major order: both arms' seed 0 first.
+    assert [c[0] for c in fake.calls] == ["algorithm=grpo seed0", "algorithm=rloo seed0", "algorithm=grpo seed1",
+                                          "algorithm=rloo seed1"]
+    status = {r.run.label: r.status for r in results}
+    assert status == {"algorithm=grpo seed0": "finished", "algorithm=grpo seed1": "finished",
+                      "algorithm=rloo seed0": "finished", "algorithm=rloo seed1": "failed"}
+    out = tmp_path / "out"
+    failed = [r for r in rows(out / "results.csv") if r["status"] == "failed"]
+    assert len(failed) == 1 and failed[0]["arm"] == "algorithm=rloo" and failed[0]["seed"] == "1"
+    assert "RuntimeError: boom in algorithm=rloo seed1" in failed[0]["error"] and "exit status 1" in failed[0]["error"]
+    assert failed[0]["steps"] == "1"  # what it logged before crashing
+    md = (out / "results.md").read_text()
+    assert "| algorithm=rloo | rloo | 1/2 |" in md
+    assert "### algorithm=rloo seed1: failed" in md and "RuntimeError: boom" in md
+    assert not (out / "algorithm=rloo" / "seed1" / DONE_FILE).exists()
+    done_mtime = (out / "algorithm=grpo" / "seed0" / DONE_FILE).stat().st_mtime_ns
+
+    fake2 = FakeTrain()
+    results = run_sweep(load_sweep(sweep.path), SequentialRunner(fake2))
+    assert fake2.calls == [("algorithm=rloo seed1", True)]  # only the failed run, continuing its run dir
+    assert all(r.status == "finished" for r in results)
+    assert sorted(r.run.label for r in results if r.skipped) == ["algorithm=grpo seed0", "algorithm=grpo seed1",
+                                                                 "algorithm=rloo seed0"]
+    assert (out / "algorithm=grpo" / "seed0" / DONE_FILE).stat().st_mtime_ns == done_mtime
+    assert "Not finished" not in (out / "results.md").read_text()
+
+    fake3 = FakeTrain()
+    run_sweep(load_sweep(sweep.path), SequentialRunner(fake3))
+    assert fake3.calls == []  # everything finished: nothing runs, results are rewritten
+
+
+def test_aggregates_read_metrics_jsonl(tmp_path):
+    sweep = load_sweep(write_sweep(tmp_path, ALGOS))
+    runs = plan(sweep)
+    run_sweep(sweep, SequentialRunner(FakeTrain()), runs)
+    out = tmp_path / "out"
+    # A resumed run re-logs steps after its checkpoint: the last write of a step counts.
+    with open(runs[0].run_dir / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps({"step": 2, "reward/mean": 0.3, "success_rate": 0.0}) + "\n")
+        fh.write('{"step": 3, "reward/me')  # torn last line of a killed run: ignored
+    run_sweep(load_sweep(sweep.path), SequentialRunner(FakeTrain()))
+
+    table = {(r["arm"], r["seed"]): r for r in rows(out / "results.csv")}
+    assert len(table) == 4 and all(r["status"] == "finished" and r["steps"] == "2" for r in table.values())
+    assert float(table[("algorithm=grpo", "0")]["reward/mean"]) == pytest.approx(0.3)
+    assert float(table[("algorithm=grpo", "1")]["reward/mean"]) == pytest.approx(0.21)
+    assert float(table[("algorithm=rloo", "1")]["reward/mean"]) == pytest.approx(0.71)
+    assert table[("algorithm=rloo", "1")]["algorithm.name"] == "rloo"
+    assert table[("algorithm=grpo", "0")]["episodes"] == ""  # the appended row had no such key
+    assert float(table[("algorithm=rloo", "0")]["time/step"]) == 1.0  # other final metrics are columns too
+    md = (out / "results.md").read_text()
+    # grpo: reward/mean 0.3 and 0.21 -> mean 0.255, std 0.06364; success 0.0 and 0.5 -> 0.25 +- 0.3536
+    assert "| algorithm=grpo | grpo | 2/2 | 0.255 ± 0.06364 | 0.25 ± 0.3536 |" in md
+    assert "| algorithm=rloo | rloo | 2/2 | 0.705 ± 0.007071 | 0.25 ± 0.3536 |" in md
+    for name in ("compare.png", "algorithm=grpo.png", "algorithm=rloo.png"):
+        assert (out / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    plan_file = json.loads((out / "sweep.json").read_text())
+    assert [a["name"] for a in plan_file["arms"]] == ["algorithm=grpo", "algorithm=rloo"]
+
+
+def test_a_changed_config_is_refused_rather_than_skipped(tmp_path):
+    path = write_sweep(tmp_path, ALGOS)
+    run_sweep(load_sweep(path), SequentialRunner(FakeTrain()))
+    path.write_text(path.read_text().replace("train.steps=2", "train.steps=3"))
+    with pytest.raises(SweepError, match=r"another config \(train.steps: 2 -> 3\).*delete .*seed0 to run it again"):
+        plan(load_sweep(path))
+
+
+def test_local_runner_runs_the_trainer_as_a_subprocess(tmp_path, monkeypatch):
+    """The real LocalTrain path (command line, rl.config's parsing of every override, log capture, exit status,
+    --resume on a retry) with a stand-in module for rl.train."""
+    (tmp_path / "fake_train.py").write_text(textwrap.dedent("""\
+        import os, sys
+        from rl.config import parse_cli
+        from rl.run_dir import RunDir
+        args = [a for a in sys.argv[1:] if a != "--resume"]
+        cfg, _ = parse_cli(args)
+        print("ARGV", sys.argv[1:], flush=True)
+        rd = RunDir(cfg, resume="--resume" in sys.argv)
+        rd.log_metrics(1, {"reward/mean": 0.25, "success_rate": 1.0})
+        rd.close()
+        print("held-out success (test, 2 tasks): before 0.00 -> after 0.50")
+        if cfg.algorithm.name == os.environ.get("FAKE_FAIL"):
+            sys.exit("fake trainer: failing on purpose")
+        """))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setenv("FAKE_FAIL", "rloo")
+    path = write_sweep(tmp_path, ALGOS.replace("seeds: [0, 1]", "seeds: [0]").replace(
+        "metrics: [reward/mean, success_rate]", "metrics: [reward/mean, heldout/success_after]"))
+    results = run_sweep(load_sweep(path), SequentialRunner(LocalTrain("fake_train")))
+    assert {r.run.label: r.status for r in results} == {"algorithm=grpo seed0": "finished",
+                                                        "algorithm=rloo seed0": "failed"}
+    out = tmp_path / "out"
+    log = (out / "algorithm=rloo" / "seed0.log").read_text()
+    assert "fake_train --config" in log and "ARGV" in log and "--resume" not in log.split("ARGV")[1]
+    failed = [r for r in results if r.status == "failed"][0]
+    assert "fake trainer: failing on purpose" in failed.error
+    table = {r["arm"]: r for r in rows(out / "results.csv")}
+    assert table["algorithm=grpo"]["heldout/success_after"] == "0.5"
+
+    monkeypatch.setenv("FAKE_FAIL", "")
+    results = run_sweep(load_sweep(path), SequentialRunner(LocalTrain("fake_train")))
+    assert all(r.status == "finished" for r in results)
+    attempts = (out / "algorithm=rloo" / "seed0.log").read_text().split("\n=== ")
+    assert len(attempts) == 3 and "--resume" in attempts[-1]  # the retry continued the run dir
+    assert "| algorithm=rloo | rloo | 1/1 | 0.25 | 0.5 |" in (out / "results.md").read_text()
+
+
+def test_cli_dry_run_and_errors(tmp_path, capsys):
+    path = write_sweep(tmp_path, ALGOS)
+    assert main(["--config", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "algorithm=rloo seed1 [to run]: python -m rl.train --config" in out and "4 runs (2 arms x 2 seeds)" in out
+    assert not (tmp_path / "out").exists()
+    bad = write_sweep(tmp_path, "params:\n  algorithm.nme: [grpo]\n", "bad.yaml")
+    assert main(["--config", str(bad)]) == 2
+    assert "bad.yaml:4: param 'algorithm.nme'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- slow: Ray jobs, the real trainer
+
+@pytest.mark.slow
+def test_sweep_of_real_training_runs_as_ray_jobs_and_resumes(tmp_path):
+    from tests.test_ray_job import LocalHead  # a Ray head of this test's own: ports, token, clean stop
+
+    head = LocalHead()
+    try:
+        # One learner rank: a run then needs 2 of the head's 4 CPUs, so both jobs run at once (and start faster).
+        path = write_sweep(tmp_path, """\
+            overrides: [train.steps=1, learner.num_ranks=1]
+            params:
+              algorithm.name: [grpo, rloo]
+            """)
+        cmd = [sys.executable, "-m", "rl.sweep", "--config", str(path), "--address", head.dashboard,
+               "--max-concurrent", "2", "--poll-s", "2"]
+        t0 = time.monotonic()
+        first = subprocess.run(cmd, env=head.env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+        took = time.monotonic() - t0
+        out = tmp_path / "out"
+        logs = [p.read_text() for p in sorted(out.glob("*/seed0.log"))]
+        assert first.returncode == 0, (f"{first.stdout}\n{first.stderr[-3000:]}\n--- run logs ---\n"
+                                       + "\n".join(log[-3000:] for log in logs))
+        print(f"2-arm sweep as Ray jobs: {took:.0f} s")
+        table = rows(out / "results.csv")
+        assert [(r["arm"], r["status"], r["steps"]) for r in table] == [("algorithm=grpo", "finished", "1"),
+                                                                        ("algorithm=rloo", "finished", "1")]
+        assert all(r["reward/mean"] != "" for r in table)
+        md = (out / "results.md").read_text()
+        assert "| algorithm=grpo | grpo | 1/1 |" in md and "| algorithm=rloo | rloo | 1/1 |" in md
+        for name in ("compare.png", "algorithm=grpo.png", "algorithm=rloo.png"):
+            assert (out / "plots" / name).stat().st_size > 1000
+        assert len(logs) == 2 and all("Connecting to existing Ray cluster" in log for log in logs), \
+            "the jobs' drivers did not join the head (ray.address=auto)"
+        assert f"results: {out / 'results.md'}" in first.stdout
+
+        def jobs() -> int:  # our jobs in the head's job list
+            return head.ray("job", "list", "--address", head.dashboard).stdout.count("sweep-algorithm_")
+
+        before = jobs()
+        assert before > 0
+        second = subprocess.run(cmd, env=head.env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=180)
+        assert second.returncode == 0, second.stderr[-3000:]
+        assert "2 finished (2 skipped as already done), 0 failed" in second.stdout
+        assert jobs() == before, "the re-run submitted jobs for finished runs"
+
+        # A job that fails (the trainer cannot find its model): reported with the job's log, not fatal.
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(f"base_config: {TINY}\nsweep_dir: {tmp_path / 'bad'}\nparams:\n  model.name: [/nonexistent]\n")
+        third = subprocess.run([*cmd[:4], str(bad), *cmd[5:]], env=head.env, cwd=REPO_ROOT, capture_output=True,
+                               text=True, timeout=180)
+        assert third.returncode == 1 and "0 finished (0 skipped as already done), 1 failed" in third.stdout, \
+            third.stdout + third.stderr[-3000:]
+        [row] = rows(tmp_path / "bad" / "results.csv")
+        assert row["status"] == "failed" and "FAILED" in row["error"], row
+        assert "'/nonexistent' is not a model directory" in row["error"], row["error"]
+    finally:
+        left = head.close()
+    assert not left, f"processes of the test's Ray head survived: {sorted(left)}"
