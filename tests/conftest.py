@@ -46,7 +46,7 @@ def cleanup_vllm_shm() -> None:
                 in_use.update(line.split(None, 5)[-1].strip() for line in fh if "/dev/shm/" in line)
         except OSError:
             pass
-    for path in glob.glob("/dev/shm/psm_*") + glob.glob("/dev/shm/sem.mp-*"):
+    for path in glob.glob("/dev/shm/psm_*") + glob.glob("/dev/shm/sem.mp-*") + glob.glob("/dev/shm/sem.loky-*"):
         try:
             if path not in in_use and _os.stat(path).st_uid == _os.getuid():
                 _os.unlink(path)
