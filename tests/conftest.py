@@ -30,6 +30,22 @@ def tasks_by_id():
 
     return {t.id: t for t in load_split("base") + load_split("small")}
 
+@pytest.fixture(scope="session")
+def untrained_rm(tmp_path_factory):
+    """A tiny reward-model folder straight from the base model (random head): enough to test the plumbing."""
+    from transformers import AutoTokenizer
+
+    from rl.models import resolve_model
+    from rl.rm_model import RM_META, load_sequence_classifier, write_meta
+
+    base = str(resolve_model("tiny"))
+    out = tmp_path_factory.mktemp("rm")
+    load_sequence_classifier(base).save_pretrained(out)
+    AutoTokenizer.from_pretrained(base).save_pretrained(out)
+    (out / RM_META).write_text(write_meta(256, [0.0, 1.0, 2.0], "tiny"))
+    return str(out)
+
+
 REPO_ROOT = str(Path(__file__).resolve().parents[1])
 
 

@@ -282,32 +282,16 @@ def test_unclosed_turn_is_closed_before_the_feedback(tokenizer, small_rows, conf
 # --------------------------------------------------------------------------- hybrid reward
 
 
-@pytest.fixture(scope="module")
-def tiny_rm(tmp_path_factory):
-    """A tiny RM folder straight from the base model (random head), as tests/test_rewards.py makes one."""
-    from transformers import AutoTokenizer
-
-    from rl.models import resolve_model
-    from rl.rm_model import RM_META, load_sequence_classifier, write_meta
-
-    base = str(resolve_model("tiny"))
-    out = tmp_path_factory.mktemp("rm")
-    load_sequence_classifier(base).save_pretrained(out)
-    AutoTokenizer.from_pretrained(base).save_pretrained(out)
-    (out / RM_META).write_text(write_meta(256, [0.0, 1.0, 2.0], "tiny"))
-    return str(out)
-
-
-def test_gated_mixing_with_a_reward_model_follows_rl_rewards_mix(plugin, tokenizer, small_rows, config, tiny_rm):
+def test_gated_mixing_with_a_reward_model_follows_rl_rewards_mix(plugin, tokenizer, small_rows, config, untrained_rm):
     from envs.tau2_telecom.oracle import oracle_turns
     from rl.config import load_config
     from rl.rewards import RewardWeights, mix
     from rl.rm_model import RewardModelScorer, normalise
 
-    path = config(SMALL_CONFIG + f"reward:\n  mixing: gated\n  task_weight: 1.0\n  rm_path: {tiny_rm}\n"
+    path = config(SMALL_CONFIG + f"reward:\n  mixing: gated\n  task_weight: 1.0\n  rm_path: {untrained_rm}\n"
                                  "  rm_weight: 0.4\n  rm_max_len: 256\n")
     weights = RewardWeights.from_config(load_config(path).reward)
-    scorer = RewardModelScorer(tiny_rm, max_len=256)
+    scorer = RewardModelScorer(untrained_rm, max_len=256)
     row = small_rows[0]
     turns = oracle_turns(task_of(row), "solo")
     for played, checks in ((turns, 1.0), (turns[-1:], 0.0)):  # solved / `done` straight away
@@ -340,11 +324,11 @@ def test_judge_keys_are_logged_even_where_a_task_has_no_nl_assertions(plugin, to
     assert resp["reward"] == 1.0  # a missing judge component is neutral (rl/rewards.py)
 
 
-def test_batch_rm_normalisation_is_rejected(config, small_rows, tiny_rm):
+def test_batch_rm_normalisation_is_rejected(config, small_rows, untrained_rm):
     import rl.openrlhf_agent as plugin_mod
     from rl.config import ConfigError
 
-    config(SMALL_CONFIG + f"reward:\n  rm_path: {tiny_rm}\n  rm_weight: 0.2\n  rm_normalization: batch\n")
+    config(SMALL_CONFIG + f"reward:\n  rm_path: {untrained_rm}\n  rm_weight: 0.2\n  rm_normalization: batch\n")
     with pytest.raises(ConfigError, match="rm_normalization"):
         plugin_mod.TelecomAgent()
 

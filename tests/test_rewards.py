@@ -111,22 +111,6 @@ def test_config_rejects_mixings_that_cannot_keep_their_promise():
         load_config(None, ["reward.judge_weight=0.5"])
 
 
-@pytest.fixture(scope="module")
-def untrained_rm(tmp_path_factory):
-    """A tiny RM folder straight from the base model (random head): enough to test the plumbing."""
-    from transformers import AutoTokenizer
-
-    from rl.models import resolve_model
-    from rl.rm_model import RM_META, load_sequence_classifier, write_meta
-
-    base = str(resolve_model("tiny"))
-    out = tmp_path_factory.mktemp("rm")
-    load_sequence_classifier(base).save_pretrained(out)
-    AutoTokenizer.from_pretrained(base).save_pretrained(out)
-    (out / RM_META).write_text(write_meta(128, [0.0, 1.0, 2.0], "tiny"))
-    return str(out)
-
-
 def test_reward_actor_adds_the_learned_score_and_logs_it(untrained_rm):
     from rl.config import RewardConfig
     from rl.rm_model import RewardModelScorer, normalise
