@@ -170,7 +170,7 @@ class RewardConfig:
     rm_path: Optional[str] = None  # HF folder written by `python -m rl.rm_train`; None = no learned score
     rm_weight: float = 0.0  # weight of the learned score (needs rm_path)
     rm_normalization: str = "train_stats"  # train_stats: sigmoid of the z-score by the RM's training scores | batch
-    rm_max_len: int = 2048  # tokens the RM sees per episode (the start is cut: outcomes sit at the end)
+    rm_max_len: Optional[int] = None  # tokens the RM sees per episode (start cut); None = what it was trained on
     judge_weight: float = 0.0  # weight of the LLM judge's NL-assertion score (needs judge.model)
     judge_votes: int = 1  # judge samples per assertion; the majority decides (ties: not met)
     judge_seed: int = 0  # seeds the order in which assertions are shown to the judge
@@ -282,7 +282,7 @@ RULES: dict[type, dict[str, Check]] = {
     RewardConfig: {"malformed_call_penalty": non_negative, "max_penalty": non_negative,
                    "mixing": one_of("weighted", "gated", "multiplicative"), "rm_path": optional(non_empty),
                    "rm_weight": non_negative, "rm_normalization": one_of("train_stats", "batch"),
-                   "rm_max_len": positive, "judge_weight": non_negative, "judge_votes": positive},
+                   "rm_max_len": optional(positive), "judge_weight": non_negative, "judge_votes": positive},
     RewardModelConfig: {"base_model": non_empty, "eval_file": optional(non_empty), "out": optional(non_empty),
                         "epochs": positive, "lr": positive, "weight_decay": non_negative, "batch_size": positive,
                         "micro_batch_size": positive, "num_ranks": positive, "max_len": positive,

@@ -79,7 +79,7 @@ def test_grpo_step_with_the_trained_rm_under_gated_mixing(trained_rm):
     cfg = load_config(f"{REPO_ROOT}/configs/test_tiny.yaml",
                       [f"run_dir={run_dir}", "train.steps=1", "reward.task_weight=2.0",
                        "reward.env_assertion_weight=0.5", "reward.mixing=gated",
-                       f"reward.rm_path={trained_rm['rm']}", "reward.rm_weight=0.5", "reward.rm_max_len=384"])
+                       f"reward.rm_path={trained_rm['rm']}", "reward.rm_weight=0.5"])  # rm_max_len: the RM's own
     trainer = Trainer(cfg)
     try:
         m = trainer.train_step()
