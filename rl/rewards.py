@@ -79,8 +79,3 @@ def mix(checks: list[float], rm: list[float | None], judge: list[float | None], 
         return [c + s * width[g] for c, s, g in zip(checks, soft, groups)]
     raise ValueError(f"unknown reward mixing {w.mixing!r}: expected weighted, gated or multiplicative")
 
-
-def score_episode(evaluation: dict, rejected_calls: int, w: RewardWeights) -> tuple[float, dict[str, float]]:
-    """Checks-only reward of a single episode (no learned or judged component)."""
-    checks, components = check_score(evaluation, rejected_calls, w)
-    return mix([checks], [None], [None], [0], w)[0], components

@@ -2,7 +2,8 @@
 import pytest
 
 from actors.reward_actor import RewardActorImpl
-from rl.rewards import RewardWeights, score_episode
+from rl.rewards import RewardWeights
+from rl.rewards import check_score as score_episode  # checks-only: the reward with no soft part
 
 
 def _eval(reward, env_frac, act_frac, tool_errors=0):
