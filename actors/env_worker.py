@@ -11,14 +11,18 @@ import itertools
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
-from envs.tau2_telecom.session import JudgeConfig, SessionLimits, TelecomSession
+from envs.tau2_telecom.endpoint import LLMEndpoint
+from envs.tau2_telecom.session import EvalResult, SessionLimits, TelecomSession
 from envs.tau2_telecom.tool_calls import ToolCallLimits
 from envs.tau2_telecom.users import LLMUser, ScriptedUser
+
+if TYPE_CHECKING:
+    from rl.config import Config
 
 
 @dataclass(frozen=True)
@@ -28,24 +32,27 @@ class EnvSettings:
     policy: str = "manual"
     limits: SessionLimits = SessionLimits()
     call_limits: ToolCallLimits = ToolCallLimits()
-    user: str = "scripted"  # scripted | llm
-    user_llm: dict = field(default_factory=dict)  # LLMUser fields when user == "llm"
-    judge: dict = field(default_factory=dict)  # JudgeConfig fields; empty = no NL-assertion judge
+    user: str = "scripted"  # envs.tau2_telecom.choices.USERS
+    user_llm: LLMEndpoint | None = None  # the LLM customer's endpoint when user == "llm"
+    judge: LLMEndpoint | None = None  # tau2's NL-assertion judge inside evaluate(); None = not judged
     prompt: str = "full"  # full | compact (see TelecomSession)
     world: str = "cached"  # "tau2_per_episode" builds every env with tau2's constructor (benchmark baseline)
 
     @classmethod
-    def from_config(cls, cfg) -> EnvSettings:
-        """From the typed run config (rl.config.Config)."""
+    def from_config(cls, cfg: Config) -> EnvSettings:
+        """From the run config: its env section and the user_llm / judge endpoints."""
         env = cfg.env
-        llm = {k: getattr(cfg.user_llm, k) for k in ("model", "base_url", "api_key", "temperature", "max_tokens")}
-        judge = {k: getattr(cfg.judge, k) for k in ("model", "base_url", "api_key", "temperature")}
         return cls(policy=env.policy,
                    limits=SessionLimits(max_turns=env.max_turns, max_errors=env.max_errors),
                    call_limits=ToolCallLimits(max_calls_per_turn=env.max_calls_per_turn,
                                               max_argument_chars=env.max_argument_chars),
-                   user=env.user, user_llm=llm if env.user == "llm" else {},
-                   judge=judge if cfg.judge.model else {}, prompt=env.prompt)
+                   user=env.user, user_llm=cfg.user_llm if env.user == "llm" else None,
+                   judge=cfg.judge if cfg.judge.model else None, prompt=env.prompt)
+
+    def new_session(self, world) -> TelecomSession:
+        """A session on `world` with this customer, judge, limits and prompt (a fresh customer every call)."""
+        user = LLMUser(self.user_llm) if self.user == "llm" else ScriptedUser()
+        return TelecomSession(world, self.limits, user=user, judge=self.judge, prompt=self.prompt)
 
 
 class EnvWorkerImpl:
@@ -59,10 +66,7 @@ class EnvWorkerImpl:
         self.sessions: dict[str, TelecomSession] = {}
 
     def _new_session(self) -> TelecomSession:
-        s = self.settings
-        user = LLMUser(**s.user_llm) if s.user == "llm" else ScriptedUser()
-        judge = JudgeConfig(**s.judge) if s.judge else None
-        return TelecomSession(self.world, s.limits, user=user, judge=judge, prompt=s.prompt)
+        return self.settings.new_session(self.world)
 
     def reset(self, sid: str, task: dict, mode: str) -> dict:
         from envs.tau2_telecom import tau2_api as t2
@@ -79,8 +83,8 @@ class EnvWorkerImpl:
         return {"obs": obs.to_dict(), "log_delta": _dump(session.trajectory[n:]),
                 "rejected_delta": session.rejected[n_rejected:], "counters": _counters(session)}
 
-    def evaluate(self, sid: str) -> dict:
-        return self._session(sid).evaluate().to_dict()
+    def evaluate(self, sid: str) -> EvalResult:
+        return self._session(sid).evaluate()
 
     def restore(self, sid: str, log: dict) -> None:
         fresh = self._new_session()
@@ -191,7 +195,7 @@ class EnvPool:
             rec.counters = out["counters"]
         return [out["obs"] for out in outs]
 
-    def evaluate_many(self, sids: list[str]) -> list[dict]:
+    def evaluate_many(self, sids: list[str]) -> list[EvalResult]:
         return self._call_many("evaluate", [(sid, (sid,)) for sid in sids])
 
     def close_many(self, sids: list[str]) -> None:
@@ -207,7 +211,7 @@ class EnvPool:
     def step(self, sid: str, turn: Any) -> dict:
         return self.step_many([(sid, turn)])[0]
 
-    def evaluate(self, sid: str) -> dict:
+    def evaluate(self, sid: str) -> EvalResult:
         return self.evaluate_many([sid])[0]
 
     def log(self, sid: str) -> dict:

@@ -16,19 +16,22 @@ import os
 import shutil
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ray
 import torch
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from rl.algorithms import aggregate, kl_penalty, policy_loss, token_logprobs
+from rl.algorithms import aggregation_units, policy_loss, token_logprobs
+from rl.contracts import BatchTotals, TrainBatch
+from rl.tensors import pad_rows, pad_with_attention
 
-# Aggregations averaging over tokens; the others (rl.algorithms.AGGREGATIONS) average over sequences that have
-# loss tokens.
-_TOKEN_AGGREGATIONS = {"token_mean"}
+if TYPE_CHECKING:
+    from rl.config import Config
+
 _WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5")
 
 
@@ -49,6 +52,15 @@ class LearnerSettings:
     clip_eps_high: float | None = None
     aggregation: str = "token_mean"
     seed: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: Config, model_path: str) -> LearnerSettings:
+        """The learner section of the run config plus the loss's algorithm keys (both documented there)."""
+        lc, a = cfg.learner, cfg.algorithm
+        return cls(model_path=model_path, lr=lc.lr, weight_decay=lc.weight_decay, grad_clip=lc.grad_clip,
+                   micro_batch_size=lc.micro_batch_size, gradient_checkpointing=lc.gradient_checkpointing,
+                   offload=lc.offload, kl_coef=a.kl_coef, kl_kind=a.kl_kind, clip_eps=a.clip_eps,
+                   clip_eps_high=a.clip_eps_high, aggregation=a.aggregation, seed=cfg.seed)
 
 
 def deepspeed_config(s: LearnerSettings, use_gpu: bool, train: bool = True) -> dict:
@@ -152,20 +164,20 @@ class LearnerRank:
 
     # ---- training ---------------------------------------------------------------------------------------------
 
-    def train_step(self, batch: dict) -> dict:
-        """One optimizer step on this rank's share. LearnerGroup adds totals over ALL ranks (num_tokens,
-        num_sequences: loss tokens / sequences with any, max_len: longest sequence) so that every micro loss
-        gets its exact weight in the batch objective; called directly, a rank uses its own share's."""
+    def train_step(self, batch: TrainBatch) -> dict:
+        """One optimizer step on this rank's share. LearnerGroup sets batch.totals over ALL ranks (aggregation
+        units, longest sequence) so that every micro loss gets its exact weight in the batch objective; called
+        directly with no totals, a rank uses its own share's."""
         s, t0 = self.settings, time.perf_counter()
         W = self.world_size
-        micro = self._micro_batches(batch, ("loss_mask", "old_logprobs", "advantages"))
+        micro = self._micro_batches(batch, train=True)
         n_tokens = sum(int(m["loss_mask"].sum()) for m in micro)
-        n_seqs = sum(int((m["loss_mask"].sum(-1) > 0).sum()) for m in micro)
-        total_tokens = max(batch.get("num_tokens") or n_tokens * W, 1)
-        total_seqs = max(batch.get("num_sequences") or n_seqs * W, 1)
-        # Sum-normalised aggregation divides by a constant length: the same one for every micro batch and rank.
-        max_len = batch.get("max_len") or max(len(r) for r in batch["input_ids"])
-        token_level = s.aggregation in _TOKEN_AGGREGATIONS
+        if batch.totals is not None:
+            totals = batch.totals
+        else:  # this share is all there is on every rank
+            own = BatchTotals.of(batch.input_ids, batch.loss_mask)
+            totals = replace(own, tokens=own.tokens * W, sequences=own.sequences * W)
+        total_units, total_tokens = max(totals.units(s.aggregation), 1), max(totals.tokens, 1)
 
         # DeepSpeed averages gradients over ranks, hence the W factor: micro batch m gets weight
         # W * units_m / total (units: its loss tokens or its sequences, as aggregate() counts them), and
@@ -179,22 +191,23 @@ class LearnerRank:
             m = {k: v.to(self.engine.device) if torch.is_tensor(v) else v for k, v in m.items()}
             mask = m["loss_mask"]
             logp = self._logprobs(self.engine, m, needed=mask > 0)
-            pg, stats = policy_loss(logp, m["old_logprobs"], m["advantages"], mask, clip_eps=s.clip_eps,
-                                    clip_eps_high=s.clip_eps_high, aggregation=s.aggregation, max_len=max_len)
-            loss, kl = pg, torch.zeros((), device=logp.device)
+            ref_logp = None
             if self.ref is not None:
                 with torch.no_grad():  # the reference forward is a collective too: every rank runs it
                     ref_logp = self._logprobs(self.ref, m, needed=mask > 0)
-                kl = aggregate(kl_penalty(logp, ref_logp, kind=s.kl_kind), mask, s.aggregation, max_len)
-                loss = pg + s.kl_coef * kl
+            loss, stats = policy_loss(logp, m["old_logprobs"], m["advantages"], mask, clip_eps=s.clip_eps,
+                                      clip_eps_high=s.clip_eps_high, aggregation=s.aggregation,
+                                      max_len=totals.max_len, ref_logp=ref_logp, kl_coef=s.kl_coef,
+                                      kl_kind=s.kl_kind)
             tokens = int(mask.sum())
-            share = tokens / total_tokens if token_level else int((mask.sum(-1) > 0).sum()) / total_seqs
+            share = aggregation_units(mask, s.aggregation) / total_units
             # A micro batch of padding still runs backward (ZeRO-3's hooks are collectives); weight 0 does it.
             self.engine.backward(loss * (share * W), scale_wrt_gas=False)
             self.engine.step()
             # Metrics: each rank reports W * its part of the batch mean, so the group's average is the mean.
             # Loss terms weigh like the loss; clip_fraction / approx_kl are per-token means, weighed by tokens.
-            for k, v, w in (("loss", loss.item(), share), ("pg_loss", pg.item(), share), ("kl", kl.item(), share),
+            for k, v, w in (("loss", loss.item(), share), ("pg_loss", stats["pg_loss"], share),
+                            ("kl", stats["kl"], share),
                             ("clip_fraction", stats["clip_fraction"], tokens / total_tokens),
                             ("approx_kl", stats["approx_kl"], tokens / total_tokens)):
                 sums[k] += v * w * W
@@ -203,25 +216,26 @@ class LearnerRank:
                 "tokens": float(n_tokens), "seconds": time.perf_counter() - t0}
 
     @torch.no_grad()
-    def logprobs(self, batch: dict) -> list[list[float]]:
+    def logprobs(self, batch: TrainBatch) -> list[list[float]]:
         """Per-token logprobs of the current policy, aligned with input_ids (position 0 is 0)."""
         out = []
-        for m in self._micro_batches(batch, ()):
+        for m in self._micro_batches(batch, train=False):
             logp = self._logprobs(self.engine, m).cpu()
             out += [row[:n].tolist() for row, n in zip(logp, m["lengths"])]
         return out
 
-    def _micro_batches(self, batch: dict, keys: tuple[str, ...]) -> list[dict]:
-        """Split into micro batches, each right-padded to its own longest sequence (padding never sees loss)."""
-        ids, mbs = batch["input_ids"], self.settings.micro_batch_size
-        dtypes = {"loss_mask": torch.float32, "old_logprobs": torch.float32, "advantages": torch.float32}
+    def _micro_batches(self, batch: TrainBatch, train: bool) -> list[dict]:
+        """Split into micro batches of tensors, each right-padded to its own longest sequence (padding never sees
+        loss). train: with the loss's inputs (loss mask, old logprobs, advantages)."""
+        mbs = self.settings.micro_batch_size
         micro = []
-        for start in range(0, len(ids), mbs):
-            rows = slice(start, start + mbs)
-            m = {"input_ids": _pad(ids[rows], 0, torch.long), "lengths": [len(r) for r in ids[rows]]}
-            m["attention_mask"] = _pad([[1] * n for n in m["lengths"]], 0, torch.long)
-            for k in keys:
-                m[k] = _pad(batch[k][rows], 0, dtypes[k])
+        for start in range(0, len(batch), mbs):
+            part = batch.rows(slice(start, start + mbs))
+            ids, attn = pad_with_attention(part.input_ids)
+            m = {"input_ids": ids, "attention_mask": attn, "lengths": [len(r) for r in part.input_ids]}
+            if train:
+                for k in ("loss_mask", "old_logprobs", "advantages"):
+                    m[k] = pad_rows(getattr(part, k), 0, torch.float32)
             micro.append(m)
         return micro
 
@@ -362,21 +376,21 @@ class LearnerGroup:
 
     # ---- calls ----------------------------------------------------------------------------------------------
 
-    def train_step(self, batch: dict) -> dict:
-        shares, _ = self._split(batch, ("loss_mask", "old_logprobs", "advantages"))
-        masks = batch["loss_mask"]
-        totals = {"num_tokens": int(sum(sum(m) for m in masks)), "num_sequences": sum(1 for m in masks if any(m)),
-                  "max_len": max(len(r) for r in batch["input_ids"])}
+    def train_step(self, batch: TrainBatch) -> dict:
+        if batch.old_logprobs is None or batch.advantages is None:
+            raise ValueError("train_step needs old_logprobs and advantages in the batch")
+        shares, _ = self._split(batch)
+        totals = BatchTotals.of(batch.input_ids, batch.loss_mask)
         for share in shares:
-            share.update(totals)
+            share.totals = totals
         results = self._call("train_step", shares)
         out = {k: sum(r[k] for r in results) / len(results) for k in results[0]}
         out["tokens"] = sum(r["tokens"] for r in results)
         out["seconds"] = max(r["seconds"] for r in results)
         return out
 
-    def logprobs(self, batch: dict) -> list[list[float]]:
-        shares, n = self._split(batch, ())
+    def logprobs(self, batch: TrainBatch) -> list[list[float]]:
+        shares, n = self._split(batch)
         return [row for share in self._call("logprobs", shares) for row in share][:n]
 
     def state_dict_ref(self) -> ray.ObjectRef:
@@ -415,22 +429,26 @@ class LearnerGroup:
         # e.g. from the last checkpoint).
         return self._collect(refs, self.timeout_s, f"failed in {method}")
 
-    def _split(self, batch: dict, keys: tuple[str, ...]) -> tuple[list[dict], int]:
+    def _split(self, batch: TrainBatch) -> tuple[list[TrainBatch], int]:
         """Contiguous, equal-sized shares. The sequence count is padded up to a multiple of num_ranks with
         loss-free copies of the shortest sequence, so every rank gets the same number of sequences, hence the
         same number of micro batches (same micro_batch_size everywhere), hence the same sequence of ZeRO-3
         collectives: a rank with one micro step fewer would leave the others waiting forever. Returns the shares
         and the number of real sequences (the padding copies sit at the end)."""
-        ids = batch["input_ids"]
+        ids = batch.input_ids
         n = len(ids)
         if n == 0:
             raise ValueError("empty batch")
         per_rank = -(-n // self.num_ranks)
-        filler = min(range(n), key=lambda i: len(ids[i]))
-        rows = {"input_ids": list(ids) + [ids[filler]] * (per_rank * self.num_ranks - n)}
-        for k in keys:
-            rows[k] = list(batch[k]) + [[0] * len(ids[filler])] * (per_rank * self.num_ranks - n)
-        return [{k: v[r * per_rank:(r + 1) * per_rank] for k, v in rows.items()} for r in range(self.num_ranks)], n
+        short = ids[min(range(n), key=lambda i: len(ids[i]))]
+        extra = per_rank * self.num_ranks - n
+
+        def fill(rows: list | None) -> list | None:
+            return None if rows is None else list(rows) + [[0] * len(short)] * extra
+
+        padded = TrainBatch(list(ids) + [short] * extra, fill(batch.loss_mask), fill(batch.old_logprobs),
+                            fill(batch.advantages))
+        return [padded.rows(slice(r * per_rank, (r + 1) * per_rank)) for r in range(self.num_ranks)], n
 
 
 def _reserve(bundle: dict, n: int, timeout_s: float):
@@ -441,13 +459,6 @@ def _reserve(bundle: dict, n: int, timeout_s: float):
         raise TimeoutError(f"could not reserve {n} x {bundle} for the learner in {timeout_s:.0f}s "
                            f"(cluster has {ray.available_resources()})")
     return pg
-
-
-def _pad(rows: list, value, dtype) -> torch.Tensor:
-    out = torch.full((len(rows), max(len(r) for r in rows)), value, dtype=dtype)
-    for i, r in enumerate(rows):
-        out[i, :len(r)] = torch.as_tensor(r, dtype=dtype)
-    return out
 
 
 def _hf_name(name: str) -> str:

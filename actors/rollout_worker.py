@@ -14,9 +14,15 @@ import asyncio
 import os
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import ray
+
+from rl.contracts import EpisodeJob, EpisodeTimings, Trajectory
+
+if TYPE_CHECKING:
+    from rl.config import Config
 
 
 @dataclass(frozen=True)
@@ -31,27 +37,13 @@ class RolloutSettings:
     gpu_memory_utilization: float = 0.5  # GPU only
     seed: int = 0
 
-
-@dataclass
-class Trajectory:
-    """One episode as the learner needs it, plus what the reward actor and logs need."""
-
-    task_id: str
-    group: int  # episodes of the same task in one step share a group (GRPO/RLOO baselines)
-    token_ids: list[int]
-    loss_mask: list[int]  # 1 on tokens the policy sampled
-    logprobs: list[float]  # sampling logprob of token_ids[t] (0 where loss_mask is 0)
-    prompt_len: int
-    messages: list[dict]  # the conversation (OpenAI format) for logs and SFT
-    turns: int
-    truncated: bool  # ran out of context before the episode ended
-    termination: str | None
-    eval: dict = field(default_factory=dict)  # EvalResult.to_dict() from tau2's evaluator
-    rejected_calls: int = 0
-    timings: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    @classmethod
+    def from_config(cls, cfg: Config, model_path: str) -> RolloutSettings:
+        """The rollout section of the run config (documented there), the episodes' mode and the seed."""
+        r = cfg.rollout
+        return cls(model_path=model_path, mode=cfg.env.mode, max_model_len=r.max_model_len,
+                   max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
+                   kv_cache_gib=r.kv_cache_gib, gpu_memory_utilization=r.gpu_memory_utilization, seed=cfg.seed)
 
 
 class TemplateNotPrefixStable(RuntimeError):
@@ -65,6 +57,7 @@ class RolloutWorkerImpl:
         self.env_settings = env_settings
         self.name = name
         self.engine = None
+        self.policy_version = 0  # weight syncs received (sync_weights)
 
     async def start(self) -> dict:
         """Build the engine (inside the running event loop, as AsyncLLM requires)."""
@@ -153,15 +146,15 @@ class RolloutWorkerImpl:
         # other episodes' generation - running while this episode waits on its environment.
         return await asyncio.to_thread(getattr(self.env, method), *args)
 
-    async def run_episode(self, task: dict, group: int, greedy: bool = False) -> Trajectory:
-        s = self.settings
-        timings = {"generate_s": 0.0, "env_s": 0.0}
+    async def run_episode(self, job: EpisodeJob, greedy: bool = False) -> Trajectory:
+        s, task = self.settings, job.task
+        version = self.policy_version
+        timings = EpisodeTimings()
         t0 = time.perf_counter()
         sid, obs = await self._env("reset", task, s.mode)
-        timings["env_s"] += time.perf_counter() - t0
+        timings.env_s += time.perf_counter() - t0
         messages, tools = list(obs["messages"]), obs["tools"]
         ids = self.encode(self.render(messages, tools))
-        prompt_len = len(ids)
         mask, lps = [0] * len(ids), [0.0] * len(ids)
         turns, truncated, done = 0, False, obs["done"]
         while not done:
@@ -172,7 +165,7 @@ class RolloutWorkerImpl:
             t0 = time.perf_counter()
             params = self._sampling(budget, temperature=0.0) if greedy else self._sampling(budget)
             gen, gen_lps, finish = await self._generate(ids, params)
-            timings["generate_s"] += time.perf_counter() - t0
+            timings.generate_s += time.perf_counter() - t0
             turns += 1
             ids += gen
             mask += [1] * len(gen)
@@ -184,7 +177,7 @@ class RolloutWorkerImpl:
             text = self.tokenizer.decode([t for t in gen if t != self.eos_id], skip_special_tokens=False)
             t0 = time.perf_counter()
             obs = await self._env("step", sid, text)
-            timings["env_s"] += time.perf_counter() - t0
+            timings.env_s += time.perf_counter() - t0
             done = obs["done"]
             new = obs["messages"]
             obs_ids = self.observation_ids(messages, tools, text, new)
@@ -196,29 +189,28 @@ class RolloutWorkerImpl:
             lps += [0.0] * len(obs_ids)
         t0 = time.perf_counter()
         result = (await self._env("evaluate_many", [sid]))[0]
-        log = self.env.log(sid)
         await self._env("close_many", [sid])
-        timings["env_s"] += time.perf_counter() - t0
-        return Trajectory(task_id=task["id"], group=group, token_ids=ids, loss_mask=mask, logprobs=lps,
-                          prompt_len=prompt_len, messages=messages, turns=turns, truncated=truncated,
-                          termination=result["termination"], eval=result, rejected_calls=len(log["rejected"]),
-                          timings=timings)
+        timings.env_s += time.perf_counter() - t0
+        criteria = task.get("evaluation_criteria") or {}  # the judge scores the task's NL assertions, if any
+        return Trajectory(task_id=task["id"], group=job.group, messages=messages, eval=result,
+                          nl_assertions=list(criteria.get("nl_assertions") or []), token_ids=ids, loss_mask=mask,
+                          logprobs=lps, turns=turns, truncated=truncated, policy_version=version, timings=timings)
 
-    async def rollout(self, jobs: list[dict], greedy: bool = False) -> list[dict]:
-        """jobs: [{"task": tau2 task dict, "group": int}] -> trajectories (dicts), all run concurrently.
-        greedy=True for evaluation (temperature 0)."""
-        trajs = await asyncio.gather(*[self.run_episode(j["task"], j["group"], greedy) for j in jobs])
-        return [t.to_dict() for t in trajs]
+    async def rollout(self, jobs: list[EpisodeJob], greedy: bool = False) -> list[Trajectory]:
+        """All jobs' episodes, run concurrently; greedy=True for evaluation (temperature 0)."""
+        return list(await asyncio.gather(*[self.run_episode(j, greedy) for j in jobs]))
 
     # ------------------------------------------------------------ weight sync
-    async def sync_weights(self, state_dict: dict) -> dict:
-        """`state_dict` arrives resolved from the learner's ObjectRef (Ray passes top-level refs by value)."""
+    async def sync_weights(self, state_dict: dict, version: int | None = None) -> dict:
+        """`state_dict` arrives resolved from the learner's ObjectRef (Ray passes top-level refs by value).
+        version: the policy version these weights are (the driver's step); default: one more sync."""
         from actors.weight_sync import state_dict_to_bytes
 
         t0 = time.perf_counter()
         data = state_dict_to_bytes(state_dict)
         counts = await self.engine.collective_rpc("load_weights_from_bytes", args=(data,))
         await self.engine.reset_prefix_cache()  # cached KV was computed with the old weights
+        self.policy_version = self.policy_version + 1 if version is None else version
         return {"tensors": counts[0], "bytes": len(data), "seconds": time.perf_counter() - t0}
 
     async def shutdown(self) -> None:

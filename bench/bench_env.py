@@ -114,8 +114,9 @@ def main(argv=None) -> dict:
 
         from actors.env_worker import EnvPool, EnvSettings
 
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
+        from rl.runtime import init_ray
+
+        init_ray(None, 2, log_to_driver=False)
         pools = {k: EnvPool(EnvSettings(world=k), num_workers=args.workers) for k in ARMS}
         for k in ARMS:
             actor_eps(pools[k], tasks[:4], args.mode)  # warm-up

@@ -37,6 +37,8 @@ from envs.tau2_telecom.session import TelecomSession
 from envs.tau2_telecom.tasks import load_split
 from envs.tau2_telecom.users import ScriptedUser
 from envs.tau2_telecom.world import get_world
+from rl.contracts import EpisodeJob, Trajectory
+from rl.runtime import init_ray
 
 ROOT = Path(__file__).resolve().parents[1]
 MODE, MAX_MODEL_LEN, KV_GIB = "dual", 4096, 0.25
@@ -66,17 +68,17 @@ def generated_spans(mask: list[int]) -> list[tuple[int, int]]:
     return spans
 
 
-def turn_workload(trajs: list[dict]) -> list[list[tuple[list[int], int]]]:
+def turn_workload(trajs: list[Trajectory]) -> list[list[tuple[list[int], int]]]:
     """Per episode, per turn: (prompt token ids, generated token count)."""
     out = []
     for t in trajs:
-        spans = generated_spans(t["loss_mask"])
-        assert len(spans) == t["turns"], (len(spans), t["turns"])
-        out.append([(t["token_ids"][:a], b - a) for a, b in spans])
+        spans = generated_spans(t.loss_mask)
+        assert len(spans) == t.turns, (len(spans), t.turns)
+        out.append([(t.token_ids[:a], b - a) for a, b in spans])
     return out
 
 
-def agent_arm(worker, jobs: list[dict]) -> tuple[float, list[dict]]:
+def agent_arm(worker, jobs: list[EpisodeJob]) -> tuple[float, list[Trajectory]]:
     ray.get(worker.reset_prefix_cache.remote())
     t0 = time.perf_counter()
     trajs = ray.get(worker.rollout.remote(jobs))
@@ -111,7 +113,7 @@ def raw_dependent_arm(worker, work) -> tuple[float, int]:
     return time.perf_counter() - t0, sum(counts)
 
 
-def bench_agent_vs_raw(worker, jobs: list[dict], rounds: int) -> dict:
+def bench_agent_vs_raw(worker, jobs: list[EpisodeJob], rounds: int) -> dict:
     rows = []
     for _ in range(rounds):
         wall, trajs = agent_arm(worker, jobs)
@@ -125,8 +127,8 @@ def bench_agent_vs_raw(worker, jobs: list[dict], rounds: int) -> dict:
                      "mean_prompt_tokens": round(statistics.mean(len(p) for ep in work for p, _ in ep)),
                      "agent_s": wall, "raw_batched_s": b_wall, "raw_dependent_s": d_wall,
                      # Inside the episodes (summed over episodes, so concurrent waits count once per episode):
-                     "episode_generate_s": sum(t["timings"]["generate_s"] for t in trajs),
-                     "episode_env_s": sum(t["timings"]["env_s"] for t in trajs)})
+                     "episode_generate_s": sum(t.timings.generate_s for t in trajs),
+                     "episode_env_s": sum(t.timings.env_s for t in trajs)})
     for r in rows:  # per round the arms did the same work, so the paired per-round ratio is the one to read
         for arm in ("agent", "raw_batched", "raw_dependent"):
             r[f"{arm}_tok_s"] = r["tokens"] / r[f"{arm}_s"]
@@ -142,7 +144,7 @@ def _median(rows: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in rows)
 
 
-def host_overhead_ms(model_path: str, trajs: list[dict], tools: list[dict]) -> dict:
+def host_overhead_ms(model_path: str, trajs: list[Trajectory], tools: list[dict]) -> dict:
     """CPU the agent loop spends per turn outside the engine, on the actor's event loop: observation_ids renders
     the whole conversation twice with the chat template and re-encodes the tail. Timed here, in-process."""
     impl = RolloutWorkerImpl(RolloutSettings(model_path=model_path))
@@ -151,7 +153,7 @@ def host_overhead_ms(model_path: str, trajs: list[dict], tools: list[dict]) -> d
     impl.tokenizer = AutoTokenizer.from_pretrained(model_path)
     samples = []
     for t in trajs:
-        msgs = t["messages"]
+        msgs = t.messages
         assistant = [i for i, m in enumerate(msgs) if m["role"] == "assistant"][1:]  # [0] is tau2's greeting
         for k, i in enumerate(assistant):
             end = assistant[k + 1] if k + 1 < len(assistant) else len(msgs)
@@ -161,7 +163,7 @@ def host_overhead_ms(model_path: str, trajs: list[dict], tools: list[dict]) -> d
     return {"observation_ids_ms_median": round(statistics.median(samples), 2), "n": len(samples)}
 
 
-def env_call_ms(env: EnvPool, trajs: list[dict]) -> dict:
+def env_call_ms(env: EnvPool, trajs: list[Trajectory]) -> dict:
     """Latency of each EnvPool call alone (one Ray round trip each), replaying the warm-up episodes' assistant
     turns - to compare with the env time the episodes see inside the concurrent agent loop."""
     ms = defaultdict(list)
@@ -174,8 +176,8 @@ def env_call_ms(env: EnvPool, trajs: list[dict]) -> dict:
 
     by_id = {t.id: t for t in load_split("small")}
     for t in trajs:
-        sid, _ = timed("reset", env.reset, by_id[t["task_id"]], MODE)
-        for m in [m for m in t["messages"] if m["role"] == "assistant"][1:]:
+        sid, _ = timed("reset", env.reset, by_id[t.task_id], MODE)
+        for m in [m for m in t.messages if m["role"] == "assistant"][1:]:
             if timed("step", env.step, sid, m["content"])["done"]:
                 break
         timed("evaluate", env.evaluate_many, [sid])
@@ -226,12 +228,12 @@ def bench_agent_vs_naive(worker, model_path: str, tasks, rounds: int, max_new_to
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     naive_hf_arm(model, tok, tasks[:1], max_new_tokens)  # warm-up: world parse, first-call costs
-    jobs = [{"task": t.model_dump(mode="json"), "group": i} for i, t in enumerate(tasks)]
+    jobs = [EpisodeJob(t.model_dump(mode="json"), i) for i, t in enumerate(tasks)]
     rows = []
     for _ in range(rounds):
         wall, trajs = agent_arm(worker, jobs)
         hf_wall, hf_tokens = naive_hf_arm(model, tok, tasks, max_new_tokens)
-        tokens = sum(sum(t["loss_mask"]) for t in trajs)
+        tokens = sum(sum(t.loss_mask) for t in trajs)
         rows.append({"agent_tokens": tokens, "agent_s": wall, "agent_tok_s": tokens / wall,
                      "naive_tokens": hf_tokens, "naive_s": hf_wall, "naive_tok_s": hf_tokens / hf_wall})
     torch.set_num_threads(threads)
@@ -332,15 +334,14 @@ def main(argv=None) -> dict:
         sections[name] = round(now - last, 1)
         last = now
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    init_ray(None, 2, log_to_driver=False)
     try:
         env = EnvPool(ENV, num_workers=1)
         settings = RolloutSettings(model_path=model_path, mode=MODE, max_model_len=MAX_MODEL_LEN,
                                    max_new_tokens=args.max_new_tokens, kv_cache_gib=KV_GIB)
         worker = BenchRolloutWorker.options(num_cpus=1).remote(settings, env.workers, ENV, "bench")
         report["engine_start_s"] = round(ray.get(worker.start.remote(), timeout=300)["seconds"], 1)
-        jobs = [{"task": t.model_dump(mode="json"), "group": i} for i, t in enumerate(tasks[: args.episodes])]
+        jobs = [EpisodeJob(t.model_dump(mode="json"), i) for i, t in enumerate(tasks[: args.episodes])]
         _, warm = agent_arm(worker, jobs)  # warm-up: first-request costs out of the timings
         raw_batched_arm(worker, turn_workload(warm))
         lap("setup")

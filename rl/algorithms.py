@@ -27,11 +27,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from rl.choices import ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_KINDS, TOKEN_AGGREGATIONS
+
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
     "AGGREGATIONS",
     "KL_KINDS",
     "aggregate",
+    "aggregation_units",
     "compute_advantages",
     "drop_zero_variance_groups",
     "expand_to_tokens",
@@ -44,10 +47,6 @@ __all__ = [
     "rloo_advantages",
     "token_logprobs",
 ]
-
-ADVANTAGE_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp")
-KL_KINDS = ("k1", "k2", "k3")
-AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -295,6 +294,16 @@ def aggregate(per_token: Tensor, mask: Tensor, mode: str, max_len: int | None = 
     return per_seq.sum() / (seq_len > 0).sum().clamp(min=1)
 
 
+def aggregation_units(mask: Tensor, mode: str) -> int:
+    """What `aggregate(..., mode)` averages over in this mask: loss tokens (token_mean) or sequences that have any.
+    A batch split into micro batches and ranks weighs micro batch m by units(m) / units(batch), which makes the
+    sum of the micro losses' gradients the gradient of the whole batch's aggregate."""
+    if mode not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {mode!r}; expected one of {', '.join(AGGREGATIONS)}")
+    m = mask.bool()
+    return int(m.sum()) if mode in TOKEN_AGGREGATIONS else int((m.sum(dim=-1) > 0).sum())
+
+
 def policy_loss(
     logp: Tensor,
     old_logp: Tensor,
@@ -319,7 +328,8 @@ def policy_loss(
     entropy collapse).  If ``kl_coef`` and ``ref_logp`` are given, ``kl_coef * KL_kind(pi||ref)``
     is added per token and aggregated the same way.
 
-    Returns (scalar loss, stats) with stats as floats over masked tokens:
+    Returns (scalar loss, stats) with stats as floats:
+      pg_loss        the clipped surrogate alone; kl: the aggregated KL term (0 without a reference)
       clip_fraction  share of tokens whose clipped term was selected (their gradient is 0)
       approx_kl      mean k3 estimate of KL(old || new) (tokens were sampled from old)
       ratio_mean, ratio_max, and kl_ref (mean KL to the reference) when used.
@@ -337,12 +347,15 @@ def policy_loss(
     unclipped = ratio * adv
     clipped = ratio.clamp(1 - eps_low, 1 + eps_high) * adv
     per_token = -torch.minimum(unclipped, clipped)
-    loss = aggregate(per_token, m, aggregation, max_len)
+    pg_loss = aggregate(per_token, m, aggregation, max_len)
+    loss = pg_loss
 
-    stats: dict[str, float] = {}
+    stats: dict[str, float] = {"pg_loss": pg_loss.item(), "kl": 0.0}
     if ref_logp is not None and kl_coef != 0.0:
         kl = kl_penalty(torch.where(m, logp, 0), torch.where(m, ref_logp.detach(), 0), kl_kind)
-        loss = loss + kl_coef * aggregate(kl, m, aggregation, max_len)
+        kl_term = aggregate(kl, m, aggregation, max_len)
+        loss = loss + kl_coef * kl_term
+        stats["kl"] = kl_term.item()
         stats["kl_ref"] = masked_mean(kl.detach(), m).item()
 
     with torch.no_grad():

@@ -25,13 +25,17 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from envs.tau2_telecom.endpoint import LLMEndpoint
+from rl.choices import (ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_KINDS, MIXINGS, MODES, POLICIES, PROMPTS,
+                        RM_NORMALIZATIONS, SPLITS, USERS)
+
 __all__ = [
     "Config",
     "ConfigError",
     "EnvConfig",
     "EnvPoolConfig",
     "AlgorithmConfig",
-    "LLMEndpointConfig",
+    "LLMEndpoint",
     "LearnerConfig",
     "ModelConfig",
     "RayConfig",
@@ -71,22 +75,10 @@ class EnvConfig:
 
 
 @dataclass
-class LLMEndpointConfig:
-    """An OpenAI-compatible chat endpoint reached through litellm."""
-
-    model: str = ""  # litellm model name, e.g. "openai/Qwen3-4B"; "" = not configured
-    base_url: str = ""  # OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1
-    api_key: str = "EMPTY"  # local servers accept any key
-    temperature: float = 0.0  # sampling temperature
-    max_tokens: int = 512  # completion length cap per call
-
-
-@dataclass
 class EnvPoolConfig:
     """The Ray actors hosting environment sessions."""
 
-    num_workers: int = 2  # EnvWorker actors
-    sessions_per_worker: int = 64  # concurrent episodes one worker hosts
+    num_workers: int = 2  # EnvWorker actors (sessions are spread over them, least loaded first)
     max_restarts: int = 3  # Ray restarts of a crashed EnvWorker
 
 
@@ -212,8 +204,8 @@ class Config:
     seed: int = 0  # global RNG seed
     run_dir: str = "runs/default"  # where logs, checkpoints and the config snapshot go
     env: EnvConfig = field(default_factory=EnvConfig)
-    user_llm: LLMEndpointConfig = field(default_factory=LLMEndpointConfig)  # simulated customer when env.user == "llm"
-    judge: LLMEndpointConfig = field(default_factory=LLMEndpointConfig)  # NL-assertion judge; disabled when model == ""
+    user_llm: LLMEndpoint = field(default_factory=LLMEndpoint)  # simulated customer when env.user == "llm"
+    judge: LLMEndpoint = field(default_factory=LLMEndpoint)  # NL-assertion judge; disabled when model == ""
     env_pool: EnvPoolConfig = field(default_factory=EnvPoolConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -255,19 +247,19 @@ def optional(check: Check) -> Check:
 RULES: dict[type, dict[str, Check]] = {
     Config: {"run_dir": non_empty},
     EnvConfig: {
-        "mode": one_of("solo", "dual"),
-        "user": one_of("scripted", "llm"),
-        "policy": one_of("manual", "workflow"),
-        "prompt": one_of("full", "compact"),
-        "split": one_of("small", "train", "test", "base", "full"),
+        "mode": one_of(*MODES),
+        "user": one_of(*USERS),
+        "policy": one_of(*POLICIES),
+        "prompt": one_of(*PROMPTS),
+        "split": one_of(*SPLITS),
         "tasks_file": optional(non_empty),
         "max_turns": positive,
         "max_errors": positive,
         "max_calls_per_turn": positive,
         "max_argument_chars": positive,
     },
-    LLMEndpointConfig: {"temperature": non_negative, "max_tokens": positive},
-    EnvPoolConfig: {"num_workers": positive, "sessions_per_worker": positive, "max_restarts": non_negative},
+    LLMEndpoint: {"temperature": non_negative, "max_tokens": positive},
+    EnvPoolConfig: {"num_workers": positive, "max_restarts": non_negative},
     RayConfig: {"num_cpus": optional(positive)},
     ModelConfig: {"name": non_empty},
     RolloutConfig: {"num_workers": positive, "num_cpus": positive, "max_model_len": positive,
@@ -275,20 +267,19 @@ RULES: dict[type, dict[str, Check]] = {
                     "kv_cache_gib": positive, "gpu_memory_utilization": positive},
     LearnerConfig: {"num_ranks": positive, "lr": positive, "weight_decay": non_negative, "grad_clip": positive,
                     "micro_batch_size": positive},
-    AlgorithmConfig: {"name": one_of("grpo", "dr_grpo", "rloo", "reinforce_pp"), "group_size": positive,
+    AlgorithmConfig: {"name": one_of(*ADVANTAGE_ESTIMATORS), "group_size": positive,
                       "clip_eps": positive, "clip_eps_high": optional(positive), "kl_coef": non_negative,
-                      "kl_kind": one_of("k1", "k2", "k3"),
-                      "aggregation": one_of("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")},
+                      "kl_kind": one_of(*KL_KINDS), "aggregation": one_of(*AGGREGATIONS)},
     RewardConfig: {"malformed_call_penalty": non_negative, "max_penalty": non_negative,
-                   "mixing": one_of("weighted", "gated", "multiplicative"), "rm_path": optional(non_empty),
-                   "rm_weight": non_negative, "rm_normalization": one_of("train_stats", "batch"),
+                   "mixing": one_of(*MIXINGS), "rm_path": optional(non_empty),
+                   "rm_weight": non_negative, "rm_normalization": one_of(*RM_NORMALIZATIONS),
                    "rm_max_len": optional(positive), "judge_weight": non_negative, "judge_votes": positive},
     RewardModelConfig: {"base_model": non_empty, "eval_file": optional(non_empty), "out": optional(non_empty),
                         "epochs": positive, "lr": positive, "weight_decay": non_negative, "batch_size": positive,
                         "micro_batch_size": positive, "num_ranks": positive, "max_len": positive,
                         "margin_scale": non_negative},
     TrainConfig: {"steps": positive, "tasks_per_step": positive, "checkpoint_every": positive,
-                  "eval_split": one_of("small", "train", "test", "base", "full"), "eval_tasks": non_negative,
+                  "eval_split": one_of(*SPLITS), "eval_tasks": non_negative,
                   "keep_checkpoints": positive},
 }
 

@@ -1,7 +1,6 @@
 """report.png from metrics.jsonl: reward, success, per-component rewards, step-time breakdown."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -49,5 +48,6 @@ def write_report(metrics: list[dict], path: str | Path) -> Path:
 
 if __name__ == "__main__":
     run = Path(sys.argv[1])
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    print(write_report(rows, run / "report.png"))
+    from rl.run_dir import read_jsonl
+
+    print(write_report(read_jsonl(run / "metrics.jsonl"), run / "report.png"))

@@ -21,6 +21,28 @@ import time
 from pathlib import Path
 
 from rl.config import Config, config_to_yaml
+from rl.contracts import EpisodeRecord, Score, Trajectory
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Rows of a JSONL file this package wrote (metrics, trajectories); [] if it does not exist. A torn last line
+    (the writer was killed mid-write) is skipped; a bad line anywhere else is an error naming file:line."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if lineno == len(lines):
+                print(f"warning: {path}:{lineno}: skipped a torn last line", file=sys.stderr)
+                break
+            raise ValueError(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
+    return rows
 
 
 def git_revision() -> str:
@@ -67,18 +89,13 @@ class RunDir:
                 self.tb.add_scalar(k, v, step)
         self.tb.flush()
 
-    def log_trajectories(self, step: int, trajectories: list[dict], scores: list[dict]) -> None:
+    def log_trajectories(self, step: int, trajectories: list[Trajectory], scores: list[Score]) -> None:
         with open(self.path / "trajectories.jsonl", "a") as fh:
             for t, s in zip(trajectories, scores):
-                row = {"step": step, "task_id": t["task_id"], "group": t["group"], "reward": s["reward"],
-                       "components": s["components"], "turns": t["turns"], "truncated": t["truncated"],
-                       "termination": t["termination"], "tokens": len(t["token_ids"]),
-                       "generated_tokens": sum(t["loss_mask"]), "messages": t["messages"]}
-                fh.write(json.dumps(row) + "\n")
+                fh.write(json.dumps(EpisodeRecord.of(step, t, s).to_row()) + "\n")
 
     def metrics(self) -> list[dict]:
-        path = self.path / "metrics.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        return read_jsonl(self.path / "metrics.jsonl")
 
     # -- checkpoints
     def checkpoint_dir(self, step: int) -> Path:

@@ -13,11 +13,14 @@ import argparse
 import random
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
 
 from rl.config import Config, parse_cli
+from rl.contracts import TrainBatch
+from rl.runtime import init_ray
 
 
 def encode_conversation(tokenizer, messages: list[dict], tools: list[dict] | None) -> tuple[list[int], list[int]]:
@@ -51,7 +54,7 @@ def oracle_dataset(cfg: Config, tokenizer) -> list[tuple[list[int], list[int]]]:
     from envs.tau2_telecom.users import ScriptedUser
     from envs.tau2_telecom.tau2_api import Task
     from envs.tau2_telecom.world import get_world
-    from rl.train import load_tasks
+    from rl.runtime import load_tasks
 
     world = get_world(cfg.env.policy)
     session = TelecomSession(world, SessionLimits(max_turns=100), user=ScriptedUser(), prompt=cfg.env.prompt)
@@ -79,10 +82,9 @@ def run_sft(cfg: Config, epochs: int, batch_size: int, lr: float | None, out: Pa
           f"mean {sum(len(i) for i, _ in data) / max(1, len(data)):.0f} tokens", file=sys.stderr)
     if not data:
         raise ValueError("sft: no oracle conversation fits rollout.max_model_len; try env.prompt=compact")
-    settings = LearnerSettings(model_path=str(base), lr=lr or cfg.learner.lr * 10,
-                               micro_batch_size=cfg.learner.micro_batch_size, grad_clip=cfg.learner.grad_clip,
-                               gradient_checkpointing=cfg.learner.gradient_checkpointing, seed=cfg.seed,
-                               clip_eps=1e9)  # no clipping: plain likelihood gradient
+    # The run's learner settings with SFT's own: no KL, no clipping (plain likelihood gradient), token mean.
+    settings = replace(LearnerSettings.from_config(cfg, str(base)), lr=lr or cfg.learner.lr * 10, kl_coef=0.0,
+                       clip_eps=1e9, clip_eps_high=None, aggregation="token_mean")
     learner = LearnerGroup(settings, num_ranks=cfg.learner.num_ranks)
     rng = random.Random(cfg.seed)
     nll_curve = []
@@ -94,11 +96,11 @@ def run_sft(cfg: Config, epochs: int, batch_size: int, lr: float | None, out: Pa
             rng.shuffle(data)
             for i in range(0, len(data), batch_size):
                 chunk = data[i: i + batch_size]
-                batch = {"input_ids": [c[0] for c in chunk], "loss_mask": [c[1] for c in chunk]}
-                batch["old_logprobs"] = learner.logprobs(batch)  # ratio 1: the PPO gradient is the NLL gradient
-                batch["advantages"] = [[1.0] * len(c[0]) for c in chunk]
+                batch = TrainBatch(input_ids=[c[0] for c in chunk], loss_mask=[c[1] for c in chunk])
+                batch.old_logprobs = learner.logprobs(batch)  # ratio 1: the PPO gradient is the NLL gradient
+                batch.advantages = [[1.0] * len(c[0]) for c in chunk]
                 m = learner.train_step(batch)
-                nll = -sum(lp * mk for lps, c in zip(batch["old_logprobs"], chunk) for lp, mk in zip(lps, c[1]))
+                nll = -sum(lp * mk for lps, c in zip(batch.old_logprobs, chunk) for lp, mk in zip(lps, c[1]))
                 nll_curve.append(nll / max(1, sum(sum(c[1]) for c in chunk)))
                 bar.set_postfix(nll_per_token=f"{nll_curve[-1]:.3f}", grad_norm=f"{m.get('grad_norm', 0):.2f}")
                 bar.update(1)
@@ -122,8 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg, args = parse_cli(argv, description=__doc__, add_arguments=flags)
     out = Path(args.out or Path(cfg.run_dir) / "sft_model")
-    ray.init(num_cpus=max(cfg.ray.num_cpus or 1, cfg.learner.num_ranks), include_dashboard=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
+    init_ray(cfg, cfg.learner.num_ranks)
     try:
         result = run_sft(cfg, args.epochs, args.batch_size, args.lr, out, args.limit)
     except ValueError as e:

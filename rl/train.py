@@ -5,27 +5,29 @@
 One step, top to bottom (each line is one call into an actor):
   1. rollout   RolloutWorker.rollout    vLLM agent loop; each turn goes to an EnvWorker (tau2 session)
   2. reward    RewardActor.score        tau2's verdict + partial credit + format penalty
-  3. advantage rl.algorithms            GRPO / RLOO / REINFORCE++ on the driver (cheap, pure torch)
+  3. advantage build_train_batch        GRPO / RLOO / REINFORCE++ (rl.algorithms) on the driver, pure torch
   4. train     LearnerGroup.train_step  DeepSpeed ZeRO-3 PPO-clip step on N ranks
   5. sync      LearnerGroup.state_dict_ref -> RolloutWorker.sync_weights (Ray object store)
 """
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import ray
 import torch
 from tqdm import tqdm
 
 from rl import algorithms
-from rl.config import Config, parse_cli
+from rl.config import AlgorithmConfig, Config, parse_cli
+from rl.contracts import EpisodeJob, Score, Trajectory, TrainBatch
 from rl.run_dir import RunDir
+from rl.runtime import actor_runtime_env, cluster_has_gpus, init_ray, load_tasks
+from rl.tensors import pad_rows
 
 
 @dataclass
@@ -56,19 +58,40 @@ class TaskCursor:
         return {"epoch": self.epoch, "index": self.index}
 
 
-def load_tasks(cfg: Config, split: str | None = None) -> dict[str, dict]:
-    from envs.tau2_telecom.tasks import load_split, load_task_file
+class StepTimer:
+    """Wall time per named phase of a step: `with timer("train"): ...` adds to timer.seconds["time/train"]."""
 
-    if cfg.env.tasks_file and split is None:
-        loaded = load_task_file(cfg.env.tasks_file)
-        for problem in loaded.problems:
-            print(f"warning: skipped {problem}", file=sys.stderr)
-        tasks = loaded.tasks
-    else:
-        tasks = load_split(split or cfg.env.split)
-    if cfg.env.mode == "solo":
-        tasks = [t for t in tasks if t.ticket]
-    return {t.id: t.model_dump(mode="json") for t in tasks}
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            key = f"time/{phase}"
+            self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t0
+
+
+def build_train_batch(trajs: list[Trajectory], scores: list[Score], algo: AlgorithmConfig) -> TrainBatch | None:
+    """Advantages from the rewards (per algo.name, within each trajectory's group), then the sequences worth a
+    gradient: DAPO's dynamic sampling drops groups whose rewards all tie (algo.drop_zero_variance_groups), an
+    episode with no sampled token has nothing to train, and without a KL term an all-zero advantage gives a zero
+    gradient. None when nothing is left: the step is skipped, not paid for."""
+    rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32)
+    groups = torch.tensor([t.group for t in trajs])
+    mask = pad_rows([t.loss_mask for t in trajs], 0, torch.float32)
+    adv = algorithms.compute_advantages(algo.name, rewards, groups, mask)
+    keep = (algorithms.drop_zero_variance_groups(rewards, groups) if algo.drop_zero_variance_groups
+            else torch.ones(len(trajs), dtype=torch.bool))
+    kept = [i for i, t in enumerate(trajs) if keep[i] and t.generated_tokens > 0
+            and (algo.kl_coef > 0 or bool(adv[i].abs().sum() > 0))]
+    if not kept:
+        return None
+    return TrainBatch(input_ids=[trajs[i].token_ids for i in kept], loss_mask=[trajs[i].loss_mask for i in kept],
+                      old_logprobs=[trajs[i].logprobs for i in kept],
+                      advantages=[adv[i, : len(trajs[i].token_ids)].tolist() for i in kept])
 
 
 class Trainer:
@@ -79,114 +102,82 @@ class Trainer:
         from actors.rollout_worker import RolloutSettings, RolloutWorker
         from rl.models import resolve_model
 
+        # -- run directory, seeds, tasks
         self.cfg = cfg
         self.run = RunDir(cfg, resume=resume)
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         self.model_path = str(resolve_model(cfg.model.name))
         self.tasks = load_tasks(cfg)
+        self.eval_tasks: dict[str, dict] = {}
         self.cursor = TaskCursor(sorted(self.tasks), cfg.seed)
-        self._init_ray(torch.cuda.is_available())
+
+        # -- cluster: one logical CPU per learner rank and rollout engine. On a 2-core laptop this oversubscribes
+        # on purpose - the phases mostly take turns (rollout, then train) - rather than failing to schedule.
+        on_gpu = torch.cuda.is_available()
+        init_ray(cfg, 0 if on_gpu else cfg.learner.num_ranks + cfg.rollout.num_workers * cfg.rollout.num_cpus,
+                 log_to_driver=True)
         use_gpu = cluster_has_gpus()
 
+        # -- actors: environment, rollout workers (vLLM), reward, learner (ZeRO-3)
         env_settings = EnvSettings.from_config(cfg)
         self.env = EnvPool(env_settings, num_workers=cfg.env_pool.num_workers, max_restarts=cfg.env_pool.max_restarts)
-        rs = RolloutSettings(model_path=self.model_path, mode=cfg.env.mode, max_model_len=cfg.rollout.max_model_len,
-                             max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
-                             top_p=cfg.rollout.top_p, kv_cache_gib=cfg.rollout.kv_cache_gib,
-                             gpu_memory_utilization=cfg.rollout.gpu_memory_utilization, seed=cfg.seed)
+        rollout_settings = RolloutSettings.from_config(cfg, self.model_path)
         res = {"num_gpus": 1} if use_gpu else {"num_cpus": cfg.rollout.num_cpus}
-        runtime_env = {"env_vars": {"PYTHONPATH": _repo_root()}}
-        self.rollout = [RolloutWorker.options(**res, runtime_env=runtime_env).remote(
-            rs, self.env.workers, env_settings, f"r{i}") for i in range(cfg.rollout.num_workers)]
-        ls = LearnerSettings(model_path=self.model_path, lr=cfg.learner.lr, weight_decay=cfg.learner.weight_decay,
-                             grad_clip=cfg.learner.grad_clip, micro_batch_size=cfg.learner.micro_batch_size,
-                             gradient_checkpointing=cfg.learner.gradient_checkpointing, offload=cfg.learner.offload,
-                             kl_coef=cfg.algorithm.kl_coef, kl_kind=cfg.algorithm.kl_kind,
-                             clip_eps=cfg.algorithm.clip_eps, clip_eps_high=cfg.algorithm.clip_eps_high,
-                             aggregation=cfg.algorithm.aggregation, seed=cfg.seed)
-        self.learner = LearnerGroup(ls, num_ranks=cfg.learner.num_ranks, use_gpu=use_gpu)
+        self.rollout_workers = [RolloutWorker.options(**res, runtime_env=actor_runtime_env()).remote(
+            rollout_settings, self.env.workers, env_settings, f"r{i}") for i in range(cfg.rollout.num_workers)]
+        self.learner = LearnerGroup(LearnerSettings.from_config(cfg, self.model_path),
+                                    num_ranks=cfg.learner.num_ranks, use_gpu=use_gpu)
         self.reward = RewardActor.remote(cfg.reward, cfg.judge)
-        ray.get([w.start.remote() for w in self.rollout])
+        ray.get([w.start.remote() for w in self.rollout_workers])
         self.step = 0
         if resume:
             self._resume()
 
-    def _init_ray(self, use_gpu: bool) -> None:
-        # Logical CPUs: one per learner rank and rollout engine. On a 2-core laptop this oversubscribes on
-        # purpose - the phases mostly take turns (rollout, then train) - rather than failing to schedule.
-        need = 0 if use_gpu else self.cfg.learner.num_ranks + self.cfg.rollout.num_workers * self.cfg.rollout.num_cpus
-        init_ray(self.cfg, need)
-
     # ------------------------------------------------------------------ step
-    def rollout_batch(self, task_ids: list[str], group_size: int, greedy: bool = False) -> list[dict]:
-        jobs = [{"task": self.tasks_by_id(tid), "group": g} for g, tid in enumerate(task_ids) for _ in range(group_size)]
-        shards = [jobs[i:: len(self.rollout)] for i in range(len(self.rollout))]
-        outs = ray.get([w.rollout.remote(shard, greedy) for w, shard in zip(self.rollout, shards) if shard])
-        return [t for out in outs for t in out]
-
-    def tasks_by_id(self, tid: str) -> dict:
-        return self.tasks[tid] if tid in self.tasks else self.eval_tasks[tid]
-
     def train_step(self) -> dict:
-        cfg, timings = self.cfg, {}
-        t0 = time.perf_counter()
-        trajs = self.rollout_batch(self.cursor.take(cfg.train.tasks_per_step), cfg.algorithm.group_size)
-        rollout_wall = time.perf_counter() - t0
-        # Episodes run concurrently, each alternating generation and env calls; split the rollout's wall time
-        # by the average share of an episode's own time spent waiting on its environment.
-        env_share = sum(t["timings"]["env_s"] / max(1e-9, t["timings"]["env_s"] + t["timings"]["generate_s"])
-                        for t in trajs) / max(1, len(trajs))
-        timings["time/env"] = rollout_wall * env_share
-        timings["time/generate"] = rollout_wall - timings["time/env"]
-
-        for t in trajs:  # the judge needs the task's natural-language assertions (tau2 tasks may carry some)
-            criteria = self.tasks_by_id(t["task_id"]).get("evaluation_criteria") or {}
-            t["nl_assertions"] = criteria.get("nl_assertions") or []
-        t0 = time.perf_counter()
-        scores = ray.get(self.reward.score.remote(trajs))
-        timings["time/reward"] = time.perf_counter() - t0
-
-        rewards = torch.tensor([s["reward"] for s in scores], dtype=torch.float32)
-        groups = torch.tensor([t["group"] for t in trajs])
-        mask = _pad([t["loss_mask"] for t in trajs], 0, torch.float32)
-        adv = algorithms.compute_advantages(cfg.algorithm.name, rewards, groups, mask)
-        keep = (algorithms.drop_zero_variance_groups(rewards, groups) if cfg.algorithm.drop_zero_variance_groups
-                else torch.ones(len(trajs), dtype=torch.bool))
-        kept = [i for i in range(len(trajs)) if keep[i] and sum(trajs[i]["loss_mask"]) > 0]
-        if cfg.algorithm.kl_coef == 0:  # an all-zero advantage gives a zero gradient: don't pay for the step
-            kept = [i for i in kept if bool(adv[i].abs().sum() > 0)]
-
-        t0 = time.perf_counter()
-        learner_metrics: dict = {}
-        if kept:
-            batch = {"input_ids": [trajs[i]["token_ids"] for i in kept],
-                     "loss_mask": [trajs[i]["loss_mask"] for i in kept],
-                     "old_logprobs": [trajs[i]["logprobs"] for i in kept],
-                     "advantages": [adv[i, : len(trajs[i]["token_ids"])].tolist() for i in kept]}
-            if cfg.algorithm.recompute_old_logprobs:
-                batch["old_logprobs"] = self.learner.logprobs(batch)
-            learner_metrics = self.learner.train_step(batch)
-        timings["time/train"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        sync = self.sync_weights() if kept else {}
-        timings["time/sync"] = time.perf_counter() - t0
+        """One step: rollout -> reward -> advantages -> train -> sync, then logs and (maybe) a checkpoint."""
+        cfg, timer = self.cfg, StepTimer()
+        with timer("rollout"):
+            trajs = self.rollout(self.cursor.take(cfg.train.tasks_per_step), cfg.algorithm.group_size)
+        with timer("reward"):
+            scores = ray.get(self.reward.score.remote(trajs))
+        batch = build_train_batch(trajs, scores, cfg.algorithm)
+        with timer("train"):
+            learner_metrics = self.train(batch) if batch else {}
+        with timer("sync"):
+            sync = self.sync_weights() if batch else {}
 
         self.step += 1
-        metrics = {**_episode_metrics(trajs, scores), **timings,
-                   **{f"learner/{k}": v for k, v in learner_metrics.items()},
-                   "train/sequences": len(kept), "sync/bytes": sync.get("bytes", 0)}
-        metrics["time/step"] = sum(timings.values())
+        metrics = {**episode_metrics(trajs, scores), **_split_rollout_time(timer.seconds.pop("time/rollout"), trajs),
+                   **timer.seconds, **{f"learner/{k}": v for k, v in learner_metrics.items()},
+                   "train/sequences": len(batch) if batch else 0, "sync/bytes": sync.get("bytes", 0)}
+        metrics["time/step"] = sum(v for k, v in metrics.items() if k.startswith("time/"))
         self.run.log_metrics(self.step, metrics)
         self.run.log_trajectories(self.step, trajs, scores)
         if self.step % cfg.train.checkpoint_every == 0 or self.step == cfg.train.steps:
             self.save_checkpoint()
         return metrics
 
+    def rollout(self, task_ids: list[str], group_size: int, greedy: bool = False) -> list[Trajectory]:
+        """group_size episodes of each task, spread over the rollout workers; group g = task_ids[g]."""
+        jobs = [EpisodeJob(self._task(tid), g) for g, tid in enumerate(task_ids) for _ in range(group_size)]
+        n = len(self.rollout_workers)
+        shards = [jobs[i::n] for i in range(n)]
+        outs = ray.get([w.rollout.remote(shard, greedy) for w, shard in zip(self.rollout_workers, shards) if shard])
+        return [t for out in outs for t in out]
+
+    def train(self, batch: TrainBatch) -> dict:
+        if self.cfg.algorithm.recompute_old_logprobs:  # the learner's own numerics as the PPO ratio's denominator
+            batch.old_logprobs = self.learner.logprobs(batch)
+        return self.learner.train_step(batch)
+
     def sync_weights(self) -> dict:
         ref = self.learner.state_dict_ref()
-        return ray.get([w.sync_weights.remote(ref) for w in self.rollout])[0]
+        return ray.get([w.sync_weights.remote(ref, self.step + 1) for w in self.rollout_workers])[0]
+
+    def _task(self, tid: str) -> dict:
+        return self.tasks[tid] if tid in self.tasks else self.eval_tasks[tid]
 
     # ----------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> None:
@@ -206,16 +197,17 @@ class Trainer:
         self.cursor.epoch, self.cursor.index = state["cursor"]["epoch"], state["cursor"]["index"]
         random.setstate(_as_rng_state(state["python_rng"]))
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
-        self.sync_weights()  # the engines start from the base model; give them the checkpoint's weights
+        # The engines start from the base model; give them the checkpoint's weights.
+        ref = self.learner.state_dict_ref()
+        ray.get([w.sync_weights.remote(ref, self.step) for w in self.rollout_workers])
         print(f"resumed from {path} (step {step})", file=sys.stderr)
 
     # ------------------------------------------------------------- evaluate
     def evaluate(self, split: str, n: int) -> float:
         """Success rate on held-out tasks, one greedy episode each."""
         self.eval_tasks = load_tasks(self.cfg, split)
-        ids = sorted(self.eval_tasks)[:n]
-        trajs = self.rollout_batch(ids, 1, greedy=True)
-        return sum(t["eval"]["success"] for t in trajs) / max(1, len(trajs))
+        trajs = self.rollout(sorted(self.eval_tasks)[:n], 1, greedy=True)
+        return sum(t.eval.success for t in trajs) / max(1, len(trajs))
 
     def close(self) -> None:
         from rl.report import write_report
@@ -224,7 +216,7 @@ class Trainer:
         if metrics:
             write_report(metrics, self.run.path / "report.png")
         self.run.close()
-        for w in self.rollout:
+        for w in self.rollout_workers:
             try:
                 ray.get(w.shutdown.remote(), timeout=60)
             except Exception:  # noqa: BLE001 - best effort on the way out
@@ -233,52 +225,31 @@ class Trainer:
         self.env.shutdown()
 
 
-def cluster_has_gpus() -> bool:
-    """Whether the actors get GPUs. A `ray job submit` driver runs on the CPU head node, so this is a property of
-    the cluster, not of the driver's process."""
-    return ray.cluster_resources().get("GPU", 0) > 0
-
-
-def init_ray(cfg: Config, need_cpus: int = 0) -> None:
-    """Connect to cfg.ray.address (a cluster; inside `ray job submit` RAY_ADDRESS says where) or start a local
-    Ray with at least need_cpus logical CPUs. Actors import this repo's packages, hence the PYTHONPATH."""
-    if ray.is_initialized():
-        return
-    runtime_env = {"env_vars": {"PYTHONPATH": _repo_root()}}
-    if cfg.ray.address:
-        ray.init(address=cfg.ray.address, runtime_env=runtime_env)
-        return
-    ray.init(num_cpus=max(cfg.ray.num_cpus or os.cpu_count() or 1, need_cpus), include_dashboard=False,
-             log_to_driver=True, runtime_env=runtime_env)
-
-
-def _episode_metrics(trajs: list[dict], scores: list[dict]) -> dict:
+def episode_metrics(trajs: list[Trajectory], scores: list[Score]) -> dict:
     n = max(1, len(trajs))
-    out = {"reward/mean": sum(s["reward"] for s in scores) / n,
-           "success_rate": sum(t["eval"]["success"] for t in trajs) / n,
+    out = {"reward/mean": sum(s.reward for s in scores) / n,
+           "success_rate": sum(t.eval.success for t in trajs) / n,
            "episodes": len(trajs),
-           "episode/turns": sum(t["turns"] for t in trajs) / n,
-           "episode/tokens": sum(len(t["token_ids"]) for t in trajs) / n,
-           "episode/generated_tokens": sum(sum(t["loss_mask"]) for t in trajs) / n,
-           "episode/truncated": sum(t["truncated"] for t in trajs) / n}
+           "episode/turns": sum(t.turns for t in trajs) / n,
+           "episode/tokens": sum(len(t.token_ids) for t in trajs) / n,
+           "episode/generated_tokens": sum(t.generated_tokens for t in trajs) / n,
+           "episode/truncated": sum(t.truncated for t in trajs) / n}
     # A component absent from some episodes (e.g. judge: only tasks with NL assertions) averages over the others.
-    for key in sorted({k for s in scores for k in s["components"]}):
-        values = [s["components"][key] for s in scores if s["components"].get(key) is not None]
+    for key in sorted({k for s in scores for k in s.components}):
+        values = [s.components[key] for s in scores if s.components.get(key) is not None]
         out[f"reward/{key}"] = sum(values) / len(values)
     return out
 
 
-def _pad(rows: list[list], value, dtype) -> torch.Tensor:
-    width = max(len(r) for r in rows)
-    return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=dtype)
+def _split_rollout_time(wall: float, trajs: list[Trajectory]) -> dict:
+    """Episodes run concurrently, each alternating generation and env calls; split the rollout's wall time by the
+    average share of an episode's own time spent waiting on its environment."""
+    env_share = sum(t.timings.env_share for t in trajs) / max(1, len(trajs))
+    return {"time/generate": wall * (1 - env_share), "time/env": wall * env_share}
 
 
 def _as_rng_state(obj):
     return (obj[0], tuple(obj[1]), obj[2])
-
-
-def _repo_root() -> str:
-    return str(Path(__file__).resolve().parents[1])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from rl.algorithms import (
     aggregate,
+    aggregation_units,
     compute_advantages,
     drop_zero_variance_groups,
     expand_to_tokens,
@@ -234,10 +235,32 @@ def test_policy_loss_ratio_one_is_minus_mean_advantage():
     mask = t([[1, 1, 0], [1, 1, 1]])
     loss, stats = policy_loss(logp, logp, adv, mask)
     assert loss.item() == pytest.approx(-(1 + 2 - 1 + 0.5 + 0) / 5)
-    assert stats == pytest.approx({"clip_fraction": 0.0, "approx_kl": 0.0, "ratio_mean": 1.0, "ratio_max": 1.0})
+    assert stats == pytest.approx({"pg_loss": loss.item(), "kl": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0,
+                                   "ratio_mean": 1.0, "ratio_max": 1.0})
     # a (B,) advantage is broadcast over the mask
     loss_seq, _ = policy_loss(logp, logp, t([1.0, -2.0]), mask)
     assert loss_seq.item() == pytest.approx(-(1 + 1 - 2 - 2 - 2) / 5)
+
+
+def test_aggregation_units_are_what_aggregate_averages_over():
+    mask = t([[1, 1, 0], [0, 0, 0], [1, 0, 0]])
+    assert aggregation_units(mask, "token_mean") == 3
+    assert aggregation_units(mask, "seq_mean_token_mean") == aggregation_units(mask, "seq_mean_token_sum_norm") == 2
+    per_token = t([[1.0, 3.0, 0.0], [5.0, 5.0, 5.0], [2.0, 0.0, 0.0]])
+    # aggregate = sum of what each unit contributes / units: splitting rows and weighting by units recombines it
+    for mode in ("token_mean", "seq_mean_token_mean"):
+        whole = aggregate(per_token, mask, mode).item()
+        parts = [aggregate(per_token[i:i + 1], mask[i:i + 1], mode).item() * aggregation_units(mask[i:i + 1], mode)
+                 for i in range(3)]
+        assert sum(parts) / aggregation_units(mask, mode) == pytest.approx(whole)
+
+
+def test_policy_loss_kl_term_is_reported_and_added():
+    logp, ref = t([[-1.0, -2.0]]), t([[-1.5, -1.0]])
+    mask = t([[1, 1]])
+    loss, stats = policy_loss(logp, logp, t([[0.0, 0.0]]), mask, ref_logp=ref, kl_coef=0.5, kl_kind="k1")
+    assert stats["pg_loss"] == 0.0 and stats["kl"] == pytest.approx(((-1 + 1.5) + (-2 + 1)) / 2)
+    assert loss.item() == pytest.approx(0.5 * stats["kl"])
 
 
 def _grad(ratio, adv, **kw):

@@ -40,7 +40,7 @@ def test_pool_runs_many_concurrent_sessions_to_reward_1(ray_cluster):
         first = started[0][1]
         assert [m["role"] for m in first["messages"]] == ["system", "assistant", "user"] and first["tools"]
         results = pool.evaluate_many(sids)
-        assert [r["reward"] for r in results] == [1.0] * len(tasks)
+        assert [r.reward for r in results] == [1.0] * len(tasks)
         assert {pool.records[s].worker for s in sids} == {0, 1}  # spread over both workers
         assert pool.recoveries == 0
         pool.close_many(sids)
@@ -56,9 +56,9 @@ def test_sessions_survive_a_worker_crash(ray_cluster):
         sids, _ = play_all(pool, tasks, "solo", kill_after_turn=2)
         assert pool.recoveries >= 1
         results = pool.evaluate_many(sids)
-        assert [r["reward"] for r in results] == [1.0] * len(tasks)
+        assert [r.reward for r in results] == [1.0] * len(tasks)
         # The rebuilt sessions kept their whole history: the turns before the crash count.
-        assert all(r["turns"] == len(oracle_turns(t, "solo")) for r, t in zip(results, tasks))
+        assert all(r.turns == len(oracle_turns(t, "solo")) for r, t in zip(results, tasks))
     finally:
         pool.shutdown()
 

@@ -3,6 +3,7 @@
 About 2 minutes on the 2-core machine (3.5 under load), nearly all of it two group start-ups (Ray worker start +
 importing transformers/DeepSpeed on both ranks at once); the steps themselves take well under a second."""
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ import torch
 
 from actors.learner import LearnerGroup, LearnerSettings
 from rl.algorithms import policy_loss, token_logprobs
+from rl.contracts import TrainBatch
+from rl.runtime import init_ray
 
 pytestmark = pytest.mark.slow
 
@@ -34,8 +37,7 @@ def model_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parents[1])}})
+    init_ray(None, 2, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -43,20 +45,20 @@ def ray_cluster():
 def make_batch(n, seed, lo=20, hi=40):
     """n sequences: a prompt (no loss) then generated tokens with one random advantage per sequence."""
     g = torch.Generator().manual_seed(seed)
-    batch = {"input_ids": [], "loss_mask": [], "advantages": []}
+    batch = TrainBatch(input_ids=[], loss_mask=[], advantages=[])
     for _ in range(n):
         length = int(torch.randint(lo, hi + 1, (), generator=g))
         prompt = int(torch.randint(5, 11, (), generator=g))
         mask = [0] * prompt + [1] * (length - prompt)
         adv = float(torch.randn((), generator=g))
-        batch["input_ids"].append(torch.randint(0, VOCAB, (length,), generator=g).tolist())
-        batch["loss_mask"].append(mask)
-        batch["advantages"].append([adv * x for x in mask])
+        batch.input_ids.append(torch.randint(0, VOCAB, (length,), generator=g).tolist())
+        batch.loss_mask.append(mask)
+        batch.advantages.append([adv * x for x in mask])
     return batch
 
 
 def on_policy(group, batch):
-    return {**batch, "old_logprobs": group.logprobs(batch)}
+    return replace(batch, old_logprobs=group.logprobs(batch))
 
 
 def gathered(group):
@@ -66,7 +68,7 @@ def gathered(group):
 def hf_logprobs(model, batch):
     with torch.no_grad():
         return [token_logprobs(model(torch.tensor([ids])).logits, torch.tensor([ids]))[0].tolist()
-                for ids in batch["input_ids"]]
+                for ids in batch.input_ids]
 
 
 def hf_model(model_path, state_dict=None):
@@ -93,7 +95,7 @@ class TestZero3Group:
         assert [(s["global_steps"], s["reference_model"]) for s in group.stats()] == [(0, False)] * 2
         batch = make_batch(5, seed=0)
         ours, ref = group.logprobs(batch), hf_logprobs(hf_model(model_path), batch)
-        assert [len(r) for r in ours] == [len(r) for r in batch["input_ids"]]
+        assert [len(r) for r in ours] == [len(r) for r in batch.input_ids]
         assert max(abs(a - b) for r1, r2 in zip(ours, ref) for a, b in zip(r1, r2)) < 1e-5
         assert all(r[0] == 0.0 for r in ours)
 
@@ -106,7 +108,7 @@ class TestZero3Group:
             assert set(metrics) >= {"loss", "pg_loss", "kl", "clip_fraction", "approx_kl", "grad_norm",
                                     "tokens", "seconds"}
             assert all(math.isfinite(v) for v in metrics.values())
-            assert metrics["tokens"] == sum(map(sum, batch["loss_mask"])) and metrics["grad_norm"] > 0
+            assert metrics["tokens"] == sum(map(sum, batch.loss_mask)) and metrics["grad_norm"] > 0
         after = gathered(group)
         assert before.keys() == after.keys()
         assert all(not torch.equal(before[k], after[k]) for k in before if k.endswith("proj.weight"))
@@ -117,14 +119,14 @@ class TestZero3Group:
         before clipping) is still exactly the gradient of the token mean over the whole batch."""
         batch = on_policy(group, make_batch(n, seed=10 + n))
         model = hf_model(model_path, gathered(group)).train()
-        ids = torch.nn.utils.rnn.pad_sequence([torch.tensor(r) for r in batch["input_ids"]], batch_first=True)
+        ids = torch.nn.utils.rnn.pad_sequence([torch.tensor(r) for r in batch.input_ids], batch_first=True)
 
         def pad(key):
             return torch.nn.utils.rnn.pad_sequence([torch.tensor(r, dtype=torch.float32) for r in batch[key]],
                                                    batch_first=True)
 
         attn = pad("loss_mask").new_zeros(ids.shape)
-        for i, r in enumerate(batch["input_ids"]):
+        for i, r in enumerate(batch.input_ids):
             attn[i, :len(r)] = 1
         logp = token_logprobs(model(ids, attention_mask=attn.long()).logits, ids)
         loss, _ = policy_loss(logp, pad("old_logprobs"), pad("advantages"), pad("loss_mask"))
@@ -134,7 +136,7 @@ class TestZero3Group:
         metrics = group.train_step(batch)  # group calls time out (TIMEOUT) rather than hang on a deadlock
         assert metrics["grad_norm"] == pytest.approx(float(expected), rel=1e-4)
         assert metrics["loss"] == pytest.approx(loss.item(), abs=1e-5)
-        assert metrics["tokens"] == sum(map(sum, batch["loss_mask"]))
+        assert metrics["tokens"] == sum(map(sum, batch.loss_mask))
 
     def test_checkpoint_restores_weights_and_optimizer(self, group, tmp_path):
         b1, b2 = make_batch(6, seed=21), make_batch(6, seed=22)

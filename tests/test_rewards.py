@@ -1,41 +1,61 @@
 """Reward mixing (rl/rewards.py) and the reward actor's contract."""
+from types import SimpleNamespace
+
 import pytest
 
 from actors.reward_actor import RewardActorImpl
-from rl.rewards import RewardWeights
-from rl.rewards import check_score as score_episode  # checks-only: the reward with no soft part
+from envs.tau2_telecom.session import EvalResult
+from rl.config import RewardConfig
+from rl.contracts import Trajectory
+from rl.rewards import check_score
 
 
-def _eval(reward, env_frac, act_frac, tool_errors=0):
-    return {"reward": reward, "success": reward == 1.0, "env_assertion_fraction": env_frac,
-            "action_fraction": act_frac, "tool_errors": tool_errors}
+def _checks(n_met: int, n: int) -> list[dict]:
+    return [{"met": i < n_met} for i in range(n)]
+
+
+def _eval(reward, env_frac, act_frac, tool_errors=0, rejected_calls=0):
+    """A real EvalResult whose assertion / action fractions are env_frac / act_frac (multiples of 1/4)."""
+    return EvalResult(task_id="t", reward=reward, success=reward == 1.0, termination="agent_stop",
+                      reward_basis=["ENV_ASSERTION"], env_assertions=_checks(round(env_frac * 4), 4),
+                      actions=_checks(round(act_frac * 4), 4), communicate=[], nl_assertions=None, db_match=None,
+                      turns=1, tool_errors=tool_errors, rejected_calls=rejected_calls)
+
+
+def _traj(evaluation, messages=None, group=0, nl_assertions=()):
+    return Trajectory(task_id="t", group=group, messages=messages or [], eval=evaluation,
+                      nl_assertions=list(nl_assertions))
+
+
+def score_episode(evaluation, w):  # checks-only: the reward with no soft part
+    return check_score(evaluation, w)
 
 
 def test_checks_only_is_tau2_reward():
-    reward, comp = score_episode(_eval(0.0, 0.5, 0.5), rejected_calls=3, w=RewardWeights())
+    reward, comp = score_episode(_eval(0.0, 0.5, 0.5, rejected_calls=3), w=RewardConfig())
     assert reward == 0.0 and comp["tau2"] == 0.0 and comp["env_assertions"] == 0.5 and comp["penalty"] == 0.0
 
 
 def test_partial_credit_and_capped_penalty():
-    w = RewardWeights(task_weight=1.0, env_assertion_weight=0.5, action_weight=0.25,
+    w = RewardConfig(task_weight=1.0, env_assertion_weight=0.5, action_weight=0.25,
                       malformed_call_penalty=0.1, max_penalty=0.3)
-    reward, comp = score_episode(_eval(0.0, 0.5, 1.0, tool_errors=2), rejected_calls=5, w=w)
+    reward, comp = score_episode(_eval(0.0, 0.5, 1.0, tool_errors=2, rejected_calls=5), w=w)
     assert comp["penalty"] == pytest.approx(0.3)  # 5 x 0.1 capped at 0.3
     assert reward == pytest.approx(0.5 * 0.5 + 0.25 * 1.0 - 0.3)
     assert comp["malformed_calls"] == 5 and comp["tool_errors"] == 2
 
 
 def test_success_outranks_any_partial_credit_with_default_style_weights():
-    w = RewardWeights(env_assertion_weight=0.25, action_weight=0.25, malformed_call_penalty=0.05)
-    solved, _ = score_episode(_eval(1.0, 1.0, 1.0), rejected_calls=2, w=w)
-    almost, _ = score_episode(_eval(0.0, 0.99, 0.99), rejected_calls=0, w=w)
+    w = RewardConfig(env_assertion_weight=0.25, action_weight=0.25, malformed_call_penalty=0.05)
+    solved, _ = score_episode(_eval(1.0, 1.0, 1.0, rejected_calls=2), w=w)
+    almost, _ = score_episode(_eval(0.0, 0.75, 0.75), w=w)
     assert solved > almost
 
 
 def test_reward_actor_scores_trajectories_in_order():
-    actor = RewardActorImpl(RewardWeights(action_weight=1.0))
-    out = actor.score([{"eval": _eval(1.0, 1.0, 1.0)}, {"eval": _eval(0.0, 0.0, 0.5), "rejected_calls": 1}])
-    assert [o["reward"] for o in out] == [2.0, 0.5] and out[1]["components"]["malformed_calls"] == 1.0
+    actor = RewardActorImpl(RewardConfig(action_weight=1.0))
+    out = actor.score([_traj(_eval(1.0, 1.0, 1.0)), _traj(_eval(0.0, 0.0, 0.5, rejected_calls=1))])
+    assert [o.reward for o in out] == [2.0, 0.5] and out[1].components["malformed_calls"] == 1.0
 
 
 # ---- hybrid mixing ---------------------------------------------------------------------------------------------
@@ -43,20 +63,20 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from rl.config import ConfigError, load_config  # noqa: E402
-from rl.rewards import check_score, mix  # noqa: E402
+from rl.rewards import mix  # noqa: E402
 
 
 def test_weighted_and_multiplicative_arithmetic():
-    w = RewardWeights(rm_weight=0.5, judge_weight=0.25)
+    w = RewardConfig(rm_weight=0.5, judge_weight=0.25)
     assert mix([1.0, 0.0], [0.8, 0.2], [1.0, None], [0, 0], w) == pytest.approx([1.0 + 0.4 + 0.25, 0.1])
-    m = RewardWeights(rm_weight=0.5, judge_weight=0.25, mixing="multiplicative")
+    m = RewardConfig(rm_weight=0.5, judge_weight=0.25, mixing="multiplicative")
     # factor = 1 - 0.75 + soft; a missing judge counts as met (neutral), a failure stays 0
     assert mix([1.0, 1.0, 0.0], [0.8, 0.2, 1.0], [1.0, None, 1.0], [0, 0, 0], m) == pytest.approx(
         [0.25 + 0.4 + 0.25, 0.25 + 0.1 + 0.25, 0.0])
 
 
 def test_gated_squeezes_soft_scores_below_half_the_gap_between_outcomes():
-    w = RewardWeights(env_assertion_weight=0.5, rm_weight=0.4, mixing="gated")
+    w = RewardConfig(env_assertion_weight=0.5, rm_weight=0.4, mixing="gated")
     checks = [1.5, 0.25, 0.0, 0.0]  # group 0: gap 0.25 between the two failures' partial credit
     out = mix(checks, [0.0, 0.0, 1.0, 0.5], [None] * 4, [0, 0, 0, 1], w)
     assert out[0] == 1.5 and out[1] == 0.25
@@ -81,11 +101,12 @@ def test_gated_never_ranks_a_failure_above_a_success_of_the_same_task(batch, kw,
     # Any configuration the loader accepts for gated mixing: task_weight above the bound it enforces.
     bound = (kw["env_assertion_weight"] + kw["action_weight"] + kw["rm_weight"] + kw["judge_weight"]
              + (kw["max_penalty"] if kw["malformed_call_penalty"] > 0 else 0))
-    w = RewardWeights(task_weight=bound + headroom, mixing="gated", **kw)
+    w = RewardConfig(task_weight=bound + headroom, mixing="gated", **kw)
     checks, groups, success = [], [], []
     for group, ok, env, act, rejected, _, _ in batch:
-        c, _ = check_score({"reward": float(ok), "success": ok, "env_assertion_fraction": 1.0 if ok else env,
-                            "action_fraction": act, "tool_errors": 0}, rejected, w)
+        # Any fractions, not only those an EvalResult's lists give: the formula is what is under test.
+        c, _ = check_score(SimpleNamespace(reward=float(ok), success=ok, env_assertion_fraction=1.0 if ok else env,
+                                           action_fraction=act, tool_errors=0, rejected_calls=rejected), w)
         checks.append(c)
         groups.append(group)
         success.append(ok)
@@ -113,34 +134,31 @@ def test_config_rejects_mixings_that_cannot_keep_their_promise():
 
 
 def test_reward_actor_adds_the_learned_score_and_logs_it(untrained_rm):
-    from rl.config import RewardConfig
     from rl.rm_model import RewardModelScorer, normalise
 
     cfg = RewardConfig(rm_path=untrained_rm, rm_weight=0.5, rm_max_len=128)
     conv = [{"role": "user", "content": "No service."}, {"role": "assistant", "content": "Fixed it."}]
     conv2 = [{"role": "user", "content": "No service."}, {"role": "assistant", "content": "Transferring you."}]
-    out = RewardActorImpl(cfg).score([{"eval": _eval(1.0, 1.0, 1.0), "messages": conv, "group": 0},
-                                      {"eval": _eval(0.0, 0.5, 0.0), "messages": conv2, "group": 0}])
+    out = RewardActorImpl(cfg).score([_traj(_eval(1.0, 1.0, 1.0), conv), _traj(_eval(0.0, 0.5, 0.0), conv2)])
     scorer = RewardModelScorer(untrained_rm, max_len=128)
     expected = normalise(scorer.score([conv, conv2]), "train_stats", scorer.stats)
-    assert [o["components"]["rm"] for o in out] == pytest.approx(expected)
-    assert [o["reward"] for o in out] == pytest.approx([1.0 + 0.5 * expected[0], 0.5 * expected[1]])
-    assert "judge" not in out[0]["components"]  # no judge configured: the component is absent, not 0
+    assert [o.components["rm"] for o in out] == pytest.approx(expected)
+    assert [o.reward for o in out] == pytest.approx([1.0 + 0.5 * expected[0], 0.5 * expected[1]])
+    assert "judge" not in out[0].components  # no judge configured: the component is absent, not 0
 
 
 def test_reward_actor_asks_the_judge_about_nl_assertions_only_where_a_task_has_them():
-    from rl.config import LLMEndpointConfig, RewardConfig
+    from envs.tau2_telecom.endpoint import LLMEndpoint
     from tests.openai_stub import ScriptedOpenAI
 
     conv = [{"role": "user", "content": "My MMS fails."}, {"role": "assistant", "content": "Sorry! Fixed: APN reset."}]
     with ScriptedOpenAI([{"content": "1: MET\n2: NOT_MET"}]) as server:
-        endpoint = LLMEndpointConfig(model="openai/judge", base_url=server.base_url)
+        endpoint = LLMEndpoint(model="openai/judge", base_url=server.base_url)
         actor = RewardActorImpl(RewardConfig(judge_weight=0.5), endpoint)
-        out = actor.score([
-            {"eval": _eval(1.0, 1.0, 1.0), "messages": conv, "nl_assertions": ["Agent apologises", "Agent says why"]},
-            {"eval": _eval(1.0, 1.0, 1.0), "messages": conv}])
+        out = actor.score([_traj(_eval(1.0, 1.0, 1.0), conv, nl_assertions=["Agent apologises", "Agent says why"]),
+                           _traj(_eval(1.0, 1.0, 1.0), conv)])
         assert len(server.requests) == 1  # one batched call; the episode without assertions costs nothing
         shown = "\n".join(m["content"] for m in server.requests[0]["messages"])
         assert "Agent apologises" in shown and "Agent says why" in shown and "length" in shown.lower()
-    assert out[0]["components"]["judge"] == 0.5 and out[0]["reward"] == pytest.approx(1.0 + 0.5 * 0.5)
-    assert "judge" not in out[1]["components"] and out[1]["reward"] == 1.0
+    assert out[0].components["judge"] == 0.5 and out[0].reward == pytest.approx(1.0 + 0.5 * 0.5)
+    assert "judge" not in out[1].components and out[1].reward == 1.0

@@ -4,6 +4,7 @@ import ray
 
 from actors.env_worker import EnvPool, EnvSettings
 from actors.rollout_worker import RolloutSettings, RolloutWorker
+from rl.contracts import EpisodeJob
 from envs.tau2_telecom.tasks import load_split
 from tests.conftest import REPO_ROOT, cleanup_vllm_shm
 
@@ -35,19 +36,22 @@ def test_multi_turn_tokens_equal_the_chat_template_of_the_conversation(stack):
 
     worker, model = stack
     tasks = load_split("small")[:4]
-    trajs = ray.get(worker.rollout.remote([{"task": t.model_dump(mode="json"), "group": i}
+    trajs = ray.get(worker.rollout.remote([EpisodeJob(t.model_dump(mode="json"), i)
                                            for i, t in enumerate(tasks)]), timeout=600)
     tok = AutoTokenizer.from_pretrained(model)
     tools = get_world().tool_schemas("dual", compact=True)
-    assert any(t["turns"] >= 2 for t in trajs), "a random model's malformed calls get error observations: >1 turn"
+    assert any(t.turns >= 2 for t in trajs), "a random model's malformed calls get error observations: >1 turn"
     for t in trajs:
-        ids, mask, lps = t["token_ids"], t["loss_mask"], t["logprobs"]
+        ids, mask, lps = t.token_ids, t.loss_mask, t.logprobs
         assert len(ids) == len(mask) == len(lps) and sum(mask) > 0
-        assert mask[: t["prompt_len"]] == [0] * t["prompt_len"]
+        prompt = tok(tok.apply_chat_template(t.messages[:first_turn(t)], tools=tools, add_generation_prompt=True,
+                                             tokenize=False), add_special_tokens=False)["input_ids"]
+        assert ids[: len(prompt)] == prompt and mask[: len(prompt)] == [0] * len(prompt)  # the prompt is not trained
+        assert t.policy_version == 0 and t.termination == t.eval.termination
         spans = _generated_spans(mask)
-        first_obs = next(i for i, m in enumerate(t["messages"]) if m["role"] == "user") + 1  # incl. the greeting
-        assistant = [m["content"] for m in t["messages"][first_obs:] if m["role"] == "assistant"]
-        assert len(spans) == len(assistant) == t["turns"]
+        first_obs = first_turn(t)
+        assistant = [m["content"] for m in t.messages[first_obs:] if m["role"] == "assistant"]
+        assert len(spans) == len(assistant) == t.turns
         # Each masked span is exactly what was sampled for one assistant message, with real logprobs.
         for (a, b), content in zip(spans, assistant):
             body = [i for i in ids[a:b] if i != tok.eos_token_id]
@@ -66,12 +70,17 @@ def test_multi_turn_tokens_equal_the_chat_template_of_the_conversation(stack):
             pos = b
         canon += ids[pos:]
         # The episode's last observation (e.g. the customer hanging up) is logged but never fed to the model.
-        last = max(i for i, m in enumerate(t["messages"]) if m["role"] == "assistant")
-        text = tok.apply_chat_template(t["messages"][: last + 1], tools=tools, add_generation_prompt=False,
+        last = max(i for i, m in enumerate(t.messages) if m["role"] == "assistant")
+        text = tok.apply_chat_template(t.messages[: last + 1], tools=tools, add_generation_prompt=False,
                                        tokenize=False)
         expected = tok(text, add_special_tokens=False)["input_ids"]
-        if not t["truncated"]:
+        if not t.truncated:
             assert canon == expected[: len(canon)] and expected[len(canon):] == tok("\n", add_special_tokens=False)["input_ids"]
+
+
+def first_turn(t) -> int:
+    """Index of the policy's first message: after the opening (system, tau2's greeting, the customer's reply)."""
+    return next(i for i, m in enumerate(t.messages) if m["role"] == "user") + 1
 
 
 def _generated_spans(mask: list[int]) -> list[tuple[int, int]]:

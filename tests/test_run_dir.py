@@ -30,3 +30,38 @@ def test_existing_run_needs_resume(tmp_path):
     with pytest.raises(FileExistsError, match="--resume"):
         RunDir(cfg)
     RunDir(cfg, resume=True).close()
+
+
+def test_jsonl_reader_skips_a_torn_last_line_only(tmp_path, capsys):
+    from rl.run_dir import read_jsonl
+
+    path = tmp_path / "metrics.jsonl"
+    assert read_jsonl(path) == []
+    path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "rew')  # the writer was killed mid-line
+    assert read_jsonl(path) == [{"step": 1}, {"step": 2}]
+    assert "metrics.jsonl:3" in capsys.readouterr().err
+    path.write_text('{"step": 1}\n{"st\n{"step": 3}\n')
+    with pytest.raises(ValueError, match="metrics.jsonl:2"):
+        read_jsonl(path)
+
+
+def test_trajectory_rows_round_trip_as_episode_records(tmp_path):
+    from envs.tau2_telecom.session import EvalResult
+    from rl.contracts import EpisodeRecord, Score, Trajectory
+
+    evaluation = EvalResult(task_id="t1", reward=1.0, success=True, termination="agent_stop", reward_basis=[],
+                            env_assertions=[], actions=[], communicate=[], nl_assertions=None, db_match=None,
+                            turns=2, tool_errors=0, rejected_calls=1)
+    traj = Trajectory(task_id="t1", group=3, messages=[{"role": "user", "content": "hi"}], eval=evaluation,
+                      token_ids=[1, 2, 3, 4], loss_mask=[0, 1, 1, 0], turns=2, policy_version=5)
+    run = RunDir(load_config(None, [f"run_dir={tmp_path}/run"]))
+    run.log_trajectories(7, [traj], [Score(0.9, {"success": 1.0})])
+    run.close()
+    from rl.run_dir import read_jsonl
+
+    (row,) = read_jsonl(tmp_path / "run" / "trajectories.jsonl")
+    rec = EpisodeRecord.from_row(row)
+    assert (rec.step, rec.task_id, rec.group, rec.reward, rec.termination) == (7, "t1", 3, 0.9, "agent_stop")
+    assert (rec.tokens, rec.generated_tokens, rec.policy_version, rec.turns) == (4, 2, 5, 2)
+    with pytest.raises(ValueError, match="task_id"):
+        EpisodeRecord.from_row({"components": {}, "messages": []})

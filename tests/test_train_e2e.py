@@ -8,6 +8,7 @@ import ray
 import torch
 
 from rl.config import load_config
+from rl.contracts import TrainBatch
 from tests.conftest import REPO_ROOT, cleanup_vllm_shm
 
 pytestmark = pytest.mark.slow
@@ -46,7 +47,7 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
     run_dir = tmp_path / "run"
     trainer = Trainer(_cfg(run_dir, "train.steps=2", f"model.name={sft_model}", *REWARD))
     try:
-        probe = trainer.rollout_batch(sorted(trainer.tasks)[:1], 1)[0]["token_ids"][:200]
+        probe = trainer.rollout(sorted(trainer.tasks)[:1], 1)[0].token_ids[:200]
         before = ray.get(trainer.learner.state_dict_ref())
         trained = []
         for _ in range(2):
@@ -59,8 +60,8 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
         changed = [k for k in before if not torch.equal(before[k], after[k])]
         assert len(changed) > len(before) // 2, "most weight tensors should move after two steps"
         # Weight sync: vLLM now scores a fixed sequence like the learner does.
-        ours = trainer.learner.logprobs({"input_ids": [probe], "loss_mask": [[1] * len(probe)]})[0]
-        theirs = ray.get(trainer.rollout[0].sequence_logprobs.remote(probe))
+        ours = trainer.learner.logprobs(TrainBatch(input_ids=[probe], loss_mask=[[1] * len(probe)]))[0]
+        theirs = ray.get(trainer.rollout_workers[0].sequence_logprobs.remote(probe))
         diff = max(abs(a - b) for a, b in zip(ours[1:], theirs[1:]))
         assert diff < 1e-3, f"vLLM and learner disagree by {diff} nats after sync"
     finally:

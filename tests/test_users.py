@@ -4,7 +4,8 @@ import json
 import pytest
 
 from envs.tau2_telecom import tau2_api as t2
-from envs.tau2_telecom.session import JudgeConfig, TelecomSession
+from envs.tau2_telecom.endpoint import LLMEndpoint
+from envs.tau2_telecom.session import TelecomSession
 from envs.tau2_telecom.users import LLMUser, ScriptedUser, _explicit_calls, _first_person
 from tests.openai_stub import ScriptedOpenAI
 
@@ -61,7 +62,7 @@ def test_llm_user_runs_tau2_user_simulator_over_openai_endpoint(world, tasks_by_
         {"content": "I turned airplane mode off and I have signal now. ###STOP###"},
     ]
     with ScriptedOpenAI(script) as server:
-        user = LLMUser(model="openai/stub-user", base_url=server.base_url)
+        user = LLMUser(LLMEndpoint(model="openai/stub-user", base_url=server.base_url))
         s = TelecomSession(world, user=user)
         obs = s.reset(tasks_by_id[AIRPLANE], "dual")
         assert obs.messages[-1]["content"] == "Hi, my phone has no service at all."
@@ -77,7 +78,7 @@ def test_llm_user_runs_tau2_user_simulator_over_openai_endpoint(world, tasks_by_
 
 
 def test_llm_user_endpoint_down_ends_episode_as_user_error(world, tasks_by_id):
-    user = LLMUser(model="openai/nobody", base_url="http://127.0.0.1:9/v1")  # discard port: refused
+    user = LLMUser(LLMEndpoint(model="openai/nobody", base_url="http://127.0.0.1:9/v1"))  # discard port: refused
     s = TelecomSession(world, user=user)
     obs = s.reset(tasks_by_id[AIRPLANE], "dual")
     assert obs.done and obs.termination == "user_error"
@@ -98,7 +99,7 @@ def test_judge_scores_nl_assertions_through_tau2(world, tasks_by_id, met):
     verdict = {"results": [{"expectedOutcome": task.evaluation_criteria.nl_assertions[0],
                             "reasoning": "checked", "metExpectation": met}]}
     with ScriptedOpenAI([{"content": json.dumps(verdict)}]) as server:
-        s = TelecomSession(world, judge=JudgeConfig(model="openai/stub-judge", base_url=server.base_url))
+        s = TelecomSession(world, judge=LLMEndpoint(model="openai/stub-judge", base_url=server.base_url))
         s.reset(task, "solo")
         s.step('<tool_call>{"name": "toggle_airplane_mode", "arguments": {}}</tool_call>')
         s.step('<tool_call>{"name": "done", "arguments": {}}</tool_call>')

@@ -18,12 +18,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from envs.tau2_telecom import tau2_api as t2
+from envs.tau2_telecom.choices import PROMPTS
+from envs.tau2_telecom.endpoint import LLMEndpoint
 from envs.tau2_telecom.tool_calls import ParsedTurn, ToolCallError, parse_assistant_turn
 from envs.tau2_telecom.world import DONE_TOOL, TelecomWorld
 
 SCORED_TERMINATIONS = {t2.TerminationReason.AGENT_STOP.value, t2.TerminationReason.USER_STOP.value}
 USER_STOP_TOKENS = (t2.STOP, t2.TRANSFER, t2.OUT_OF_SCOPE)
-PROMPTS = ("full", "compact")
 
 
 @dataclass(frozen=True)
@@ -81,16 +82,6 @@ def _fraction(checks: list[dict]) -> float:
     return sum(c["met"] for c in checks) / len(checks) if checks else 1.0
 
 
-@dataclass(frozen=True)
-class JudgeConfig:
-    """An LLM judge for natural-language assertions: any litellm model name, e.g. an OpenAI-compatible server."""
-
-    model: str
-    base_url: str = ""
-    api_key: str = "EMPTY"
-    temperature: float = 0.0
-
-
 class SimulatedUser(Protocol):
     """The customer in dual mode. Implementations act on the phone through `session.user_tool_call`."""
 
@@ -101,7 +92,7 @@ class SimulatedUser(Protocol):
 
 class TelecomSession:
     def __init__(self, world: TelecomWorld, limits: SessionLimits | None = None,
-                 user: SimulatedUser | None = None, judge: JudgeConfig | None = None, prompt: str = "full"):
+                 user: SimulatedUser | None = None, judge: LLMEndpoint | None = None, prompt: str = "full"):
         """prompt: "full" = tau2's system prompt (instructions + the whole policy and tech-support manual,
         ~8-10k tokens) and full tool schemas - the benchmark setting; "compact" = tau2's instructions and
         the ticket without the policy documents, and compact tool schemas (~1-2k tokens) - for small models
@@ -323,7 +314,7 @@ class TelecomSession:
 
     @classmethod
     def restore(cls, world: TelecomWorld, log: dict, limits: SessionLimits | None = None,
-                user: SimulatedUser | None = None, judge: JudgeConfig | None = None,
+                user: SimulatedUser | None = None, judge: LLMEndpoint | None = None,
                 prompt: str = "full") -> TelecomSession:
         """Rebuild from `export_log()`: tau2 replays every recorded tool call and checks each output matches."""
         s = cls(world, limits, user, judge, prompt)
@@ -356,15 +347,13 @@ _judge_lock = threading.Lock()
 
 
 @contextmanager
-def _judge_settings(judge: JudgeConfig | None):
+def _judge_settings(judge: LLMEndpoint | None):
     """tau2's NL-assertion judge reads its model from module constants; point them at ours for one call."""
     if judge is None:
         yield
         return
     mod = t2.evaluator_nl_assertions
-    args = {"temperature": judge.temperature}
-    if judge.base_url:
-        args.update(api_base=judge.base_url, api_key=judge.api_key)
+    args = judge.litellm_args()
     with _judge_lock:
         saved = (mod.DEFAULT_LLM_NL_ASSERTIONS, mod.DEFAULT_LLM_NL_ASSERTIONS_ARGS)
         mod.DEFAULT_LLM_NL_ASSERTIONS, mod.DEFAULT_LLM_NL_ASSERTIONS_ARGS = judge.model, args

@@ -13,8 +13,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from envs.tau2_telecom import tau2_api as t2
-
-SPLITS = ("small", "train", "test", "base", "full")
+from envs.tau2_telecom.choices import SPLITS
 
 
 class TaskFileError(ValueError):

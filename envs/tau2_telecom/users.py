@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 
 from envs.tau2_telecom import tau2_api as t2
+from envs.tau2_telecom.endpoint import LLMEndpoint
 from envs.tau2_telecom.session import TelecomSession
 
 # Plain-English requests -> phone tool (with arguments). Checked in order; each tool fires once per reply.
@@ -165,26 +166,19 @@ def _first_person(text: str) -> str:
     return text
 
 
-@dataclass
 class LLMUser:
     """tau2's UserSimulator over an OpenAI-compatible endpoint (litellm model name, e.g. "openai/<served-name>")."""
 
-    model: str
-    base_url: str = ""
-    api_key: str = "EMPTY"
-    temperature: float = 0.0
-    max_tokens: int = 512
-
-    def _llm_args(self) -> dict:
-        args = {"temperature": self.temperature, "max_tokens": self.max_tokens, "num_retries": 1}
-        if self.base_url:
-            args.update(api_base=self.base_url, api_key=self.api_key)
-        return args
+    def __init__(self, endpoint: LLMEndpoint):
+        if not endpoint.model:
+            raise ValueError("LLMUser: endpoint.model is empty (a litellm model name, e.g. 'openai/<served-name>')")
+        self.endpoint = endpoint
 
     def opening(self, session: TelecomSession) -> str:
         tools = list(session.world.user_tools.values())
         self._sim = t2.UserSimulator(tools=tools, instructions=str(session.task.user_scenario),
-                                     llm=self.model, llm_args=self._llm_args())
+                                     llm=self.endpoint.model,
+                                     llm_args=self.endpoint.litellm_args(num_retries=1))
         history = [m for m in session.trajectory if isinstance(m, t2.AssistantMessage)]
         self._state = self._sim.get_init_state(message_history=history[:-1])
         return self._reply(session, history[-1])

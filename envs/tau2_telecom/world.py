@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from envs.tau2_telecom import tau2_api as t2
+from envs.tau2_telecom.choices import MODES, POLICIES
 from envs.tau2_telecom.tool_calls import ToolCallLimits, ToolTable
 
-MODES = ("solo", "dual")
-POLICIES = ("manual", "workflow")
 _world_ids = itertools.count()
 
 

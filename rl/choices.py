@@ -1,0 +1,15 @@
+"""Allowed values of the training settings, defined once: rl/config.py validates against them and the code that
+dispatches on them (rl/algorithms.py, actors/reward_actor.py, rl/rm/model.py) imports them. No heavy imports.
+The environment's own choices (modes, splits, ...) live in envs/tau2_telecom/choices.py, re-exported here."""
+
+from envs.tau2_telecom.choices import MODES, POLICIES, PROMPTS, SPLITS, USERS
+
+ADVANTAGE_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp")
+KL_KINDS = ("k1", "k2", "k3")
+AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
+TOKEN_AGGREGATIONS = ("token_mean",)  # average over loss tokens; the others average over sequences with any
+MIXINGS = ("weighted", "gated", "multiplicative")  # how learned/judged scores join the checks (RewardConfig)
+RM_NORMALIZATIONS = ("train_stats", "batch")
+
+__all__ = ["ADVANTAGE_ESTIMATORS", "AGGREGATIONS", "KL_KINDS", "MIXINGS", "MODES", "POLICIES", "PROMPTS",
+           "RM_NORMALIZATIONS", "SPLITS", "TOKEN_AGGREGATIONS", "USERS"]

@@ -1,0 +1,61 @@
+"""Where a run executes: the Ray cluster (local or remote), whether it has GPUs, the actors' runtime environment,
+and the task set a config names. Shared by every entry point (rl.train, rl.sft, rl.rm.*, bench) so that none of
+them imports the driver."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rl.config import Config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def actor_runtime_env(**env_vars: str) -> dict:
+    """Ray runtime_env for actors started from this checkout: they import this repo's packages (rl, actors, envs),
+    and vLLM's worker processes import the weight-sync extension, hence the PYTHONPATH."""
+    return {"env_vars": {"PYTHONPATH": str(REPO_ROOT), **env_vars}}
+
+
+def init_ray(cfg: Config | None = None, need_cpus: int = 0, **kwargs) -> None:
+    """Connect to cfg.ray.address (a cluster; inside `ray job submit` RAY_ADDRESS says where) or start a local
+    Ray with at least need_cpus logical CPUs (cfg.ray.num_cpus, else all cores). kwargs go to ray.init."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    runtime_env = kwargs.pop("runtime_env", None) or actor_runtime_env()
+    if cfg is not None and cfg.ray.address:
+        ray.init(address=cfg.ray.address, runtime_env=runtime_env, **kwargs)
+        return
+    cpus = (cfg.ray.num_cpus if cfg is not None else None) or os.cpu_count() or 1
+    kwargs.setdefault("include_dashboard", False)
+    ray.init(num_cpus=max(cpus, need_cpus), runtime_env=runtime_env, **kwargs)
+
+
+def cluster_has_gpus() -> bool:
+    """Whether the actors get GPUs. A `ray job submit` driver runs on the CPU head node, so this is a property of
+    the cluster, not of the driver's process."""
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def load_tasks(cfg: Config, split: str | None = None) -> dict[str, dict]:
+    """{task id: tau2 task dict}: cfg.env.tasks_file (broken tasks are skipped with a warning naming them) or
+    cfg.env.split, or `split` when given. Solo mode keeps only tasks with a ticket (its prompt is the ticket)."""
+    from envs.tau2_telecom.tasks import load_split, load_task_file
+
+    if cfg.env.tasks_file and split is None:
+        loaded = load_task_file(cfg.env.tasks_file)
+        for problem in loaded.problems:
+            print(f"warning: skipped {problem}", file=sys.stderr)
+        tasks = loaded.tasks
+    else:
+        tasks = load_split(split or cfg.env.split)
+    if cfg.env.mode == "solo":
+        tasks = [t for t in tasks if t.ticket]
+    return {t.id: t.model_dump(mode="json") for t in tasks}
