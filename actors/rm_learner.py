@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from actors.learner import LearnerGroup, LearnerRank, LearnerSettings
-from rl.rm_model import PooledRewardModel, load_sequence_classifier, pad_batch
+from rl.rm.model import PooledRewardModel, load_sequence_classifier, pad_batch
 
 
 @dataclass(frozen=True)
