@@ -24,11 +24,11 @@ class RewardActorImpl:
         self.cfg = reward_cfg
         self.rm = self.judge = None
         if reward_cfg.rm_path:
-            from rl.rm_model import RewardModelScorer
+            from rl.rm.model import RewardModelScorer
 
             self.rm = RewardModelScorer(reward_cfg.rm_path, max_len=reward_cfg.rm_max_len)
         if reward_cfg.judge_weight > 0:
-            from rl.judges import AssertionJudge, LiteLLMChat
+            from rl.rm.judges import AssertionJudge, LiteLLMChat
 
             if judge_endpoint is None or not judge_endpoint.model:
                 raise ValueError("reward.judge_weight > 0 needs a judge endpoint (config section `judge`)")
@@ -51,7 +51,7 @@ class RewardActorImpl:
     def _rm_scores(self, trajectories: list[Trajectory], components: list[dict]) -> list[float | None]:
         if self.rm is None:
             return [None] * len(trajectories)
-        from rl.rm_model import normalise
+        from rl.rm.model import normalise
 
         raw = self.rm.score([t.messages for t in trajectories])
         scores = normalise(raw, self.cfg.rm_normalization, self.rm.stats)

@@ -1,6 +1,6 @@
 """Bradley-Terry reward-model learner: the policy learner's ZeRO-3 ranks (actors/learner.py) with a scalar head.
 
-Only the model and the step differ from the policy learner: the model is rl.rm_model.PooledRewardModel, and
+Only the model and the step differ from the policy learner: the model is rl.rm.model.PooledRewardModel, and
 one step is one optimizer step on a batch of (chosen, rejected) pairs with loss
     -log sigmoid(r_chosen - r_rejected - margin_scale * margin)
 averaged over the batch's real pairs. Every rank gets the same number of pairs (filler pairs weigh 0), hence the
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from actors.learner import LearnerGroup, LearnerRank, LearnerSettings
-from rl.rm_model import PooledRewardModel, load_sequence_classifier, pad_batch
+from rl.rm.model import PooledRewardModel, load_sequence_classifier, pad_batch
 
 
 @dataclass(frozen=True)

@@ -159,7 +159,7 @@ class RewardConfig:
     malformed_call_penalty: float = 0.0  # subtracted per rejected tool call (the format component)
     max_penalty: float = 1.0  # cap on the total malformed-call penalty
     mixing: str = "weighted"  # weighted | gated | multiplicative
-    rm_path: Optional[str] = None  # HF folder written by `python -m rl.rm_train`; None = no learned score
+    rm_path: Optional[str] = None  # HF folder written by `python -m rl.rm.train`; None = no learned score
     rm_weight: float = 0.0  # weight of the learned score (needs rm_path)
     rm_normalization: str = "train_stats"  # train_stats: sigmoid of the z-score by the RM's training scores | batch
     rm_max_len: Optional[int] = None  # tokens the RM sees per episode (start cut); None = what it was trained on
@@ -170,11 +170,11 @@ class RewardConfig:
 
 @dataclass
 class RewardModelConfig:
-    """Bradley-Terry reward model training (python -m rl.rm_train) on pairs in OpenRLHF's JSONL layout."""
+    """Bradley-Terry reward model training (python -m rl.rm.train) on pairs in OpenRLHF's JSONL layout."""
 
     base_model: str = "tiny"  # causal LM the scalar head goes on: tiny | smollm2-135m | a local HF folder | hub id
     train_file: str = ""  # pairs JSONL: {"prompt": [...], "chosen": [...], "rejected": [...], "subset": ...}
-    eval_file: Optional[str] = None  # pairs JSONL evaluated after training (rl.rm_eval report)
+    eval_file: Optional[str] = None  # pairs JSONL evaluated after training (rl.rm.eval report)
     out: Optional[str] = None  # where the trained RM goes; None = <run_dir>/rm
     epochs: int = 1
     lr: float = 1e-5

@@ -36,7 +36,7 @@ def untrained_rm(tmp_path_factory):
     from transformers import AutoTokenizer
 
     from rl.models import resolve_model
-    from rl.rm_model import RM_META, load_sequence_classifier, write_meta
+    from rl.rm.model import RM_META, load_sequence_classifier, write_meta
 
     base = str(resolve_model("tiny"))
     out = tmp_path_factory.mktemp("rm")

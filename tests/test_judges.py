@@ -5,7 +5,7 @@ import re
 import pytest
 
 from rl.config import LLMEndpointConfig
-from rl.judges import (
+from rl.rm.judges import (
     AssertionJudge,
     LiteLLMChat,
     PairwiseJudge,
@@ -13,7 +13,7 @@ from rl.judges import (
     parse_pairwise_verdict,
     render_messages,
 )
-from rl.rm_pairs import Pair
+from rl.rm.pairs.format import Pair
 from tests.openai_stub import ScriptedOpenAI
 
 
@@ -212,7 +212,7 @@ def test_unreachable_endpoint_raises_instead_of_scoring():
 def test_vllm_chat_judges_for_real_with_the_tiny_model():
     import ray
 
-    from rl.judges import VLLMChat
+    from rl.rm.judges import VLLMChat
     from rl.models import resolve_model
     from tests.conftest import REPO_ROOT, cleanup_vllm_shm
 

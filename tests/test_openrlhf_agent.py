@@ -1,5 +1,5 @@
-"""rl/openrlhf_agent.py against OpenRLHF 0.11.2's own code: its plugin loader, its multi-turn executor loop and
-its rollout -> Experience conversion. The fast tests play a scripted policy (the oracle's gold turns, or garbage)
+"""rl/tools/openrlhf_agent.py against OpenRLHF 0.11.2's own code: its plugin loader, its multi-turn executor loop
+and its rollout -> Experience conversion. The fast tests play a scripted policy (the oracle's gold turns, or garbage)
 through OpenRLHF's executor in place of vLLM; the slow test runs OpenRLHF's real vLLM rollout actor on CPU."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ if importlib.util.find_spec("openrlhf") is None:
 
 from tests.conftest import REPO_ROOT, cleanup_vllm_shm
 
-PLUGIN = Path(REPO_ROOT) / "rl" / "openrlhf_agent.py"
+PLUGIN = Path(REPO_ROOT) / "rl" / "tools" / "openrlhf_agent.py"
 SMALL_CONFIG = "env:\n  mode: solo\n  split: small\n  prompt: compact\n"
 
 
@@ -52,8 +52,8 @@ def config(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def small_rows(tmp_path_factory):
-    """`python -m rl.openrlhf_agent make-dataset` on the small split (in-process main())."""
-    from rl.openrlhf_agent import main
+    """`python -m rl.tools.openrlhf_agent make-dataset` on the small split (in-process main())."""
+    from rl.tools.openrlhf_agent import main
 
     out = tmp_path_factory.mktemp("ds") / "small.jsonl"
     main(["make-dataset", "--out", str(out), "env.split=small", "env.prompt=compact"])
@@ -189,7 +189,7 @@ def test_whole_conversation_matches_a_fresh_render(plugin, tokenizer, small_rows
     # Solo mode: plain text ends the episode (tau2: agent_error) -> reward 0, still scored.
     assert resp["reward"] == 0.0 and resp["extra_logs"]["episode/scored"] == 1.0
     assert resp["extra_logs"]["reward/actions"] == pytest.approx(1.0)  # every gold action was performed
-    from rl.openrlhf_agent import current_runtime
+    from rl.tools.openrlhf_agent import current_runtime
 
     session = current_runtime().new_session()
     first = session.reset(task, "solo")
@@ -204,7 +204,7 @@ def test_whole_conversation_matches_a_fresh_render(plugin, tokenizer, small_rows
 
 def test_garbage_actions_give_error_feedback_and_premature_done_scores_zero(tokenizer, small_rows, config):
     """The agent class driven the way MultiTurnAgentExecutor drives it (no executor: telerl's template)."""
-    import rl.openrlhf_agent as plugin_mod
+    import rl.tools.openrlhf_agent as plugin_mod
 
     config(SMALL_CONFIG)
     agent = plugin_mod.TelecomAgent()
@@ -260,7 +260,7 @@ def test_episode_that_fills_max_length_is_scored_not_dropped(plugin, tokenizer, 
 def test_unclosed_turn_is_closed_before_the_feedback(tokenizer, small_rows, config):
     """vLLM can stop on a token other than the template's end-of-turn (another eos id in generation_config):
     the feedback then closes the turn first, so the conversation keeps the chat format."""
-    import rl.openrlhf_agent as plugin_mod
+    import rl.tools.openrlhf_agent as plugin_mod
 
     config(SMALL_CONFIG)
     tap = plugin_mod._EngineTap(None)
@@ -286,7 +286,7 @@ def test_gated_mixing_with_a_reward_model_follows_rl_rewards_mix(plugin, tokeniz
     from envs.tau2_telecom.oracle import oracle_turns
     from rl.config import load_config
     from rl.rewards import RewardWeights, mix
-    from rl.rm_model import RewardModelScorer, normalise
+    from rl.rm.model import RewardModelScorer, normalise
 
     path = config(SMALL_CONFIG + f"reward:\n  mixing: gated\n  task_weight: 1.0\n  rm_path: {untrained_rm}\n"
                                  "  rm_weight: 0.4\n  rm_max_len: 256\n")
@@ -325,7 +325,7 @@ def test_judge_keys_are_logged_even_where_a_task_has_no_nl_assertions(plugin, to
 
 
 def test_batch_rm_normalisation_is_rejected(config, small_rows, untrained_rm):
-    import rl.openrlhf_agent as plugin_mod
+    import rl.tools.openrlhf_agent as plugin_mod
     from rl.config import ConfigError
 
     config(SMALL_CONFIG + f"reward:\n  rm_path: {untrained_rm}\n  rm_weight: 0.2\n  rm_normalization: batch\n")
@@ -334,7 +334,7 @@ def test_batch_rm_normalisation_is_rejected(config, small_rows, untrained_rm):
 
 
 def test_bad_label_names_the_problem(config):
-    import rl.openrlhf_agent as plugin_mod
+    import rl.tools.openrlhf_agent as plugin_mod
 
     config(SMALL_CONFIG)
     agent = plugin_mod.TelecomAgent()
@@ -358,7 +358,7 @@ def test_openrlhf_rollout_actor_runs_the_plugin_on_vllm(tmp_path, tokenizer):
 
     from rl.config import load_config
     from rl.models import resolve_model
-    from rl.openrlhf_agent import make_dataset
+    from rl.tools.openrlhf_agent import make_dataset
 
     cfg_path = tmp_path / "dual.yaml"
     cfg_path.write_text("env:\n  mode: dual\n  user: scripted\n  split: small\n  prompt: compact\n  max_turns: 4\n")
@@ -390,7 +390,7 @@ def test_openrlhf_rollout_actor_runs_the_plugin_on_vllm(tmp_path, tokenizer):
         ray.shutdown()
         cleanup_vllm_shm()
 
-    from rl.openrlhf_agent import runtime_for
+    from rl.tools.openrlhf_agent import runtime_for
 
     rt = runtime_for(str(cfg_path))
     session = rt.new_session()

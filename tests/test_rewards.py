@@ -134,7 +134,7 @@ def test_config_rejects_mixings_that_cannot_keep_their_promise():
 
 
 def test_reward_actor_adds_the_learned_score_and_logs_it(untrained_rm):
-    from rl.rm_model import RewardModelScorer, normalise
+    from rl.rm.model import RewardModelScorer, normalise
 
     cfg = RewardConfig(rm_path=untrained_rm, rm_weight=0.5, rm_max_len=128)
     conv = [{"role": "user", "content": "No service."}, {"role": "assistant", "content": "Fixed it."}]

@@ -1,5 +1,5 @@
 """Issue 4's acceptance, end to end on real engines: verifier-labelled pairs from tau2's train split (+ TeleQnA)
--> Bradley-Terry RM on 2 DeepSpeed ZeRO-3 ranks (python -m rl.rm_train) -> RewardBench-style report on pairs from
+-> Bradley-Terry RM on 2 DeepSpeed ZeRO-3 ranks (python -m rl.rm.train) -> RewardBench-style report on pairs from
 tasks it never saw (tau2's test split, held-out TeleQnA questions) -> one GRPO step whose reward mixes tau2's checks
 with that RM under gated mixing."""
 import json
@@ -20,8 +20,10 @@ TELEQNA_QUESTIONS = 120
 @pytest.fixture(scope="module")
 def trained_rm(tmp_path_factory):
     from envs.tau2_telecom.tasks import load_split
-    from rl.rm_pairs import oracle_perturbation_pairs, teleqna_pairs, write_pairs
-    from rl.rm_train import train_reward_model
+    from rl.rm.pairs.format import write_pairs
+    from rl.rm.pairs.perturbations import oracle_perturbation_pairs
+    from rl.rm.pairs.teleqna import teleqna_pairs
+    from rl.rm.train import train_reward_model
 
     if not TELEQNA.exists():
         pytest.skip(f"{TELEQNA} not available")

@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from rl.judges import PairwiseJudge
-from rl.rm_eval import (
+from rl.rm.judges import PairwiseJudge
+from rl.rm.eval import (
     best_of_4_groups,
     evaluate_judge,
     evaluate_rm,
@@ -17,7 +17,7 @@ from rl.rm_eval import (
     scalar_best_of_4_credit,
     write_report,
 )
-from rl.rm_pairs import Pair, write_pairs
+from rl.rm.pairs.format import Pair, write_pairs
 from tests.openai_stub import ScriptedOpenAI
 
 
@@ -236,7 +236,7 @@ def test_cli_scores_with_a_real_reward_model_folder(tmp_path, capsys):
     from transformers import AutoTokenizer
 
     from rl.models import resolve_model
-    from rl.rm_model import RM_META, load_sequence_classifier, write_meta
+    from rl.rm.model import RM_META, load_sequence_classifier, write_meta
 
     base = resolve_model("tiny")
     rm = tmp_path / "rm"

@@ -32,7 +32,7 @@ def rm_group():
 def _pairs(path: str):
     from transformers import AutoTokenizer
 
-    from rl.rm_model import conversation_ids
+    from rl.rm.model import conversation_ids
 
     tok = AutoTokenizer.from_pretrained(path)
     tickets = ["My mobile data is slow.", "I cannot send MMS.", "No service on my phone.",
@@ -47,7 +47,7 @@ def _pairs(path: str):
 
 
 def test_loss_is_the_batch_mean_over_ranks_and_training_separates_pairs(rm_group, tmp_path):
-    from rl.rm_model import RM_META, RewardModelScorer, write_meta
+    from rl.rm.model import RM_META, RewardModelScorer, write_meta
 
     group, path = rm_group
     pairs, convs = _pairs(path)  # 5 pairs on 2 ranks: one filler pair that must weigh nothing
@@ -73,7 +73,7 @@ def test_loss_is_the_batch_mean_over_ranks_and_training_separates_pairs(rm_group
 
 
 def test_scorer_refuses_a_folder_that_is_not_a_reward_model(tmp_path):
-    from rl.rm_model import RewardModelScorer
+    from rl.rm.model import RewardModelScorer
 
-    with pytest.raises(FileNotFoundError, match="rl.rm_train"):
+    with pytest.raises(FileNotFoundError, match="rl.rm.train"):
         RewardModelScorer(str(tmp_path))

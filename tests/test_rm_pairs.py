@@ -5,8 +5,12 @@ from collections import Counter
 
 import pytest
 
-from rl import rm_pairs
-from rl.rm_pairs import ALL_KINDS, Pair, PairFileError, read_pairs, write_pairs
+from rl.rm.pairs import cli
+from rl.rm.pairs.format import Pair, PairFileError, read_pairs, split_by_task, write_pairs
+from rl.rm.pairs.perturbations import ALL_KINDS, oracle_perturbation_pairs
+from rl.rm.pairs.report import Report
+from rl.rm.pairs.rollouts import rollout_pairs
+from rl.rm.pairs.teleqna import teleqna_pairs
 from tests.conftest import SHARED
 
 TELEQNA_SAMPLE = SHARED / "datasets" / "teleqna" / "sample.json"
@@ -18,8 +22,8 @@ def small_pairs(request):
     from envs.tau2_telecom.tasks import load_split
 
     tasks = load_split("small")
-    report = rm_pairs.Report()
-    pairs = rm_pairs.oracle_perturbation_pairs(tasks, mode=request.param, report=report)
+    report = Report()
+    pairs = oracle_perturbation_pairs(tasks, mode=request.param, report=report)
     return request.param, {t.id: t for t in tasks}, pairs, report
 
 
@@ -92,25 +96,25 @@ def test_generation_is_seeded():
 
     tasks = load_split("small")[:6]
     kinds = "wrong_argument,missing_action,extra_harmful_action"
-    a = rm_pairs.oracle_perturbation_pairs(tasks, kinds=kinds, seed=3)
-    assert a == rm_pairs.oracle_perturbation_pairs(tasks, kinds=kinds, seed=3)
+    a = oracle_perturbation_pairs(tasks, kinds=kinds, seed=3)
+    assert a == oracle_perturbation_pairs(tasks, kinds=kinds, seed=3)
     assert {p.subset for p in a} <= set(kinds.split(","))
     with pytest.raises(ValueError, match="unknown perturbation kind"):
-        rm_pairs.oracle_perturbation_pairs(tasks, kinds="missing_actoin")
+        oracle_perturbation_pairs(tasks, kinds="missing_actoin")
 
 
 def test_cli_tau2_and_split_by_task(tmp_path, capsys):
     from envs.tau2_telecom.tasks import split_ids
 
     out = tmp_path / "p.jsonl"
-    assert rm_pairs.main(["tau2", "--split", "small", "--limit", "3", "--kinds", "no_resolution",
+    assert cli.main(["tau2", "--split", "small", "--limit", "3", "--kinds", "no_resolution",
                           "--out", str(out)]) == 0
     pairs = read_pairs(out)
     assert len(pairs) == 3 and "no_resolution: 3" in capsys.readouterr().out
     test_ids = split_ids("test")
     fake = [Pair([], [{"role": "assistant", "content": "a"}], [{"role": "assistant", "content": "b"}], "s", "x",
                  "g", task_id=i) for i in (test_ids[0], "not-a-test-task", None)]
-    train, held = rm_pairs.split_by_task(fake, test_ids)
+    train, held = split_by_task(fake, test_ids)
     assert [p.task_id for p in train] == ["not-a-test-task", None] and [p.task_id for p in held] == [test_ids[0]]
 
 
@@ -209,8 +213,8 @@ def test_rollout_pairs_from_run_trajectories(tmp_path):
     with open(path, "a") as fh:
         fh.write('{"task_id": "A", "messages": []}\n{"torn": \n')
 
-    report = rm_pairs.Report()
-    pairs = rm_pairs.rollout_pairs(tmp_path / "run", max_pairs_per_task=5, report=report)
+    report = Report()
+    pairs = rollout_pairs(tmp_path / "run", max_pairs_per_task=5, report=report)
     by_task = Counter(p.task_id for p in pairs)
     assert by_task == {"A": 5, "B": 1}
     assert {p.group for p in pairs if p.task_id == "A"} == {"A#0", "A#1"}
@@ -227,15 +231,15 @@ def test_rollout_pairs_from_run_trajectories(tmp_path):
     assert any(f"{path}:12" in d and "components.success" in d for d in report.details)
     assert any(f"{path}:13" in d and "invalid JSON" in d for d in report.details)
     # only some tasks (e.g. a split's ids)
-    assert {p.task_id for p in rm_pairs.rollout_pairs(path, task_ids=["B"])} == {"B"}
+    assert {p.task_id for p in rollout_pairs(path, task_ids=["B"])} == {"B"}
 
 
 def test_rollout_pairs_need_a_shared_prompt():
     rows = [{"task_id": "A", "components": {"success": 1.0}, "messages": _messages("dual", "fix")},
             {"task_id": "A", "components": {"success": 0.0}, "messages": _messages("dual", "bad")}]
     rows[1]["messages"][2]["content"] = "a different opening"  # e.g. an LLM customer
-    report = rm_pairs.Report()
-    assert rm_pairs.rollout_pairs(rows, report=report) == []
+    report = Report()
+    assert rollout_pairs(rows, report=report) == []
     assert report.skipped["rollout: prompts differ"] == 1
 
 
@@ -244,8 +248,8 @@ def test_teleqna_shared_sample():
     if not TELEQNA_SAMPLE.exists():
         pytest.skip(f"{TELEQNA_SAMPLE} not available")
     data = json.loads(TELEQNA_SAMPLE.read_text())
-    report = rm_pairs.Report()
-    pairs = rm_pairs.teleqna_pairs(TELEQNA_SAMPLE, report=report)
+    report = Report()
+    pairs = teleqna_pairs(TELEQNA_SAMPLE, report=report)
     n_options = {q: sum(k.startswith("option ") for k in e) for q, e in data.items()}
     assert len(pairs) == sum(n - 1 for n in n_options.values()) and not report.skipped
     assert Counter(p.group for p in pairs) == {q: n - 1 for q, n in n_options.items()}
@@ -275,8 +279,8 @@ def test_teleqna_malformed_entries(tmp_path):
     }
     path = tmp_path / "teleqna.json"
     path.write_text(json.dumps(data))
-    report = rm_pairs.Report()
-    pairs = rm_pairs.teleqna_pairs(path, report=report)
+    report = Report()
+    pairs = teleqna_pairs(path, report=report)
     assert Counter(p.group for p in pairs) == {"question 1": 2, "question 8": 1, "question 9": 2}
     assert {p.subset for p in pairs if p.group == "question 9"} == {"uncategorized"}
     assert report.skipped == {"teleqna: no answer": 1, "teleqna: answer text differs from its option": 1,
@@ -285,8 +289,8 @@ def test_teleqna_malformed_entries(tmp_path):
                               "teleqna: no question text": 1}
     assert any("'question 3'" in d for d in report.details)
     out = tmp_path / "out.jsonl"
-    assert rm_pairs.main(["teleqna", str(path), "--out", str(out)]) == 0 and len(read_pairs(out)) == 5
+    assert cli.main(["teleqna", str(path), "--out", str(out)]) == 0 and len(read_pairs(out)) == 5
     path.write_text('{"question 1": {\n  "question": }')
     with pytest.raises(ValueError, match=r"teleqna.json:2:\d+: invalid JSON"):
-        rm_pairs.teleqna_pairs(path)
-    assert rm_pairs.main(["teleqna", str(path), "--out", str(out)]) == 2
+        teleqna_pairs(path)
+    assert cli.main(["teleqna", str(path), "--out", str(out)]) == 2

@@ -1,4 +1,4 @@
-"""rl.sweep: sweep-file validation, grid/random expansion, resume (skip finished, retry failed), failed-run
+"""rl.tools.sweep: sweep-file validation, grid/random expansion, resume (skip finished, retry failed), failed-run
 reports and aggregation over real metrics.jsonl files (written by rl.run_dir.RunDir from a stand-in trainer), the
 local subprocess runner, and (slow) a 2-arm sweep of the real rl.train as Ray jobs on a local head."""
 import csv
@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from rl.run_dir import RunDir
-from rl.sweep import (DONE_FILE, LocalTrain, SequentialRunner, SweepError, _parse_override_value, expand, load_sweep,
-                      main, plan, render, run_sweep)
+from rl.tools.sweep.cli import main, run_sweep
+from rl.tools.sweep.runners import LocalTrain, SequentialRunner
+from rl.tools.sweep.spec import DONE_FILE, SweepError, _parse_override_value, expand, load_sweep, plan, render
 from tests.conftest import REPO_ROOT
 
 TINY = Path(REPO_ROOT) / "configs" / "test_tiny.yaml"
@@ -166,7 +167,7 @@ def test_override_values_round_trip(value):
     ("mode: grid\nmode: random\n", ["sweep.yaml:4:", "duplicate sweep key 'mode'"]),
     ("params:\n  algorithm.name: [grpo\n", ["sweep.yaml:", "YAML syntax error"]),
     ("overrides: [reward.rm_path=/nonexistent/rm, reward.rm_weight=0.5]\n",
-     ["reward.rm_path '/nonexistent/rm' is not a folder", "python -m rl.rm_train"]),
+     ["reward.rm_path '/nonexistent/rm' is not a folder", "python -m rl.rm.train"]),
 ])
 def test_bad_sweeps_fail_before_anything_runs_naming_file_line_and_key(tmp_path, body, expected):
     path = write_sweep(tmp_path, body)
@@ -335,7 +336,7 @@ def test_sweep_of_real_training_runs_as_ray_jobs_and_resumes(tmp_path):
             params:
               algorithm.name: [grpo, rloo]
             """)
-        cmd = [sys.executable, "-m", "rl.sweep", "--config", str(path), "--address", head.dashboard,
+        cmd = [sys.executable, "-m", "rl.tools.sweep", "--config", str(path), "--address", head.dashboard,
                "--max-concurrent", "2", "--poll-s", "2"]
         t0 = time.monotonic()
         first = subprocess.run(cmd, env=head.env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)

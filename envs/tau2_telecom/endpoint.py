@@ -1,5 +1,5 @@
 """LLMEndpoint: an OpenAI-compatible chat endpoint reached through litellm - one dataclass for the simulated
-customer (users.LLMUser), the session's NL-assertion judge and the reward actor's judge (rl/judges.py), and the
+customer (users.LLMUser), the session's NL-assertion judge and the reward actor's judge (rl/rm/judges.py), and the
 config sections `user_llm` and `judge` (rl/config.py). Plain fields only, so OmegaConf can type-check it."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Generative LLM judges: a pairwise preference judge (rl.rm_eval) and an NL-assertion judge (the RewardActor).
+"""Generative LLM judges: a pairwise preference judge (rl.rm.eval) and an NL-assertion judge (the RewardActor).
 
 Clients (anything with `complete(conversations, n) -> n texts per conversation`):
 * `LiteLLMChat`: any OpenAI-compatible endpoint through litellm (a local vLLM server, a hosted model).
@@ -169,7 +169,7 @@ class VLLMChat:
             raise FileNotFoundError(f"VLLMChat: {model_path} is not a model folder (no config.json)")
         if not ray.is_initialized():
             ray.init(include_dashboard=False, log_to_driver=False,
-                     runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
+                     runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}})
         self.name = f"vllm:{model_path}"
         self.actor = ray.remote(_VLLMChatEngine).options(num_cpus=num_cpus, num_gpus=num_gpus).remote(
             str(model_path), max_model_len, max_tokens, temperature, kv_cache_gib, gpu_memory_utilization, seed,

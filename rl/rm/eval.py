@@ -1,9 +1,9 @@
-"""RewardBench-style evaluation of a reward model or an LLM judge on preference pairs (rl/rm_pairs.py JSONL).
+"""RewardBench-style evaluation of a reward model or an LLM judge on preference pairs (rl/rm/pairs JSONL).
 
-    python -m rl.rm_eval --pairs test.jsonl --rm runs/rm/model --out runs/rm/eval
-    python -m rl.rm_eval --pairs test.jsonl --judge-model openai/Qwen3-4B \\
+    python -m rl.rm.eval --pairs test.jsonl --rm runs/rm/model --out runs/rm/eval
+    python -m rl.rm.eval --pairs test.jsonl --judge-model openai/Qwen3-4B \\
         --judge-base-url http://127.0.0.1:8000/v1 --out DIR
-    python -m rl.rm_eval --pairs test.jsonl --judge-vllm smollm2-135m --both-orders --out DIR
+    python -m rl.rm.eval --pairs test.jsonl --judge-vllm smollm2-135m --both-orders --out DIR
 
 Scoring, as in RewardBench (v1 for pairwise, v2 for best-of-4):
 * pairwise accuracy per subset: a scalar RM gets 1 when score(chosen) > score(rejected) - a TIE IS WRONG - else 0;
@@ -150,7 +150,7 @@ def _header(kind: str, identity: dict, pairs: list, seed: int) -> dict:
 
 
 def evaluate_rm(pairs: list, scorer, seed: int = 0, chunk: int = 32, progress: bool = False) -> dict:
-    """Report for a scalar reward model (`scorer.score(conversations) -> floats`, e.g. rl.rm_model's
+    """Report for a scalar reward model (`scorer.score(conversations) -> floats`, e.g. rl.rm.model's
     RewardModelScorer): each distinct prompt+side conversation is scored once."""
     if not pairs:
         raise ValueError("evaluate_rm: no pairs to evaluate")
@@ -178,7 +178,7 @@ def evaluate_rm(pairs: list, scorer, seed: int = 0, chunk: int = 32, progress: b
 
 
 def evaluate_judge(pairs: list, judge, seed: int = 0, chunk: int = 16, progress: bool = False) -> dict:
-    """Report for a pairwise judge (rl.judges.PairwiseJudge): each distinct pair is judged once."""
+    """Report for a pairwise judge (rl.rm.judges.PairwiseJudge): each distinct pair is judged once."""
     if not pairs:
         raise ValueError("evaluate_judge: no pairs to evaluate")
     unique: dict[str, int] = {}
@@ -269,10 +269,10 @@ def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
 
 # ---------------------------------------------------------------------------------------------------- CLI
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m rl.rm_eval", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m rl.rm.eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--pairs", action="append", required=True, metavar="FILE", help="pair JSONL (repeatable)")
     who = p.add_mutually_exclusive_group(required=True)
-    who.add_argument("--rm", metavar="PATH", help="trained reward model folder (python -m rl.rm_train)")
+    who.add_argument("--rm", metavar="PATH", help="trained reward model folder (python -m rl.rm.train)")
     who.add_argument("--judge-model", metavar="M", help="litellm model name of an OpenAI-compatible judge")
     who.add_argument("--judge-vllm", metavar="MODEL", help="local judge model: a folder, 'tiny' or 'smollm2-135m'")
     p.add_argument("--judge-base-url", metavar="U", default="", help="endpoint for --judge-model")
@@ -289,7 +289,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _judge_and_close(args) -> tuple[object, Callable[[], None]]:
-    from rl.judges import LiteLLMChat, PairwiseJudge, VLLMChat
+    from rl.rm.judges import LiteLLMChat, PairwiseJudge, VLLMChat
 
     if args.judge_model:
         from rl.config import LLMEndpointConfig
@@ -303,7 +303,7 @@ def _judge_and_close(args) -> tuple[object, Callable[[], None]]:
     from rl.models import resolve_model
 
     ray.init(num_cpus=max(1, int(args.judge_num_cpus + 0.999)), include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
+             runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}})
     try:
         client = VLLMChat(str(resolve_model(args.judge_vllm)), num_cpus=args.judge_num_cpus,
                           max_model_len=args.judge_max_model_len, max_tokens=args.judge_max_tokens, seed=args.seed)
@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--judge-base-url needs --judge-model")
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit must be >= 1, got {args.limit}")
-    from rl.rm_pairs import read_pairs
+    from rl.rm.pairs.format import read_pairs
 
     pairs = []
     try:
@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rm_eval: error: no pairs in {', '.join(args.pairs)}", file=sys.stderr)
         return 2
     if args.rm:
-        from rl.rm_model import RewardModelScorer
+        from rl.rm.model import RewardModelScorer
 
         try:
             scorer = RewardModelScorer(args.rm, batch_size=args.batch_size)

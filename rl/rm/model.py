@@ -1,7 +1,7 @@
 """The Bradley-Terry reward model: a scalar head on a causal LM, read at the last token of a conversation.
 
 One definition serves training (actors/rm_learner.py, under DeepSpeed ZeRO-3) and scoring (RewardModelScorer,
-a plain HF model in the reward actor or rl.rm_eval), so a trained model scores exactly what it was trained on:
+a plain HF model in the reward actor or rl.rm.eval), so a trained model scores exactly what it was trained on:
 the chat template applied to the whole conversation, cut from the START to max_len tokens (the verdict - what the
 agent finally did - sits at the end; the shared system prompt is what gets cut).
 
@@ -94,7 +94,7 @@ class RewardModelScorer:
         meta_path = folder / RM_META
         if not meta_path.is_file():
             raise FileNotFoundError(f"{path} is not a trained reward model folder (no {RM_META}; train one with "
-                                    "`python -m rl.rm_train`)")
+                                    "`python -m rl.rm.train`)")
         self.meta = json.loads(meta_path.read_text())
         self.max_len = max_len or int(self.meta["max_len"])
         self.batch_size = batch_size

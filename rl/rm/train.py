@@ -1,12 +1,12 @@
 """Bradley-Terry reward model training on preference pairs, on the policy learner's DeepSpeed ZeRO-3 ranks.
 
-    python -m rl.rm_train --config configs/rm_tiny.yaml rm.train_file=pairs/train.jsonl [rm.eval_file=...]
+    python -m rl.rm.train --config configs/rm_tiny.yaml rm.train_file=pairs/train.jsonl [rm.eval_file=...]
 
-Pairs are OpenRLHF-layout JSONL (rl/rm_pairs.py makes them from tau2's verifier and from TeleQnA). Each side is
-the chat template over prompt + side, cut from the start to rm.max_len tokens (rl/rm_model.py). The run
+Pairs are OpenRLHF-layout JSONL (rl/rm/pairs makes them from tau2's verifier and from TeleQnA). Each side is
+the chat template over prompt + side, cut from the start to rm.max_len tokens (rl/rm/model.py). The run
 directory gets the config snapshot, metrics.jsonl + TensorBoard (loss, accuracy, reward margin per step), the
 trained RM (an HF sequence-classification folder + telerl_rm.json with its score statistics) and, with
-rm.eval_file, the RewardBench-style report of rl.rm_eval on held-out pairs.
+rm.eval_file, the RewardBench-style report of rl.rm.eval on held-out pairs.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ _STATS_SAMPLE = 256
 
 
 def encode_pairs(tokenizer, pairs, max_len: int) -> list[tuple[list[int], list[int], float]]:
-    from rl.rm_model import conversation_ids
+    from rl.rm.model import conversation_ids
 
     return [(conversation_ids(tokenizer, p.prompt + p.chosen, max_len),
              conversation_ids(tokenizer, p.prompt + p.rejected, max_len),
@@ -39,13 +39,13 @@ def train_reward_model(cfg: Config) -> Path:
 
     from actors.rm_learner import RewardModelGroup, rm_settings
     from rl.models import resolve_model
-    from rl.rm_model import RM_META, write_meta
-    from rl.rm_pairs import read_pairs
+    from rl.rm.model import RM_META, write_meta
+    from rl.rm.pairs.format import read_pairs
     from rl.train import cluster_has_gpus, init_ray
 
     rm = cfg.rm
     if not rm.train_file:
-        raise ConfigError("config key 'rm.train_file': got '', expected a pairs JSONL file (python -m rl.rm_pairs)")
+        raise ConfigError("config key 'rm.train_file': got '', expected a pairs JSONL file (python -m rl.rm.pairs)")
     pairs = read_pairs(rm.train_file)
     if not pairs:
         raise ConfigError(f"config key 'rm.train_file': {rm.train_file} holds no pairs")
@@ -82,7 +82,7 @@ def train_reward_model(cfg: Config) -> Path:
         run.close()
     print(f"reward model: {out}", file=sys.stderr)
     if rm.eval_file:
-        from rl import rm_eval
+        from rl.rm import eval as rm_eval
 
         rm_eval.main(["--pairs", rm.eval_file, "--rm", str(out), "--out", str(Path(cfg.run_dir) / "rm_eval")])
     return out
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train_reward_model(cfg)
     except ConfigError as e:
-        print(f"rl.rm_train: config error: {e}", file=sys.stderr)
+        print(f"rl.rm.train: config error: {e}", file=sys.stderr)
         return 2
     return 0
 

@@ -2,10 +2,10 @@
 rollouts and return telerl's hybrid reward (verifiable checks + learned RM + LLM judge; OpenRLHF cannot mix rule
 and model rewards itself).
 
-    python -m rl.openrlhf_agent make-dataset [--config C] [--split S | --tasks-file F] --out prompts.jsonl
+    python -m rl.tools.openrlhf_agent make-dataset [--config C] [--split S | --tasks-file F] --out prompts.jsonl
     TELERL_CONFIG=configs/x.yaml python -m openrlhf.cli.train_ppo_ray ... \
         --data.prompt_dataset prompts.jsonl --data.input_key input --data.label_key label \
-        --data.apply_chat_template --train.agent_func_path /path/to/telerl/rl/openrlhf_agent.py
+        --data.apply_chat_template --train.agent_func_path /path/to/telerl/rl/tools/openrlhf_agent.py
 
 The contract, as read in OpenRLHF 0.11.2 (openrlhf/utils/agent.py, openrlhf/trainer/ray/vllm_engine.py):
 - `_load_agent_executor(path)` execs this file as module "agent_module", takes its `AgentExecutor` attribute,
@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # OpenRLHF execs this file by path, so the repo root may not be importable yet.
-_REPO_ROOT = Path(__file__).resolve().parents[1]
+_REPO_ROOT = Path(__file__).resolve().parents[2]  # rl/tools/openrlhf_agent.py -> the repo root
 if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))
 
@@ -136,7 +136,7 @@ def parse_label(label, cfg: Config) -> tuple[str, tuple[str, str]]:
         label = {"task_id": label.strip()}
     if not isinstance(label, dict) or not label.get("task_id"):
         raise ValueError(f"OpenRLHF label {label!r}: expected a task id or JSON with a \"task_id\" "
-                         "(write the dataset with `python -m rl.openrlhf_agent make-dataset`)")
+                         "(write the dataset with `python -m rl.tools.openrlhf_agent make-dataset`)")
     if label.get("tasks_file"):
         source = ("tasks_file", str(label["tasks_file"]))
     elif label.get("split"):
@@ -368,7 +368,7 @@ def make_dataset(cfg: Config, out: str | Path, split: str | None = None, tasks_f
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] != "make-dataset":
-        sys.exit("usage: python -m rl.openrlhf_agent make-dataset --out FILE [--split S | --tasks-file F] "
+        sys.exit("usage: python -m rl.tools.openrlhf_agent make-dataset --out FILE [--split S | --tasks-file F] "
                  "[--limit N] [--config C] [key=value ...]")
 
     def add(parser):
