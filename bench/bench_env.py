@@ -9,11 +9,10 @@ run interleaved (A B A B ...) so that machine noise hits both alike; the ratio i
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 
+from bench import finish
 from envs.tau2_telecom.oracle import oracle_turns, play_oracle, tool_call_text
 from envs.tau2_telecom.session import TelecomSession
 from envs.tau2_telecom.tasks import load_split
@@ -113,7 +112,6 @@ def main(argv=None) -> dict:
         import ray
 
         from actors.env_worker import EnvPool, EnvSettings
-
         from rl.runtime import init_ray
 
         init_ray(None, 2, log_to_driver=False)
@@ -125,28 +123,27 @@ def main(argv=None) -> dict:
             for k in ARMS:
                 actor[k].append(actor_eps(pools[k], tasks, args.mode))
         report["actor_episodes_per_s"] = {k: round(statistics.median(v), 1) for k, v in actor.items()}
-        report["actor_ratio"] = round(statistics.median(actor["cached"]) / statistics.median(actor["tau2_per_episode"]), 2)
+        report["actor_ratio"] = round(statistics.median(actor["cached"])
+                                      / statistics.median(actor["tau2_per_episode"]), 2)
         report["actor_tool_call_latency_ms"] = actor_tool_call_latency_ms(pools["cached"])
         report["actor_workers"] = args.workers
         for p in pools.values():
             p.shutdown()
         ray.shutdown()
 
-    _print(report)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
-    print(f"\nwritten: {args.out}")
-    return report
+    return finish(report, args.out, _print)
 
 
 def _print(r: dict) -> None:
-    print(f"\n== env benchmark: gold replay, {r['tasks']} base tasks, {r['mode']} mode, median of {r['rounds']} rounds ==")
+    print(f"\n== env benchmark: gold replay, {r['tasks']} base tasks, {r['mode']} mode, "
+          f"median of {r['rounds']} rounds ==")
     ip = r["in_process_episodes_per_s"]
     print(f"in-process  episodes/s: cached world {ip['cached']:>8}   tau2 constructor per episode "
           f"{ip['tau2_per_episode']:>8}   ratio {r['in_process_ratio']}x (goal >= 3x)")
     if "actor_episodes_per_s" in r:
         a = r["actor_episodes_per_s"]
-        print(f"EnvWorker x{r['actor_workers']} episodes/s: cached world {a['cached']:>8}   tau2 constructor per episode "
+        print(f"EnvWorker x{r['actor_workers']} episodes/s: cached world {a['cached']:>8}   "
+              f"tau2 constructor per episode "
               f"{a['tau2_per_episode']:>8}   ratio {r['actor_ratio']}x (goal >= 3x)")
     lat = r["tool_call_latency_ms"]
     print(f"tool-call latency (session.step, in-process): p50 {lat['p50']} ms  p95 {lat['p95']} ms")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import glob
-import json
 import os
 import shutil
 import statistics
@@ -33,6 +32,7 @@ import ray
 
 from actors.env_worker import EnvPool, EnvSettings
 from actors.rollout_worker import RolloutSettings, RolloutWorkerImpl
+from bench import finish
 from envs.tau2_telecom.session import TelecomSession
 from envs.tau2_telecom.tasks import load_split
 from envs.tau2_telecom.users import ScriptedUser
@@ -365,11 +365,7 @@ def main(argv=None) -> dict:
     report["total_s"] = round(time.perf_counter() - t_start, 1)
     report["load_avg_end"] = os.getloadavg()
 
-    _print(report)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
-    print(f"\nwritten: {args.out}")
-    return report
+    return finish(report, args.out, _print)
 
 
 def _goal(ok: bool) -> str:

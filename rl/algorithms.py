@@ -167,21 +167,15 @@ def reinforce_pp_returns(
     return torch.where(m, returns, 0)
 
 
-def reinforce_pp_advantages(
-    rewards: Tensor,
-    mask: Tensor,
-    kl: Tensor | None = None,
-    kl_coef: float = 0.0,
-    gamma: float = 1.0,
-    eps: float = 1e-6,
-) -> Tensor:
-    """REINFORCE++ (Hu, 2025): token returns (``reinforce_pp_returns``) whitened over the batch.
+def reinforce_pp_advantages(rewards: Tensor, mask: Tensor, eps: float = 1e-6, **returns_kw) -> Tensor:
+    """REINFORCE++ (Hu, 2025): token returns (``reinforce_pp_returns``, which takes ``returns_kw``: kl, kl_coef,
+    gamma) whitened over the batch.
 
     A_t = (G_t - mu) / (sigma + eps) with mu, sigma the mean and population std of G over
     *all masked tokens of the batch* (global, not per group: no critic and no group baseline).
-    rewards (B,), mask (B, T), kl (B, T) or None -> (B, T), zero off the mask.
+    rewards (B,), mask (B, T) -> (B, T), zero off the mask.
     """
-    returns = reinforce_pp_returns(rewards, mask, kl=kl, kl_coef=kl_coef, gamma=gamma)
+    returns = reinforce_pp_returns(rewards, mask, **returns_kw)
     mu = masked_mean(returns, mask)
     sigma = masked_mean((returns - mu) ** 2, mask).sqrt()
     return torch.where(mask.bool(), (returns - mu) / (sigma + eps), 0)

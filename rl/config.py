@@ -26,8 +26,18 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from envs.tau2_telecom.endpoint import LLMEndpoint
-from rl.choices import (ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_KINDS, MIXINGS, MODES, POLICIES, PROMPTS,
-                        RM_NORMALIZATIONS, SPLITS, USERS)
+from rl.choices import (
+    ADVANTAGE_ESTIMATORS,
+    AGGREGATIONS,
+    KL_KINDS,
+    MIXINGS,
+    MODES,
+    POLICIES,
+    PROMPTS,
+    RM_NORMALIZATIONS,
+    SPLITS,
+    USERS,
+)
 
 __all__ = [
     "Config",

@@ -51,8 +51,8 @@ def encode_conversation(tokenizer, messages: list[dict], tools: list[dict] | Non
 def oracle_dataset(cfg: Config, tokenizer) -> list[tuple[list[int], list[int]]]:
     from envs.tau2_telecom.oracle import play_oracle
     from envs.tau2_telecom.session import SessionLimits, TelecomSession
-    from envs.tau2_telecom.users import ScriptedUser
     from envs.tau2_telecom.tau2_api import Task
+    from envs.tau2_telecom.users import ScriptedUser
     from envs.tau2_telecom.world import get_world
     from rl.runtime import load_tasks
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from rl import algorithms
 from rl.config import AlgorithmConfig, Config, parse_cli
-from rl.contracts import EpisodeJob, Score, Trajectory, TrainBatch
+from rl.contracts import EpisodeJob, Score, TrainBatch, Trajectory
 from rl.run_dir import RunDir
 from rl.runtime import actor_runtime_env, cluster_has_gpus, init_ray, load_tasks
 from rl.tensors import pad_rows

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from rl.config import LLMEndpointConfig
+from envs.tau2_telecom.endpoint import LLMEndpoint
 from rl.rm.judges import (
     AssertionJudge,
     LiteLLMChat,
@@ -26,7 +26,7 @@ def _pair(i: int, chosen: str = "GOOD", rejected: str = "BAD") -> Pair:
 
 def _client(server, temperature: float = 0.0) -> LiteLLMChat:
     # concurrency 1: the content-aware replies below read the request they answer from stub.requests[-1].
-    return LiteLLMChat(LLMEndpointConfig(model="openai/stub-judge", base_url=server.base_url,
+    return LiteLLMChat(LLMEndpoint(model="openai/stub-judge", base_url=server.base_url,
                                          temperature=temperature), concurrency=1)
 
 
@@ -202,7 +202,7 @@ def test_parse_assertion_verdicts_formats():
 def test_unreachable_endpoint_raises_instead_of_scoring():
     import openai  # litellm's exceptions derive from openai's
 
-    client = LiteLLMChat(LLMEndpointConfig(model="openai/nobody", base_url="http://127.0.0.1:9/v1"))
+    client = LiteLLMChat(LLMEndpoint(model="openai/nobody", base_url="http://127.0.0.1:9/v1"))
     with pytest.raises(openai.OpenAIError):
         PairwiseJudge(client).prefer([_pair(0)])
 
@@ -212,8 +212,8 @@ def test_unreachable_endpoint_raises_instead_of_scoring():
 def test_vllm_chat_judges_for_real_with_the_tiny_model():
     import ray
 
-    from rl.rm.judges import VLLMChat
     from rl.models import resolve_model
+    from rl.rm.judges import VLLMChat
     from tests.conftest import REPO_ROOT, cleanup_vllm_shm
 
     model = resolve_model("tiny")

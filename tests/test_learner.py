@@ -4,7 +4,6 @@ About 2 minutes on the 2-core machine (3.5 under load), nearly all of it two gro
 importing transformers/DeepSpeed on both ranks at once); the steps themselves take well under a second."""
 import math
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import ray

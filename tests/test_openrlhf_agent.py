@@ -285,12 +285,12 @@ def test_unclosed_turn_is_closed_before_the_feedback(tokenizer, small_rows, conf
 def test_gated_mixing_with_a_reward_model_follows_rl_rewards_mix(plugin, tokenizer, small_rows, config, untrained_rm):
     from envs.tau2_telecom.oracle import oracle_turns
     from rl.config import load_config
-    from rl.rewards import RewardWeights, mix
+    from rl.rewards import mix
     from rl.rm.model import RewardModelScorer, normalise
 
     path = config(SMALL_CONFIG + f"reward:\n  mixing: gated\n  task_weight: 1.0\n  rm_path: {untrained_rm}\n"
                                  "  rm_weight: 0.4\n  rm_max_len: 256\n")
-    weights = RewardWeights.from_config(load_config(path).reward)
+    weights = load_config(path).reward
     scorer = RewardModelScorer(untrained_rm, max_len=256)
     row = small_rows[0]
     turns = oracle_turns(task_of(row), "solo")
@@ -405,7 +405,7 @@ def test_openrlhf_rollout_actor_runs_the_plugin_on_vllm(tmp_path, tokenizer):
         start = out["action_ranges"][0][0]
         assert tokenizer.decode(ids[:start], skip_special_tokens=False) == opening  # reset's render, tools included
         assert len(ids) <= max_len and len(out["rollout_log_probs"]) == len(ids)
-        for (a, b), (c, _) in zip(out["action_ranges"], out["action_ranges"][1:]):
+        for (_, b), (c, _) in zip(out["action_ranges"], out["action_ranges"][1:]):
             between = tokenizer.decode(ids[b:c], skip_special_tokens=False)  # the environment's turn
             assert "<|im_start|>user\n" in between and between.endswith("<|im_start|>assistant\n")
     _, split = to_experiences(outs, max_len=max_len)

@@ -15,12 +15,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 
 import jsonschema
 import pytest
 import ray.autoscaler
+import tomllib
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 

@@ -5,7 +5,6 @@ import pytest
 
 from envs.tau2_telecom import replay
 from envs.tau2_telecom.tasks import TaskFileError, load_split, load_task_file
-
 from tests.conftest import shared_file
 
 

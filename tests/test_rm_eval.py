@@ -5,7 +5,6 @@ import re
 
 import pytest
 
-from rl.rm.judges import PairwiseJudge
 from rl.rm.eval import (
     best_of_4_groups,
     evaluate_judge,
@@ -17,6 +16,7 @@ from rl.rm.eval import (
     scalar_best_of_4_credit,
     write_report,
 )
+from rl.rm.judges import PairwiseJudge
 from rl.rm.pairs.format import Pair, write_pairs
 from tests.openai_stub import ScriptedOpenAI
 

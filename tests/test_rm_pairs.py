@@ -186,7 +186,9 @@ def _messages(mode, *turns):
 
 
 def test_rollout_pairs_from_run_trajectories(tmp_path):
+    from envs.tau2_telecom.session import EvalResult
     from rl.config import load_config
+    from rl.contracts import Score, Trajectory
     from rl.run_dir import RunDir
 
     # rows written by the real RunDir.log_trajectories
@@ -194,10 +196,12 @@ def test_rollout_pairs_from_run_trajectories(tmp_path):
     trajs, scores = [], []
 
     def episode(task, success, *turns, mode="solo"):
-        trajs.append({"task_id": task, "group": 0, "turns": len(turns), "truncated": False,
-                      "termination": "agent_stop", "token_ids": [1, 2], "loss_mask": [0, 1],
-                      "messages": _messages(mode, *turns)})
-        scores.append({"reward": float(success), "components": {"success": float(success), "tau2": float(success)}})
+        evaluation = EvalResult(task_id=task, reward=float(success), success=bool(success), termination="agent_stop",
+                                reward_basis=[], env_assertions=[], actions=[], communicate=[], nl_assertions=None,
+                                db_match=None, turns=len(turns), tool_errors=0, rejected_calls=0)
+        trajs.append(Trajectory(task_id=task, group=0, messages=_messages(mode, *turns), eval=evaluation,
+                                token_ids=[1, 2], loss_mask=[0, 1], turns=len(turns)))
+        scores.append(Score(float(success), {"success": float(success), "tau2": float(success)}))
 
     episode("A", 1, "fix", "done")
     episode("A", 1, "fix", "check", "done")
@@ -228,7 +232,7 @@ def test_rollout_pairs_from_run_trajectories(tmp_path):
     assert report.skipped["rollout: duplicate conversation"] == 1
     assert report.skipped["rollout: task without both a success and a failure"] == 1
     assert report.skipped["rollout: malformed row"] == 2
-    assert any(f"{path}:12" in d and "components.success" in d for d in report.details)
+    assert any(f"{path}:12" in d and "components" in d for d in report.details)
     assert any(f"{path}:13" in d and "invalid JSON" in d for d in report.details)
     # only some tasks (e.g. a split's ids)
     assert {p.task_id for p in rollout_pairs(path, task_ids=["B"])} == {"B"}

@@ -4,8 +4,8 @@ import ray
 
 from actors.env_worker import EnvPool, EnvSettings
 from actors.rollout_worker import RolloutSettings, RolloutWorker
-from rl.contracts import EpisodeJob
 from envs.tau2_telecom.tasks import load_split
+from rl.contracts import EpisodeJob
 from tests.conftest import REPO_ROOT, cleanup_vllm_shm
 
 pytestmark = pytest.mark.slow
@@ -19,7 +19,8 @@ def stack(tmp_path_factory):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": REPO_ROOT}})
     env = EnvPool(EnvSettings(prompt="compact"), num_workers=1)
-    settings = RolloutSettings(model_path=str(model), mode="dual", max_model_len=3072, max_new_tokens=24, kv_cache_gib=0.25)
+    settings = RolloutSettings(model_path=str(model), mode="dual", max_model_len=3072, max_new_tokens=24,
+                               kv_cache_gib=0.25)
     worker = RolloutWorker.options(num_cpus=1).remote(settings, env.workers, EnvSettings(prompt="compact"), "r0")
     ray.get(worker.start.remote(), timeout=300)
     yield worker, model
@@ -75,7 +76,8 @@ def test_multi_turn_tokens_equal_the_chat_template_of_the_conversation(stack):
                                        tokenize=False)
         expected = tok(text, add_special_tokens=False)["input_ids"]
         if not t.truncated:
-            assert canon == expected[: len(canon)] and expected[len(canon):] == tok("\n", add_special_tokens=False)["input_ids"]
+            newline = tok("\n", add_special_tokens=False)["input_ids"]
+            assert canon == expected[: len(canon)] and expected[len(canon):] == newline
 
 
 def first_turn(t) -> int:

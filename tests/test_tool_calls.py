@@ -468,7 +468,7 @@ def test_bad_names(table, name, why):
 def test_wrong_types_strict(table, args, field):
     e = only_error(parse_assistant_turn(tc("refuel_data", args), table))
     assert e.name == "refuel_data" and "invalid argument types" in e.message
-    line = next(l for l in e.message.splitlines() if l.startswith(f"- {field}"))
+    line = next(ln for ln in e.message.splitlines() if ln.startswith(f"- {field}"))
     assert "expected" in line
     assert e.message.endswith(
         "Expected: refuel_data(customer_id: string, line_id: string, gb_amount: number)"
@@ -697,7 +697,7 @@ def test_pydantic_summary_is_capped_at_five_lines():
 
     t = ToolTable({"many": Many})
     e = only_error(parse_assistant_turn(tc("many", {k: "1" for k in "abcdefg"}), t))
-    bullets = [l for l in e.message.splitlines() if l.startswith("- ")]
+    bullets = [ln for ln in e.message.splitlines() if ln.startswith("- ")]
     assert len(bullets) == 6 and bullets[-1] == "- ... and 2 more"
 
 
@@ -956,7 +956,8 @@ def _is_plain_json_call(s: str) -> bool:
         v = json.loads(s.strip())
     except Exception:  # noqa: BLE001 (any failure means "not a JSON call")
         return False
-    is_call = lambda o: isinstance(o, dict) and ("name" in o or "function" in o)
+    def is_call(o):
+        return isinstance(o, dict) and ("name" in o or "function" in o)
     return is_call(v) or (isinstance(v, list) and bool(v) and all(map(is_call, v)))
 
 

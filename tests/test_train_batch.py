@@ -25,7 +25,8 @@ def test_group_advantages_rows_and_alignment():
     for row, adv, mask in zip(batch.input_ids, batch.advantages, batch.loss_mask):
         assert len(adv) == len(row) == len(mask)
         assert all(a == 0.0 for a, m in zip(adv, mask) if not m)  # advantages only where the loss is
-    assert batch.advantages[0][-1] == pytest.approx(1.0, abs=1e-4) and batch.advantages[1][-1] == pytest.approx(-1.0, abs=1e-4)
+    assert batch.advantages[0][-1] == pytest.approx(1.0, abs=1e-4)
+    assert batch.advantages[1][-1] == pytest.approx(-1.0, abs=1e-4)
 
 
 def test_nothing_to_train_is_none_and_kl_keeps_zero_advantage_rows():

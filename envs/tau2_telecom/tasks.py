@@ -72,7 +72,8 @@ def load_task_file(path: str | Path, strict: bool = False) -> TaskLoad:
     if isinstance(data, dict) and "tasks" in data:
         data = data["tasks"]
     if not isinstance(data, list):
-        raise TaskFileError(f"{path}: expected a JSON list of tasks (or an object with 'tasks'), got {type(data).__name__}")
+        raise TaskFileError(f"{path}: expected a JSON list of tasks (or an object with 'tasks'), "
+                            f"got {type(data).__name__}")
     out = TaskLoad(tasks=[])
     seen: set[str] = set()
     for i, raw in enumerate(data):

@@ -47,7 +47,8 @@ from tau2.user.user_simulator import UserSimulator  # noqa: E402
 
 __all__ = [
     "AGENT_INSTRUCTION", "AGENT_SOLO_INSTRUCTION", "SYSTEM_PROMPT", "SYSTEM_PROMPT_SOLO",
-    "DEFAULT_FIRST_AGENT_MESSAGE", "AssistantMessage", "EvaluationType", "LLMSoloAgent", "Message", "MultiToolMessage", "OUT_OF_SCOPE",
+    "DEFAULT_FIRST_AGENT_MESSAGE", "AssistantMessage", "EvaluationType", "LLMSoloAgent", "Message",
+    "MultiToolMessage", "OUT_OF_SCOPE",
     "RewardInfo", "STOP", "SimulationRun", "SystemMessage", "TELECOM_DATA_DIR", "TRANSFER", "Task",
     "TelecomDB", "TelecomEnvironment", "TelecomTools", "TelecomUserDB", "TelecomUserTools",
     "TerminationReason", "Tool", "ToolCall", "ToolMessage", "UserMessage", "UserSimulator", "as_tool",

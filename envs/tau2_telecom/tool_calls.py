@@ -47,12 +47,8 @@ _MAX_PYDANTIC_LINES = 5
 @dataclass(frozen=True)
 class ToolCallLimits:
     max_calls_per_turn: int = 8  # extra calls beyond this become errors
-    max_argument_chars: int = (
-        4096  # len(json.dumps(arguments)) (or of the raw arguments string)
-    )
-    max_turn_chars: int = (
-        32768  # longer turns are truncated before parsing (+ one error)
-    )
+    max_argument_chars: int = 4096  # len(json.dumps(arguments)) (or of the raw arguments string)
+    max_turn_chars: int = 32768  # longer turns are truncated before parsing (+ one error)
 
 
 @dataclass
@@ -61,9 +57,7 @@ class ToolCallRequest:
 
     id: str
     name: str
-    arguments: (
-        dict  # exactly as the model gave them (decoded JSON), not pydantic-coerced
-    )
+    arguments: dict  # exactly as the model gave them (decoded JSON), not pydantic-coerced
 
 
 @dataclass
@@ -165,11 +159,7 @@ class _ToolSpec:
         required: list[str] = []
         keys: list[tuple[str, bool]] = []
         for fname, finfo in model.model_fields.items():
-            key = (
-                finfo.validation_alias
-                if isinstance(finfo.validation_alias, str)
-                else None
-            )
+            key = finfo.validation_alias if isinstance(finfo.validation_alias, str) else None
             key = key or finfo.alias or fname
             accepted.add(key)
             if by_name:
@@ -181,13 +171,9 @@ class _ToolSpec:
             schema = model.model_json_schema()
             props, defs = schema.get("properties", {}), schema.get("$defs", {})
             types = {k: _schema_type(props.get(k, {}), defs) for k, _ in keys}
-        except (
-            Exception
-        ):  # schema generation is best effort; messages still work without it
+        except Exception:  # schema generation is best effort; messages still work without it
             types = {k: "any" for k, _ in keys}
-        sig = ", ".join(
-            f"{k}: {types[k]}" + ("" if req else " (optional)") for k, req in keys
-        )
+        sig = ", ".join(f"{k}: {types[k]}" + ("" if req else " (optional)") for k, req in keys)
         return cls(model, frozenset(accepted), tuple(required), types, f"{name}({sig})")
 
 
@@ -203,18 +189,14 @@ class ToolTable:
         self._specs: dict[str, _ToolSpec] = {}
         for name, model in params.items():
             # Misconfiguration is a programming error, so this (and only this) raises.
-            if not isinstance(name, str) or not (
-                isinstance(model, type) and issubclass(model, BaseModel)
-            ):
+            if not isinstance(name, str) or not (isinstance(model, type) and issubclass(model, BaseModel)):
                 raise TypeError(f"tool {name!r}: expected str -> pydantic model class")
             self._specs[name] = _ToolSpec.build(name, model)
         self.names: frozenset[str] = frozenset(self._specs)
         self._available = ", ".join(sorted(self.names))
 
     @classmethod
-    def from_tools(
-        cls, tools: Iterable[Any], limits: ToolCallLimits = ToolCallLimits()
-    ) -> ToolTable:
+    def from_tools(cls, tools: Iterable[Any], limits: ToolCallLimits = ToolCallLimits()) -> ToolTable:
         """Build from tau2 ``Tool`` objects (anything with ``.name`` and ``.params``)."""
         return cls({t.name: t.params for t in tools}, limits)
 
@@ -222,9 +204,7 @@ class ToolTable:
         spec = self._specs.get(name)
         return spec.signature if spec else None
 
-    def validate(
-        self, call_id: str, name, arguments
-    ) -> ToolCallRequest | ToolCallError:
+    def validate(self, call_id: str, name, arguments) -> ToolCallRequest | ToolCallError:
         """Check one call; never raises."""
         try:
             call_id = call_id if isinstance(call_id, str) else str(call_id)
@@ -232,9 +212,7 @@ class ToolTable:
             call_id = "call"
         try:
             return self._validate(call_id, name, arguments)
-        except (
-            Exception
-        ) as e:  # last line of defence: a bad call must not crash a rollout
+        except Exception as e:  # last line of defence: a bad call must not crash a rollout
             shown = name if isinstance(name, str) and name in self.names else None
             return ToolCallError(
                 call_id,
@@ -242,22 +220,18 @@ class ToolTable:
                 f"Error: could not validate the tool call ({type(e).__name__}).",
             )
 
-    def _validate(
-        self, call_id: str, name, arguments
-    ) -> ToolCallRequest | ToolCallError:
+    def _validate(self, call_id: str, name, arguments) -> ToolCallRequest | ToolCallError:
         if name is None:
             return ToolCallError(
                 call_id,
                 None,
-                f'Error: tool call has no "name". {_CALL_FORMAT_HINT} '
-                f"Available tools: {self._available}",
+                f'Error: tool call has no "name". {_CALL_FORMAT_HINT} Available tools: {self._available}',
             )
         if not isinstance(name, str):
             return ToolCallError(
                 call_id,
                 None,
-                f"Error: tool name must be a string, got {_kind(name)}. "
-                f"Available tools: {self._available}",
+                f"Error: tool name must be a string, got {_kind(name)}. Available tools: {self._available}",
             )
         spec = self._specs.get(name)
         if spec is None:
@@ -269,25 +243,16 @@ class ToolTable:
             )
 
         def fail(msg: str) -> ToolCallError:
-            sep = (
-                "\n" if "\n" in msg else " "
-            )  # multi-line summaries get the hint on its own line
-            return ToolCallError(
-                call_id, name, f"Error: {msg}{sep}Expected: {spec.signature}"
-            )
+            sep = "\n" if "\n" in msg else " "  # multi-line summaries get the hint on its own line
+            return ToolCallError(call_id, name, f"Error: {msg}{sep}Expected: {spec.signature}")
 
         limit = self.limits.max_argument_chars
-        if (
-            arguments is None
-        ):  # models emit null for zero-argument tools; same as omitted
+        if arguments is None:  # models emit null for zero-argument tools; same as omitted
             arguments = {}
         if isinstance(arguments, str):
             # Size check before decoding so a huge string costs nothing.
             if len(arguments) > limit:
-                return fail(
-                    f"arguments for tool '{name}' are too long "
-                    f"({len(arguments)} characters, limit {limit})."
-                )
+                return fail(f"arguments for tool '{name}' are too long ({len(arguments)} characters, limit {limit}).")
             if not arguments.strip():
                 arguments = {}
             else:
@@ -299,9 +264,7 @@ class ToolTable:
                         f"({_json_error_reason(e)}): {_excerpt(arguments)!r}."
                     )
         if not isinstance(arguments, dict):
-            return fail(
-                f"arguments for tool '{name}' must be a JSON object, got {_kind(arguments)}."
-            )
+            return fail(f"arguments for tool '{name}' must be a JSON object, got {_kind(arguments)}.")
         try:
             size = len(json.dumps(arguments, ensure_ascii=False, allow_nan=False))
         except Exception as e:
@@ -311,26 +274,18 @@ class ToolTable:
                 f"{_json_error_reason(e)}."
             )
         if size > limit:
-            return fail(
-                f"arguments for tool '{name}' are too long ({size} characters, limit {limit})."
-            )
+            return fail(f"arguments for tool '{name}' are too long ({size} characters, limit {limit}).")
 
-        extra = [
-            k for k in arguments if not (isinstance(k, str) and k in spec.accepted)
-        ]
+        extra = [k for k in arguments if not (isinstance(k, str) and k in spec.accepted)]
         missing = [k for k in spec.required if k not in arguments]
         if extra or missing:
             parts = []
             if extra:
                 shown = sorted(_excerpt(str(k), 50) for k in extra)
                 more = f" (+{len(shown) - 10} more)" if len(shown) > 10 else ""
-                parts.append(
-                    "unexpected argument(s) " + ", ".join(map(repr, shown[:10])) + more
-                )
+                parts.append("unexpected argument(s) " + ", ".join(map(repr, shown[:10])) + more)
             if missing:
-                parts.append(
-                    "missing required argument(s) " + ", ".join(map(repr, missing))
-                )
+                parts.append("missing required argument(s) " + ", ".join(map(repr, missing)))
             return fail(f"invalid arguments for tool '{name}': {'; '.join(parts)}.")
 
         try:
@@ -341,24 +296,17 @@ class ToolTable:
                 loc = err.get("loc") or ()
                 where = ".".join(str(p) for p in loc) or "arguments"
                 expected = spec.types.get(loc[0]) if loc else None
-                head = f"{_excerpt(where, 60)}" + (
-                    f" (expected {expected})" if expected else ""
-                )
+                head = f"{_excerpt(where, 60)}" + (f" (expected {expected})" if expected else "")
                 lines.append(
-                    f"- {head}: {_excerpt(str(err.get('msg', 'invalid')), 120)}, "
-                    f"got {_kind(err.get('input'))}"
+                    f"- {head}: {_excerpt(str(err.get('msg', 'invalid')), 120)}, got {_kind(err.get('input'))}"
                 )
             extra_n = e.error_count() - len(lines)
             if extra_n > 0:
                 lines.append(f"- ... and {extra_n} more")
             body = "\n".join(lines)
             return fail(f"invalid argument types for tool '{name}':\n{body}")
-        except (
-            Exception
-        ) as e:  # RecursionError on deep input, bugs in custom validators, ...
-            return fail(
-                f"could not validate arguments for tool '{name}' ({type(e).__name__})."
-            )
+        except Exception as e:  # RecursionError on deep input, bugs in custom validators, ...
+            return fail(f"could not validate arguments for tool '{name}' ({type(e).__name__}).")
 
         return ToolCallRequest(call_id, name, arguments)
 
@@ -406,8 +354,7 @@ def _from_block(body: str, closed: bool, table: ToolTable) -> tuple[Any, Any] | 
     if not closed:
         return _Bad(
             _guess_name(body, table),
-            f"Error: unclosed {OPEN_TAG} tag (missing {CLOSE_TAG}); the call was not executed. "
-            + _CALL_FORMAT_HINT,
+            f"Error: unclosed {OPEN_TAG} tag (missing {CLOSE_TAG}); the call was not executed. " + _CALL_FORMAT_HINT,
         )
     b = body.strip()
     if not b:
@@ -491,18 +438,12 @@ class _TurnBuilder:
         self.used: set[str] = set()
         self.calls: list[ToolCallRequest] = []
         self.errors: list[ToolCallError] = []
-        self.turn_messages: list[
-            str
-        ] = []  # turn-level errors; ids assigned after the calls
+        self.turn_messages: list[str] = []  # turn-level errors; ids assigned after the calls
 
     def _new_id(self, given: Any = None) -> str:
         i = self.n
         self.n += 1
-        ok = (
-            isinstance(given, str)
-            and 0 < len(given) <= _MAX_ID_CHARS
-            and given not in self.used
-        )
+        ok = isinstance(given, str) and 0 < len(given) <= _MAX_ID_CHARS and given not in self.used
         cid = given if ok else f"{self.prefix}_{i}"
         k = 1
         while cid in self.used:  # a model-given id may collide with a generated one
@@ -511,9 +452,7 @@ class _TurnBuilder:
         self.used.add(cid)
         return cid
 
-    def attempt(
-        self, extract: Callable[[], tuple[Any, Any] | _Bad], given_id: Any = None
-    ) -> None:
+    def attempt(self, extract: Callable[[], tuple[Any, Any] | _Bad], given_id: Any = None) -> None:
         """One attempted call; any failure stays confined to this call."""
         cid = self._new_id(given_id)
         if self.n > self.limits.max_calls_per_turn:
@@ -535,9 +474,7 @@ class _TurnBuilder:
                 return
             res = self.table.validate(cid, *got)
         except Exception as e:
-            res = ToolCallError(
-                cid, None, f"Error: could not read the tool call ({type(e).__name__})."
-            )
+            res = ToolCallError(cid, None, f"Error: could not read the tool call ({type(e).__name__}).")
         (self.calls if isinstance(res, ToolCallRequest) else self.errors).append(res)
 
     def parse_text(self, s: str) -> str:
@@ -562,9 +499,7 @@ class _TurnBuilder:
 
     def parse_message(self, msg: dict) -> str | None:
         """OpenAI assistant message; None if it is not one."""
-        if msg.get("role", "assistant") != "assistant" or not (
-            "content" in msg or "tool_calls" in msg
-        ):
+        if msg.get("role", "assistant") != "assistant" or not ("content" in msg or "tool_calls" in msg):
             return None
         content = msg.get("content")
         text = ""
@@ -577,8 +512,7 @@ class _TurnBuilder:
             text = self.parse_text("".join(p.get("text", "") for p in content))
         elif content is not None:
             self.turn_messages.append(
-                f"Error: could not read the message content (got {_kind(content)}); "
-                "it must be a string."
+                f"Error: could not read the message content (got {_kind(content)}); it must be a string."
             )
         tool_calls = msg.get("tool_calls")
         if isinstance(tool_calls, dict):
@@ -588,9 +522,7 @@ class _TurnBuilder:
                 given = item.get("id") if isinstance(item, dict) else None
                 self.attempt(lambda it=item: _from_obj(it), given)
         elif tool_calls is not None:
-            self.turn_messages.append(
-                f"Error: tool_calls must be a list of calls, got {_kind(tool_calls)}."
-            )
+            self.turn_messages.append(f"Error: tool_calls must be a list of calls, got {_kind(tool_calls)}.")
         return text
 
     def finish(self, text: str) -> ParsedTurn:
@@ -629,9 +561,7 @@ def parse_assistant_turn(turn, table: ToolTable, id_prefix: str = "call") -> Par
         if isinstance(turn, dict):
             text = b.parse_message(turn)
             if text is None:
-                return _unreadable(
-                    prefix, "got a dict that is not an assistant message"
-                )
+                return _unreadable(prefix, "got a dict that is not an assistant message")
             return b.finish(text)
         return _unreadable(prefix, f"got {_kind(turn)}")
     except Exception as e:  # e.g. a str/dict subclass with hostile methods

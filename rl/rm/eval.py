@@ -292,18 +292,18 @@ def _judge_and_close(args) -> tuple[object, Callable[[], None]]:
     from rl.rm.judges import LiteLLMChat, PairwiseJudge, VLLMChat
 
     if args.judge_model:
-        from rl.config import LLMEndpointConfig
+        from envs.tau2_telecom.endpoint import LLMEndpoint
 
-        client = LiteLLMChat(LLMEndpointConfig(model=args.judge_model, base_url=args.judge_base_url,
-                                               api_key=args.judge_api_key, temperature=0.0,
-                                               max_tokens=args.judge_max_tokens))
+        client = LiteLLMChat(LLMEndpoint(model=args.judge_model, base_url=args.judge_base_url,
+                                         api_key=args.judge_api_key, temperature=0.0,
+                                         max_tokens=args.judge_max_tokens))
         return PairwiseJudge(client, seed=args.seed, both_orders=args.both_orders), lambda: None
     import ray
 
     from rl.models import resolve_model
+    from rl.runtime import init_ray
 
-    ray.init(num_cpus=max(1, int(args.judge_num_cpus + 0.999)), include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}})
+    init_ray(None, max(1, int(args.judge_num_cpus + 0.999)), log_to_driver=False)
     try:
         client = VLLMChat(str(resolve_model(args.judge_vllm)), num_cpus=args.judge_num_cpus,
                           max_model_len=args.judge_max_model_len, max_tokens=args.judge_max_tokens, seed=args.seed)

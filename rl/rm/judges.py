@@ -39,7 +39,7 @@ class ChatClient(Protocol):
 
 # ------------------------------------------------------------------------------------------------- clients
 class LiteLLMChat:
-    """An OpenAI-compatible endpoint (rl.config.LLMEndpointConfig) through litellm, `concurrency` requests at
+    """An OpenAI-compatible endpoint (envs.tau2_telecom.endpoint.LLMEndpoint) through litellm, `concurrency` requests at
     a time. n samples are asked for with OpenAI's `n`; a server that returns fewer choices (many do) is asked
     again until there are n. Endpoint errors propagate: a judge that cannot be reached must not read as 0.5."""
 
@@ -56,10 +56,7 @@ class LiteLLMChat:
         import litellm
 
         e = self.endpoint
-        args = {"model": e.model, "messages": messages, "temperature": e.temperature, "max_tokens": e.max_tokens,
-                "num_retries": 1}
-        if e.base_url:
-            args.update(api_base=e.base_url, api_key=e.api_key)
+        args = {"model": e.model, "messages": messages, **e.litellm_args(num_retries=1)}
         if e.temperature == 0 and n > 1:
             # Greedy samples are all the same text, and OpenAI-compatible vLLM servers refuse n > 1 with greedy
             # decoding: ask once, repeat the answer.
@@ -167,9 +164,9 @@ class VLLMChat:
 
         if not Path(model_path, "config.json").is_file():
             raise FileNotFoundError(f"VLLMChat: {model_path} is not a model folder (no config.json)")
-        if not ray.is_initialized():
-            ray.init(include_dashboard=False, log_to_driver=False,
-                     runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}})
+        from rl.runtime import init_ray
+
+        init_ray(None, log_to_driver=False)
         self.name = f"vllm:{model_path}"
         self.actor = ray.remote(_VLLMChatEngine).options(num_cpus=num_cpus, num_gpus=num_gpus).remote(
             str(model_path), max_model_len, max_tokens, temperature, kv_cache_gib, gpu_memory_utilization, seed,

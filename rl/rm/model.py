@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from rl.tensors import pad_with_attention
+
 RM_META = "telerl_rm.json"
 
 
@@ -66,17 +68,6 @@ def load_sequence_classifier(path: str, dtype=torch.float32):
     return model
 
 
-def pad_batch(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded (input_ids, attention_mask)."""
-    width = max(len(r) for r in rows)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.as_tensor(r, dtype=torch.long)
-        mask[i, :len(r)] = 1
-    return ids, mask
-
-
 def write_meta(max_len: int, scores: list[float], base_model: str) -> str:
     mean = sum(scores) / max(1, len(scores))
     std = math.sqrt(sum((s - mean) ** 2 for s in scores) / max(1, len(scores) - 1)) if len(scores) > 1 else 1.0
@@ -114,7 +105,7 @@ class RewardModelScorer:
         scores = [0.0] * len(rows)
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
-            ids, mask = pad_batch([rows[i] for i in idx])
+            ids, mask = pad_with_attention([rows[i] for i in idx])
             for i, s in zip(idx, self.model(ids.to(self.device), mask.to(self.device)).tolist()):
                 scores[i] = s
         return scores

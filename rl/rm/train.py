@@ -33,15 +33,14 @@ def encode_pairs(tokenizer, pairs, max_len: int) -> list[tuple[list[int], list[i
 
 def train_reward_model(cfg: Config) -> Path:
     """Trains, saves and (with rm.eval_file) evaluates; returns the RM folder."""
-    import ray
     import torch
     from transformers import AutoTokenizer
 
-    from actors.rm_learner import RewardModelGroup, rm_settings
+    from actors.rm_learner import RewardModelGroup, RewardModelSettings
     from rl.models import resolve_model
     from rl.rm.model import RM_META, write_meta
     from rl.rm.pairs.format import read_pairs
-    from rl.train import cluster_has_gpus, init_ray
+    from rl.runtime import cluster_has_gpus, init_ray
 
     rm = cfg.rm
     if not rm.train_file:
@@ -58,7 +57,8 @@ def train_reward_model(cfg: Config) -> Path:
 
     init_ray(cfg, 0 if torch.cuda.is_available() else rm.num_ranks)
     use_gpu = cluster_has_gpus()
-    group = RewardModelGroup(rm_settings(base, rm, cfg.seed), num_ranks=rm.num_ranks, use_gpu=use_gpu)
+    group = RewardModelGroup(RewardModelSettings.from_rm_config(rm, base, cfg.seed), num_ranks=rm.num_ranks,
+                             use_gpu=use_gpu)
     try:
         steps_per_epoch = -(-len(encoded) // rm.batch_size)
         bar = tqdm(total=rm.epochs * steps_per_epoch, desc="rm_train", unit="step", file=sys.stderr)

@@ -59,12 +59,13 @@ _REPO_ROOT = Path(__file__).resolve().parents[2]  # rl/tools/openrlhf_agent.py -
 if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))
 
-import torch
-from openrlhf.utils.agent import AgentInstanceBase, MultiTurnAgentExecutor
+import torch  # noqa: E402 - after the sys.path fix above
+from openrlhf.utils.agent import AgentInstanceBase, MultiTurnAgentExecutor  # noqa: E402 - after the sys.path fix above
 
-from actors.env_worker import EnvSettings
-from actors.rollout_worker import TemplateNotPrefixStable
-from rl.config import Config, ConfigError, load_config, parse_cli
+from actors.env_worker import EnvSettings  # noqa: E402 - after the sys.path fix above
+from actors.rollout_worker import TemplateNotPrefixStable  # noqa: E402 - after the sys.path fix above
+from rl.config import Config, ConfigError, load_config, parse_cli  # noqa: E402 - after the sys.path fix above
+from rl.contracts import Score, Trajectory  # noqa: E402 - after the sys.path fix above
 
 CONFIG_ENV, OVERRIDES_ENV = "TELERL_CONFIG", "TELERL_OVERRIDES"
 MIN_TURN_TOKENS = 8  # below this much room left the episode ends (as in RolloutWorker)
@@ -96,13 +97,10 @@ class Runtime:
             return get_world(self.settings.policy, self.settings.call_limits)
 
     def new_session(self, scripted_user: bool = False):
-        from envs.tau2_telecom.session import JudgeConfig, TelecomSession
-        from envs.tau2_telecom.users import LLMUser, ScriptedUser
+        from dataclasses import replace
 
-        s = self.settings
-        user = LLMUser(**s.user_llm) if s.user == "llm" and not scripted_user else ScriptedUser()
-        return TelecomSession(self.world, s.limits, user=user, judge=JudgeConfig(**s.judge) if s.judge else None,
-                              prompt=s.prompt)
+        settings = replace(self.settings, user="scripted") if scripted_user else self.settings
+        return settings.new_session(self.world)
 
     def task(self, label) -> object:
         """The tau2 task a dataset label names: JSON {"task_id", "split" | "tasks_file"}, or a bare task id
@@ -116,7 +114,7 @@ class Runtime:
             raise ValueError(f"OpenRLHF label {label!r}: no task {task_id!r} in {source[0]} {source[1]!r}")
         return table[task_id].model_copy(deep=True)  # sessions keep their task; never share one
 
-    def score(self, trajectory: dict) -> dict:
+    def score(self, trajectory: Trajectory) -> Score:
         """RewardActorImpl.score on one episode; serialised: the RM's tokenizer and model are not thread-safe."""
         with self._score_lock:
             if self._reward is None:
@@ -298,10 +296,10 @@ class TelecomAgent(AgentInstanceBase):
         return {"rewards": value, "scores": value, "environment_feedback": "", "done": True, "extra_logs": logs}
 
     def _score(self, exhausted: bool) -> tuple[float, dict]:
-        result = self.session.evaluate().to_dict()
-        out = self.rt.score({"eval": result, "rejected_calls": len(self.session.rejected), "group": 0,
-                             "messages": self.messages, "nl_assertions": self.nl_assertions})
-        comp = out["components"]
+        # One episode, its own group; OpenRLHF holds the tokens, so the trajectory carries none.
+        out = self.rt.score(Trajectory(task_id=self.session.task.id, group=0, messages=self.messages,
+                                       eval=self.session.evaluate(), nl_assertions=list(self.nl_assertions)))
+        comp = out.components
         logs = {}
         for key in self.rt.log_keys:
             name = key.removeprefix("reward/")
@@ -310,12 +308,12 @@ class TelecomAgent(AgentInstanceBase):
         if "reward/judge" in self.rt.log_keys:
             logs["reward/judge_applied"] = float(comp.get("judge") is not None)
             logs.setdefault("reward/judge", 0.0)
-        logs.update({"reward/total": float(out["reward"]), "episode/turns": float(self.turns),
+        logs.update({"reward/total": float(out.reward), "episode/turns": float(self.turns),
                      "episode/context_exhausted": float(exhausted), "episode/scored": 1.0})
         missing = set(self.rt.log_keys) - set(logs)
         if missing:  # a component the config promised but the reward actor did not return
             raise RuntimeError(f"reward components missing from RewardActor output: {sorted(missing)}")
-        return float(out["reward"]), logs
+        return float(out.reward), logs
 
 
 class AgentExecutor(MultiTurnAgentExecutor):

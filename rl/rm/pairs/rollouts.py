@@ -9,6 +9,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from rl.contracts import EpisodeRecord
 from rl.rm.pairs.format import TAU2_SECTION, Pair, as_messages
 from rl.rm.pairs.report import Report
 
@@ -75,15 +76,11 @@ def rollout_pairs(source, max_pairs_per_task: int = 12, rejected_per_chosen: int
         try:
             if isinstance(row, Exception):
                 raise row
-            if not isinstance(row, dict):
-                raise ValueError(f"expected an object, got {type(row).__name__}")
-            task_id, messages = row.get("task_id"), row.get("messages")
-            if not isinstance(task_id, str):
-                raise ValueError("missing or non-string 'task_id'")
-            success = (row.get("components") or {}).get("success")
+            record = EpisodeRecord.from_row(row)
+            task_id, success = record.task_id, record.components.get("success")
             if not isinstance(success, (int, float)):
                 raise ValueError("missing 'components.success' (tau2's verdict)")
-            messages = as_messages(messages, "messages", "user")
+            messages = as_messages(record.messages, "messages", "user")
         except ValueError as e:
             report.skip("rollout: malformed row", f"{where}: {e}")
             continue

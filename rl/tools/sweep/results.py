@@ -30,16 +30,9 @@ class RunResult:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    by_step: dict[int, dict] = {}
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-            by_step[int(row["step"])] = row
-        except (ValueError, KeyError, TypeError):  # a run killed mid-write leaves a torn last line
-            continue
+    from rl.run_dir import read_jsonl
+
+    by_step = {int(row["step"]): row for row in read_jsonl(run_dir / "metrics.jsonl") if "step" in row}
     return [by_step[s] for s in sorted(by_step)]
 
 
