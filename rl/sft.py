@@ -1,26 +1,35 @@
-"""SFT warm start on oracle trajectories, so a small policy starts RL with non-zero success.
+"""SFT warm start on demonstrations, so a small policy starts RL with non-zero success.
 
-    python -m rl.sft --config configs/laptop.yaml [key=value ...] [--epochs 2] [--out DIR]
+    python -m rl.sft --config configs/laptop.yaml [key=value ...] [--teacher expert|oracle] [--limit N]
+                     [--from-rollouts RUN_DIR ...] [--epochs 2] [--out DIR]
 
-The oracle plays each training task's gold actions through the real environment (envs/tau2_telecom/oracle.py);
-each conversation is tokenised with the chat template, the loss covers the assistant turns only, and the
-same DeepSpeed ZeRO-3 learner as RL trains on it (its policy loss with advantage 1 and the current policy as
-the "old" one is exactly the negative log-likelihood gradient). The result is a HF folder for model.name.
+Demonstrations come from the training tasks only (env.split / env.tasks_file), and only episodes tau2's
+evaluator passes are kept:
+  expert   (default) the diagnosing expert (envs/tau2_telecom/expert.py) plays each task through the real
+           environment: it reads the phone's and the CRM's answers and fixes what it finds - what a policy can learn
+  oracle   replays each task's gold actions blind (a policy learns to guess fixes from these)
+  --from-rollouts  rejection sampling: a policy's own successful episodes from runs' trajectories.jsonl (SFT -> RFT
+           -> RL); with --teacher too, both sets are used
+`--limit N` keeps N demonstrations drawn at random (seeded) from the selection. Each conversation is tokenised
+with the chat template, the loss covers the assistant turns only, and the same DeepSpeed ZeRO-3 learner as RL trains
+on it (its policy loss with advantage 1 and the current policy as the "old" one is exactly the negative
+log-likelihood gradient). The result is a HF folder for model.name.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tqdm import tqdm
 
 from rl.config import Config, parse_cli
 from rl.contracts import TrainBatch
-from rl.runtime import init_ray
+from rl.runtime import init_ray, load_tasks
 
 
 def encode_conversation(tokenizer, messages: list[dict], tools: list[dict] | None) -> tuple[list[int], list[int]]:
@@ -48,41 +57,110 @@ def encode_conversation(tokenizer, messages: list[dict], tools: list[dict] | Non
     return ids, mask
 
 
-def oracle_dataset(cfg: Config, tokenizer) -> list[tuple[list[int], list[int]]]:
+TEACHERS = ("expert", "oracle")
+
+
+@dataclass
+class Demonstrations:
+    """Conversations to imitate, each with the tool schemas its prompt was rendered with."""
+
+    conversations: list[tuple[list[dict], list[dict]]] = field(default_factory=list)  # (messages, tools)
+    considered: int = 0  # episodes looked at
+    failed: int = 0  # played or logged episodes that tau2's evaluator did not pass (left out)
+
+    def add(self, other: Demonstrations) -> None:
+        self.conversations += other.conversations
+        self.considered += other.considered
+        self.failed += other.failed
+
+
+def teacher_demonstrations(cfg: Config, teacher: str) -> Demonstrations:
+    """`teacher` plays every training task once through the real environment; the passed episodes are kept."""
+    from envs.tau2_telecom.expert import play_expert
     from envs.tau2_telecom.oracle import play_oracle
     from envs.tau2_telecom.session import SessionLimits, TelecomSession
     from envs.tau2_telecom.tau2_api import Task
     from envs.tau2_telecom.users import ScriptedUser
     from envs.tau2_telecom.world import get_world
-    from rl.runtime import load_tasks
 
+    if teacher not in TEACHERS:
+        raise ValueError(f"sft: unknown teacher {teacher!r}; expected one of {', '.join(TEACHERS)}")
+    play = play_expert if teacher == "expert" else play_oracle
     world = get_world(cfg.env.policy)
     session = TelecomSession(world, SessionLimits(max_turns=100), user=ScriptedUser(), prompt=cfg.env.prompt)
-    data = []
+    out = Demonstrations()
     for task in load_tasks(cfg).values():
-        episode = play_oracle(session, Task.model_validate(task), cfg.env.mode)
+        episode = play(session, Task.model_validate(task), cfg.env.mode)
+        out.considered += 1
         if session.evaluate().success:  # only demonstrations the evaluator confirms
-            data.append(encode_conversation(tokenizer, episode.chat_messages(), episode.first.tools))
-    return data
+            out.conversations.append((episode.chat_messages(), episode.first.tools))
+        else:
+            out.failed += 1
+    return out
 
 
-def run_sft(cfg: Config, epochs: int, batch_size: int, lr: float | None, out: Path, limit: int | None = None) -> dict:
-    """Train `cfg.model.name` on oracle conversations; writes a HF folder to `out`. Needs Ray initialised."""
+def rollout_demonstrations(cfg: Config, run_dirs: list[str]) -> Demonstrations:
+    """A policy's own successful episodes (tau2's verdict, components.success) on the training tasks, from runs'
+    trajectories.jsonl; each distinct conversation once."""
+    from envs.tau2_telecom.world import get_world
+    from rl.contracts import EpisodeRecord
+    from rl.run_dir import read_jsonl
+
+    train_ids = set(load_tasks(cfg))
+    tools = get_world(cfg.env.policy).tool_schemas(cfg.env.mode, compact=cfg.env.prompt == "compact")
+    out, seen = Demonstrations(), set()
+    for run_dir in run_dirs:
+        path = Path(run_dir) / "trajectories.jsonl" if Path(run_dir).is_dir() else Path(run_dir)
+        if not path.is_file():
+            raise ValueError(f"sft: --from-rollouts {run_dir}: no trajectories.jsonl there")
+        for row in read_jsonl(path):
+            record = EpisodeRecord.from_row(row)
+            if record.task_id not in train_ids:
+                continue  # held-out tasks (e.g. a run's evaluation episodes) never become training data
+            out.considered += 1
+            key = json.dumps(record.messages, sort_keys=True)
+            if record.components.get("success", 0.0) < 1.0 - 1e-6:
+                out.failed += 1
+            elif key not in seen:
+                seen.add(key)
+                out.conversations.append((record.messages, tools))
+    return out
+
+
+def run_sft(cfg: Config, epochs: int, batch_size: int, lr: float | None, out: Path, limit: int | None = None,
+            teacher: str | None = "expert", rollouts: list[str] | None = None) -> dict:
+    """Train `cfg.model.name` on demonstrations (a teacher's, a policy's own successes, or both); writes a HF folder
+    to `out`. Needs Ray initialised."""
     from transformers import AutoTokenizer
 
     from actors.learner import LearnerGroup, LearnerSettings
     from rl.models import resolve_model
 
+    if not teacher and not rollouts:
+        raise ValueError("sft: nothing to learn from: give a teacher (--teacher) or runs (--from-rollouts)")
+    demos = Demonstrations()
+    if teacher:
+        demos.add(teacher_demonstrations(cfg, teacher))
+    if rollouts:
+        demos.add(rollout_demonstrations(cfg, rollouts))
+    source = " + ".join(([teacher] if teacher else []) + (["rollouts"] if rollouts else []))
+    if not demos.conversations:
+        raise ValueError(f"sft: no passed {source} episode among {demos.considered} on the training tasks "
+                         f"({cfg.env.tasks_file or 'split ' + cfg.env.split}, mode {cfg.env.mode})")
+    if limit is not None:
+        random.Random(cfg.seed).shuffle(demos.conversations)
+        demos.conversations = demos.conversations[:limit]
     base = resolve_model(cfg.model.name)
     tokenizer = AutoTokenizer.from_pretrained(base)
-    data = oracle_dataset(cfg, tokenizer)[:limit]
+    data = [encode_conversation(tokenizer, messages, tools) for messages, tools in demos.conversations]
     too_long = sum(len(ids) > cfg.rollout.max_model_len for ids, _ in data)
     data = [d for d in data if len(d[0]) <= cfg.rollout.max_model_len]
-    print(f"sft: {len(data)} oracle conversations ({too_long} longer than rollout.max_model_len dropped), "
+    print(f"sft: {len(data)} {source} conversations ({demos.failed} of {demos.considered} episodes failed tau2's "
+          f"evaluator, {too_long} longer than rollout.max_model_len dropped), "
           f"mean {sum(len(i) for i, _ in data) / max(1, len(data)):.0f} tokens", file=sys.stderr)
     if not data:
-        raise ValueError("sft: no oracle conversation fits rollout.max_model_len; try env.prompt=compact")
-    # The run's learner settings with SFT's own: no KL, no clipping (plain likelihood gradient), token mean.
+        raise ValueError(f"sft: no {source} conversation fits rollout.max_model_len={cfg.rollout.max_model_len}; "
+                         "raise it or try env.prompt=compact")
     settings = replace(LearnerSettings.from_config(cfg, str(base)), lr=lr or cfg.learner.lr * 10, kl_coef=0.0,
                        clip_eps=1e9, clip_eps_high=None, aggregation="token_mean")
     learner = LearnerGroup(settings, num_ranks=cfg.learner.num_ranks)
@@ -120,13 +198,18 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--batch-size", type=int, default=8, help="sequences per optimizer step")
         p.add_argument("--lr", type=float, default=None, help="default: learner.lr x 10")
         p.add_argument("--out", default=None, help="HF folder to write (default: <run_dir>/sft_model)")
-        p.add_argument("--limit", type=int, default=None, help="use only the first N oracle conversations")
+        p.add_argument("--limit", type=int, default=None, help="use N demonstrations, drawn at random (seeded)")
+        p.add_argument("--teacher", choices=(*TEACHERS, "none"), default="expert",
+                       help="who demonstrates on the training tasks (none: only --from-rollouts)")
+        p.add_argument("--from-rollouts", nargs="+", default=None, metavar="RUN_DIR",
+                       help="add a policy's own successful episodes from these runs' trajectories.jsonl")
 
     cfg, args = parse_cli(argv, description=__doc__, add_arguments=flags)
     out = Path(args.out or Path(cfg.run_dir) / "sft_model")
     init_ray(cfg, cfg.learner.num_ranks)
     try:
-        result = run_sft(cfg, args.epochs, args.batch_size, args.lr, out, args.limit)
+        teacher = None if args.teacher == "none" else args.teacher
+        result = run_sft(cfg, args.epochs, args.batch_size, args.lr, out, args.limit, teacher, args.from_rollouts)
     except ValueError as e:
         print(e, file=sys.stderr)
         return 1

@@ -33,7 +33,7 @@ def sft_model(tmp_path_factory):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": REPO_ROOT}})
     try:
-        result = run_sft(_cfg(out.parent / "run"), epochs=20, batch_size=8, lr=3e-3, out=out)
+        result = run_sft(_cfg(out.parent / "run"), epochs=20, batch_size=8, lr=3e-3, out=out, teacher="oracle")
     finally:
         ray.shutdown()
     assert result["conversations"] == 20  # every small-split task, solved by the oracle and confirmed by tau2

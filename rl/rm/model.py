@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from rl.choices import RM_NORMALIZATIONS
 from rl.tensors import pad_with_attention
 
 RM_META = "telerl_rm.json"
@@ -126,5 +127,5 @@ def normalise(scores: list[float], how: str, stats: dict) -> list[float]:
     elif how == "train_stats":
         mean, std = stats["mean"], stats["std"]
     else:
-        raise ValueError(f"unknown RM normalisation {how!r}: expected train_stats or batch")
+        raise ValueError(f"unknown RM normalisation {how!r}: expected one of {', '.join(RM_NORMALIZATIONS)}")
     return [1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, (s - mean) / std)))) for s in scores]
