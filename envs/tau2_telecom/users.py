@@ -35,7 +35,8 @@ _REQUESTS: list[tuple[str, str, dict]] = [
      "toggle_data_saver_mode", {}),
     (r"\b(turn|switch)\s+off\s+(the\s+|your\s+)?wi-?fi\s+calling|\bdisable\s+(the\s+|your\s+)?wi-?fi\s+calling",
      "toggle_wifi_calling", {}),
-    (r"\bdisconnect\s+(from\s+)?(the\s+|your\s+)?vpn|\b(turn|switch)\s+off\s+(the\s+|your\s+)?vpn", "disconnect_vpn", {}),
+    (r"\bdisconnect\s+(from\s+)?(the\s+|your\s+)?vpn|\b(turn|switch)\s+off\s+(the\s+|your\s+)?vpn",
+     "disconnect_vpn", {}),
     (r"\b(make|complete)\s+(the\s+|a\s+)?payment|\bpay\s+(the\s+|your\s+)?bill", "make_payment", {}),
     (r"\b(4g/5g|4g_5g|5g)\s+preferred", "set_network_mode_preference", {"mode": "4g_5g_preferred"}),
 ]
