@@ -5,6 +5,7 @@ import random
 
 import pytest
 
+from envs.tau2_telecom import replay
 from envs.tau2_telecom.expert import (
     CLOSING,
     ExpertAgent,
@@ -16,6 +17,7 @@ from envs.tau2_telecom.session import TelecomSession
 from envs.tau2_telecom.tasks import load_split
 from envs.tau2_telecom.tool_calls import parse_assistant_turn
 from envs.tau2_telecom.users import ScriptedUser
+from tests.conftest import shared_file
 
 REFUEL = "[mobile_data_issue]data_usage_exceeded[PERSONA:Easy]"
 WIFI_CALLING = "[mms_issue]bad_wifi_calling[PERSONA:Easy]"
@@ -170,3 +172,38 @@ def test_dual_mode_with_the_scripted_customer(session, tasks_by_id):
     ask = next(e for e in transcript.events if e.name == "ask_refuel")
     assert "not sure" in ask.output  # the scripted customer cannot name an amount: the policy's 2 GB is used
     assert any('"gb_amount": 2.0' in t for t in refuel_ep.turns)
+
+
+def run_cli(capsys, *argv):
+    code = replay.main([*argv, "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_replay_cli_expert_summary_has_success_breakdowns(capsys):
+    code, out = run_cli(capsys, "--split", "small", "--agent", "expert")
+    s = out["summary"]
+    assert code == 0 and s["tasks"] == s["success"] == 20 and s["errors"] == 0 and s["success_rate"] == 1.0
+    assert s["by_family"] == {"mms_issue": {"tasks": 6, "success": 6, "rate": 1.0},
+                              "mobile_data_issue": {"tasks": 8, "success": 8, "rate": 1.0},
+                              "service_issue": {"tasks": 6, "success": 6, "rate": 1.0}}
+    assert s["by_faults"] == {"1": {"tasks": 20, "success": 20, "rate": 1.0}}
+    assert all(r["turns"] > 0 and r["success"] for r in out["results"])
+
+
+def test_replay_cli_a_failed_expert_episode_is_a_result_not_an_error(tmp_path, capsys):
+    tasks = json.loads(shared_file("tasks_small.json").read_text())[:2]
+    impossible = json.loads(json.dumps(tasks[0]))
+    impossible["id"] = "[mobile_data_issue]impossible[PERSONA:None]"
+    for a in impossible["evaluation_criteria"]["env_assertions"]:
+        a["assert_value"] = not a.get("assert_value", True)  # the fixed state now counts as failure
+    path = tmp_path / "tasks.json"
+    path.write_text(json.dumps([impossible, tasks[1]]))
+    code, out = run_cli(capsys, "--tasks", str(path), "--agent", "expert")
+    assert code == 0 and out["summary"]["success"] == 1 and out["summary"]["errors"] == 0
+    assert out["summary"]["by_family"]["mobile_data_issue"] == {"tasks": 2, "success": 1, "rate": 0.5}
+    assert replay.main(["--tasks", str(path)]) == 1  # the oracle's semantics are unchanged
+    capsys.readouterr()
+    assert replay.main(["--split", "small", "--agent", "expert", "--limit", "2"]) == 0
+    text = capsys.readouterr().out.splitlines()
+    assert text[2].split() == ["group", "value", "tasks", "success", "rate"]
+    assert text[-1].startswith("tasks=2 ") and "success=2" in text[-1]
