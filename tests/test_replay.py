@@ -16,6 +16,14 @@ def run_replay(capsys, *argv):
     return code, out["summary"], out
 
 
+COUNTS = ("tasks", "passed_before", "passed_after", "reward_1", "errors", "unloadable_tasks")
+
+
+def counts(summary):
+    """The oracle's original summary fields (the breakdowns are tested in test_expert.py)."""
+    return {k: summary[k] for k in COUNTS}
+
+
 def transfer_count(tasks):
     return sum(a.name == "transfer_to_human_agents" for t in tasks for a in t.evaluation_criteria.actions)
 
@@ -27,8 +35,9 @@ def test_official_task_files_replay_to_reward_1(capsys, name, mode):
     tasks = load_task_file(path, strict=True).tasks
     code, summary, out = run_replay(capsys, "--tasks", str(path), "--mode", mode)
     assert code == 0
-    assert summary == {"tasks": len(tasks), "passed_before": transfer_count(tasks), "passed_after": len(tasks),
-                       "reward_1": len(tasks), "errors": 0, "unloadable_tasks": 0}
+    assert counts(summary) == {"tasks": len(tasks), "passed_before": transfer_count(tasks),
+                               "passed_after": len(tasks), "reward_1": len(tasks), "errors": 0, "unloadable_tasks": 0}
+    assert summary["success"] == len(tasks) and sum(g["tasks"] for g in summary["by_family"].values()) == len(tasks)
     # The shared files are the same tasks tau2 packages.
     packaged = {t.id: t for t in load_split("small" if "small" in name else "train")}
     assert {t.id for t in tasks} == set(packaged)
@@ -43,8 +52,11 @@ def test_splits_have_tau2_sizes():
 @pytest.mark.slow
 def test_full_2285_tasks_replay_to_reward_1(capsys):
     code, summary, out = run_replay(capsys, "--split", "full")
-    assert summary == {"tasks": 2285, "passed_before": 32, "passed_after": 2285, "reward_1": 2285,
-                       "errors": 0, "unloadable_tasks": 0}
+    assert counts(summary) == {"tasks": 2285, "passed_before": 32, "passed_after": 2285, "reward_1": 2285,
+                               "errors": 0, "unloadable_tasks": 0}
+    assert summary["by_family"] == {"mms_issue": {"tasks": 1984, "success": 1984, "rate": 1.0},
+                                    "mobile_data_issue": {"tasks": 254, "success": 254, "rate": 1.0},
+                                    "service_issue": {"tasks": 47, "success": 47, "rate": 1.0}}
     assert code == 0
     # Only transfer-to-human tasks hold their assertions before any action.
     before = [r["task_id"] for r in out["results"] if r["passed_before"]]
@@ -81,8 +93,12 @@ def test_bad_task_is_reported_and_the_rest_still_replay(tmp_path, capsys):
         load_task_file(path, strict=True)
 
 
-def test_text_output_lists_each_task_and_summary(capsys):
+def test_text_output_lists_each_task_the_table_and_summary(capsys):
     assert replay.main(["--split", "small", "--limit", "3"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 4 and all(line.startswith("ok") for line in lines[:3])
-    assert lines[-1] == "tasks=3 passed_before=0 passed_after=3 reward_1=3 errors=0 unloadable_tasks=0"
+    assert len(lines) == 3 + 3 + 1 and all(line.startswith("ok") for line in lines[:3])
+    assert lines[3].split() == ["group", "value", "tasks", "success", "rate"]
+    assert lines[4].split() == ["family", "mobile_data_issue", "3", "3", "1.000"]
+    assert lines[5].split() == ["faults", "1", "3", "3", "1.000"]
+    assert lines[-1] == ("tasks=3 passed_before=0 passed_after=3 reward_1=3 errors=0 unloadable_tasks=0 "
+                         "success=3 success_rate=1.0")
