@@ -518,7 +518,8 @@ _PHONE_FACTS = [
     (re.compile(r"Wi-Fi Calling is (?:now|currently turned)\s*(ON|OFF)", re.I), "wifi_calling", _on),
     (re.compile(r"(?:Network Mode Preference|Preferred Network Mode set to):\s*([\w-]+)", re.I), "mode", str.lower),
     (re.compile(r"Current APN Name:\s*(\S+)", re.I), "apn_name", str.lower),
-    (re.compile(r"MMSC URL[^:\n]*:\s*([^\n]+)", re.I), "mmsc", lambda v: v.strip().lower() not in ("not set", "none", "")),
+    (re.compile(r"MMSC URL[^:\n]*:\s*([^\n]+)", re.I), "mmsc",
+     lambda v: v.strip().lower() not in ("not set", "none", "")),
 ]
 
 

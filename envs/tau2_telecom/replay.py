@@ -15,7 +15,8 @@ adds success per issue family (the bracketed prefix of the task id, e.g. mms_iss
 
 Exit status, oracle: 1 if any task fails to reach reward 1 or has errors (tool errors, rejected calls,
 exceptions, an episode that tau2 does not score); expert: 1 only if there were errors (exceptions, tool
-errors, rejected calls) - an episode the expert fails is a result, not an error (`note` says why when tau2 did not score it).
+errors, rejected calls) - an episode the expert fails is a result, not an error (`note` says why when tau2 did
+not score it).
 Both: 2 for unusable input; unloadable tasks in a task file count as errors.
 """
 from __future__ import annotations
