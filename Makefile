@@ -33,7 +33,7 @@ $(VENV)/.installed: pyproject.toml requirements/cpu-overrides.txt requirements/o
 install: $(VENV)/.installed
 
 DEMO_DIR ?= runs/demo
-# Scaled-down end-to-end run on a local Ray cluster: SmolLM2-135M, SFT on oracle trajectories, then GRPO on
+# Scaled-down end-to-end run on a local Ray cluster: SmolLM2-135M, SFT on expert conversations, then GRPO on
 # tau2's telecom train split (solo mode), success before/after on held-out test tasks, report in $(DEMO_DIR).
 demo: install
 	rm -rf $(DEMO_DIR)
