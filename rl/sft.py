@@ -77,7 +77,6 @@ class Demonstrations:
 def teacher_demonstrations(cfg: Config, teacher: str) -> Demonstrations:
     """`teacher` plays every training task once through the real environment; the passed episodes are kept."""
     from envs.tau2_telecom.expert import play_expert
-
     from envs.tau2_telecom.oracle import play_oracle
     from envs.tau2_telecom.session import SessionLimits, TelecomSession
     from envs.tau2_telecom.tau2_api import Task
