@@ -121,7 +121,8 @@ class TestZero3Group:
         ids = torch.nn.utils.rnn.pad_sequence([torch.tensor(r) for r in batch.input_ids], batch_first=True)
 
         def pad(key):
-            return torch.nn.utils.rnn.pad_sequence([torch.tensor(r, dtype=torch.float32) for r in batch[key]],
+            rows = getattr(batch, key)
+            return torch.nn.utils.rnn.pad_sequence([torch.tensor(r, dtype=torch.float32) for r in rows],
                                                    batch_first=True)
 
         attn = pad("loss_mask").new_zeros(ids.shape)
