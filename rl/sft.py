@@ -10,7 +10,7 @@ evaluator passes are kept:
   oracle   replays each task's gold actions blind (a policy learns to guess fixes from these)
   --from-rollouts  rejection sampling: a policy's own successful episodes from runs' trajectories.jsonl (SFT -> RFT
            -> RL); with --teacher too, both sets are used
-`--limit N` keeps N demonstrations drawn at random (seeded) from the selection. Each conversation is tokenised
+`--limit N` keeps N demonstrations drawn at random (seeded) from those that fit rollout.max_model_len. Each conversation is tokenised
 with the chat template, the loss covers the assistant turns only, and the same DeepSpeed ZeRO-3 learner as RL trains
 on it (its policy loss with advantage 1 and the current policy as the "old" one is exactly the negative
 log-likelihood gradient). The result is a HF folder for model.name.
@@ -147,14 +147,14 @@ def run_sft(cfg: Config, epochs: int, batch_size: int, lr: float | None, out: Pa
     if not demos.conversations:
         raise ValueError(f"sft: no passed {source} episode among {demos.considered} on the training tasks "
                          f"({cfg.env.tasks_file or 'split ' + cfg.env.split}, mode {cfg.env.mode})")
-    if limit is not None:
-        random.Random(cfg.seed).shuffle(demos.conversations)
-        demos.conversations = demos.conversations[:limit]
     base = resolve_model(cfg.model.name)
     tokenizer = AutoTokenizer.from_pretrained(base)
     data = [encode_conversation(tokenizer, messages, tools) for messages, tools in demos.conversations]
     too_long = sum(len(ids) > cfg.rollout.max_model_len for ids, _ in data)
     data = [d for d in data if len(d[0]) <= cfg.rollout.max_model_len]
+    if limit is not None:  # drawn from those that fit, so --limit N trains on N whenever N fit
+        random.Random(cfg.seed).shuffle(data)
+        data = data[:limit]
     print(f"sft: {len(data)} {source} conversations ({demos.failed} of {demos.considered} episodes failed tau2's "
           f"evaluator, {too_long} longer than rollout.max_model_len dropped), "
           f"mean {sum(len(i) for i, _ in data) / max(1, len(data)):.0f} tokens", file=sys.stderr)
