@@ -12,8 +12,8 @@ evaluator passes are kept:
            -> RL); with --teacher too, both sets are used
 `--limit N` keeps N demonstrations drawn at random (seeded) from those that fit rollout.max_model_len. Each
 conversation is tokenised with the chat template, the loss covers the assistant turns only, and the same DeepSpeed
-ZeRO-3 learner as RL trains on it (its policy loss with advantage 1 and the current policy as the "old" one is exactly the negative
-log-likelihood gradient). The result is a HF folder for model.name.
+ZeRO-3 learner as RL trains on it (its policy loss with advantage 1 and the current policy as the "old" one is
+exactly the negative log-likelihood gradient). The result is a HF folder for model.name.
 """
 from __future__ import annotations
 
