@@ -93,3 +93,11 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert (run_dir / "checkpoints" / "latest").read_text() == "3"
     assert json.loads((run_dir / "trajectories.jsonl").read_text().splitlines()[0])["task_id"] == first_cursor
+    # Every episode records the weights it was sampled with: the syncs its engine had received when it started.
+    versions = {}
+    for line in (run_dir / "trajectories.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        versions.setdefault(row["step"], set()).add(row["policy_version"])
+    assert versions[1] == {0}
+    assert versions[2] == ({1} if rows[0]["train/sequences"] else {0})  # step 1 synced only if it trained
+    assert versions[3] == {2}  # --resume syncs the checkpoint's weights as version 2
