@@ -35,7 +35,7 @@ class EnvSettings:
     user: str = "scripted"  # envs.tau2_telecom.choices.USERS
     user_llm: LLMEndpoint | None = None  # the LLM customer's endpoint when user == "llm"
     judge: LLMEndpoint | None = None  # tau2's NL-assertion judge inside evaluate(); None = not judged
-    prompt: str = "full"  # full | compact (see TelecomSession)
+    prompt: str = "full"  # full | compact | minimal (see TelecomSession)
     world: str = "cached"  # "tau2_per_episode" builds every env with tau2's constructor (benchmark baseline)
 
     @classmethod

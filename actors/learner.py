@@ -52,6 +52,7 @@ class LearnerSettings:
     clip_eps_high: float | None = None
     aggregation: str = "token_mean"
     seed: int = 0
+    lr_schedule_steps: int = 0      # > 0: linear warm-up (5 %) then linear decay to 0 at this step (SFT); 0: constant
 
     @classmethod
     def from_config(cls, cfg: Config, model_path: str) -> LearnerSettings:
@@ -89,6 +90,11 @@ def deepspeed_config(s: LearnerSettings, use_gpu: bool, train: bool = True) -> d
         cfg["optimizer"] = {"type": "AdamW",
                             "params": {"lr": s.lr, "weight_decay": s.weight_decay, "betas": [0.9, 0.999],
                                        "eps": 1e-8, "torch_adam": not (use_gpu and s.offload)}}
+        if s.lr_schedule_steps > 0:
+            cfg["scheduler"] = {"type": "WarmupDecayLR",
+                                "params": {"warmup_min_lr": 0.0, "warmup_max_lr": s.lr, "warmup_type": "linear",
+                                           "warmup_num_steps": max(1, s.lr_schedule_steps // 20),
+                                           "total_num_steps": s.lr_schedule_steps}}
     return cfg
 
 

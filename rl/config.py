@@ -76,8 +76,10 @@ class EnvConfig:
     user: str = "scripted"  # customer simulator in dual mode: scripted | llm
     policy: str = "manual"  # which of tau2's two tech-support policies the agent follows: manual | workflow
     prompt: str = "full"  # full: tau2's policy documents + full tool schemas (~8-10k tokens); compact: without
+    # them, short schemas (~3.4k in the tiny tokenizer); minimal: without them, one `name(args)` line a tool (~0.7k)
     split: str = "train"  # tau2 task split: small | train | test | base | full
     tasks_file: Optional[str] = None  # a tau2 task JSON file; overrides split when set
+    max_faults: Optional[int] = None  # keep only tasks with at most this many faults (training and held-out tasks)
     max_turns: int = 30  # agent turns per episode
     max_errors: int = 10  # tool-call errors before the episode ends (tau2's default)
     max_calls_per_turn: int = 8  # tool calls the agent may make in one turn
@@ -101,10 +103,21 @@ class RayConfig:
 
 
 @dataclass
+class TinyModelConfig:
+    """Shape of the random-init model that model.name "tiny" builds (rl.models.build_tiny_model); ignored otherwise."""
+
+    layers: int = 2
+    hidden: int = 128  # heads = hidden / 64: vLLM's CPU attention kernels want head_dim 64
+    intermediate: int = 256  # MLP width
+    max_positions: int = 4096  # context cap (RoPE: no position weights)
+
+
+@dataclass
 class ModelConfig:
     """The policy model."""
 
     name: str = "tiny"  # "tiny" (random init, domain tokenizer) | "smollm2-135m" | a local HF folder | a hub id
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
 
 
 @dataclass
@@ -201,11 +214,13 @@ class RewardModelConfig:
 class TrainConfig:
     """The training loop."""
 
-    steps: int = 10  # optimizer steps (one rollout batch each)
+    steps: int = 10  # optimizer steps (one rollout batch each); 0 = only the held-out evaluation of model.name
     tasks_per_step: int = 4  # distinct tasks per step; episodes = tasks_per_step * algorithm.group_size
     checkpoint_every: int = 5  # steps; the last step is always checkpointed
-    eval_split: str = "test"  # held-out tau2 split for before/after success
-    eval_tasks: int = 0  # 0 = no before/after evaluation
+    eval_split: str = "test"  # held-out tau2 split (must not share tasks with the training tasks)
+    eval_tasks: int = 0  # held-out tasks (a fixed sample when fewer than the split has); 0 = no evaluation
+    eval_every: int = 0  # steps between held-out evaluations (also before step 1 and after the last); 0 = only those
+    eval_trials: int = 0  # sampled episodes per held-out task for tau2's pass^1..pass^k; 0 = greedy success only
     keep_checkpoints: int = 2  # newest kept on disk
 
 
@@ -263,6 +278,7 @@ RULES: dict[type, dict[str, Check]] = {
         "prompt": one_of(*PROMPTS),
         "split": one_of(*SPLITS),
         "tasks_file": optional(non_empty),
+        "max_faults": optional(positive),
         "max_turns": positive,
         "max_errors": positive,
         "max_calls_per_turn": positive,
@@ -272,6 +288,8 @@ RULES: dict[type, dict[str, Check]] = {
     EnvPoolConfig: {"num_workers": positive, "max_restarts": non_negative},
     RayConfig: {"num_cpus": optional(positive)},
     ModelConfig: {"name": non_empty},
+    TinyModelConfig: {"layers": positive, "hidden": lambda v: None if v > 0 and v % 64 == 0 else "a multiple of 64",
+                      "intermediate": positive, "max_positions": positive},
     RolloutConfig: {"num_workers": positive, "num_cpus": positive, "max_model_len": positive,
                     "max_new_tokens": positive, "temperature": non_negative, "top_p": positive,
                     "kv_cache_gib": positive, "gpu_memory_utilization": positive},
@@ -288,8 +306,9 @@ RULES: dict[type, dict[str, Check]] = {
                         "epochs": positive, "lr": positive, "weight_decay": non_negative, "batch_size": positive,
                         "micro_batch_size": positive, "num_ranks": positive, "max_len": positive,
                         "margin_scale": non_negative},
-    TrainConfig: {"steps": positive, "tasks_per_step": positive, "checkpoint_every": positive,
-                  "eval_split": one_of(*SPLITS), "eval_tasks": non_negative,
+    TrainConfig: {"steps": non_negative, "tasks_per_step": positive, "checkpoint_every": positive,
+                  "eval_split": one_of(*SPLITS), "eval_tasks": non_negative, "eval_every": non_negative,
+                  "eval_trials": non_negative,
                   "keep_checkpoints": positive},
 }
 

@@ -67,6 +67,12 @@ class Trajectory:
     def generated_tokens(self) -> int:
         return sum(self.loss_mask)
 
+    @property
+    def tool_calls(self) -> int:
+        """Tool calls the agent attempted (each gets one tool message back, rejected calls included); a policy that
+        farms partial credit by repeating calls shows here."""
+        return sum(m.get("role") == "tool" for m in self.messages)
+
 
 @dataclass
 class Score:

@@ -371,10 +371,15 @@ def _hf_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def resolve_model(name_or_path: str) -> Path:
-    """A model folder for a config's `model.name` (see the module docstring)."""
+def resolve_model(name_or_path: str, tiny: dict | None = None) -> Path:
+    """A model folder for a config's `model.name` (see the module docstring). `tiny`: the shape of the "tiny"
+    model (model.tiny: layers, hidden, intermediate, max_positions); None = build_tiny_model's defaults."""
     if name_or_path == "tiny":
-        return build_tiny_model()
+        if not tiny:
+            return build_tiny_model()
+        heads = tiny["hidden"] // 64
+        return build_tiny_model(layers=tiny["layers"], hidden=tiny["hidden"], heads=heads, kv_heads=1 if heads < 4
+                                else heads // 4, intermediate=tiny["intermediate"], max_positions=tiny["max_positions"])
     if name_or_path == "smollm2-135m":
         return smollm2_path()
     path = Path(name_or_path).expanduser()

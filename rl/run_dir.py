@@ -4,10 +4,11 @@
       config.yaml        the resolved config (API keys redacted)
       meta.json          git revision, start time, host, command line
       metrics.jsonl      one line per step (appended across resumes)
-      trajectories.jsonl every episode: task, reward, components, conversation
+      trajectories.jsonl every training episode: task, reward, components, conversation
+      eval_trajectories.jsonl  every held-out evaluation episode (kept apart: never training or RM data)
       tb/                TensorBoard event files
       checkpoints/step_N learner shards + driver state; `latest` names the newest
-      report.png         reward, success, components, step-time breakdown
+      report.png         reward, training and held-out success, components, step-time breakdown
 """
 from __future__ import annotations
 
@@ -89,8 +90,9 @@ class RunDir:
                 self.tb.add_scalar(k, v, step)
         self.tb.flush()
 
-    def log_trajectories(self, step: int, trajectories: list[Trajectory], scores: list[Score]) -> None:
-        with open(self.path / "trajectories.jsonl", "a") as fh:
+    def log_trajectories(self, step: int, trajectories: list[Trajectory], scores: list[Score],
+                         file: str = "trajectories.jsonl") -> None:
+        with open(self.path / file, "a") as fh:
             for t, s in zip(trajectories, scores):
                 fh.write(json.dumps(EpisodeRecord.of(step, t, s).to_row()) + "\n")
 

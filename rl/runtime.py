@@ -46,8 +46,9 @@ def cluster_has_gpus() -> bool:
 
 def load_tasks(cfg: Config, split: str | None = None) -> dict[str, dict]:
     """{task id: tau2 task dict}: cfg.env.tasks_file (broken tasks are skipped with a warning naming them) or
-    cfg.env.split, or `split` when given. Solo mode keeps only tasks with a ticket (its prompt is the ticket)."""
-    from envs.tau2_telecom.tasks import load_split, load_task_file
+    cfg.env.split, or `split` when given. Solo mode keeps only tasks with a ticket (its prompt is the ticket);
+    env.max_faults keeps only tasks with at most that many faults."""
+    from envs.tau2_telecom.tasks import load_split, load_task_file, task_faults
 
     if cfg.env.tasks_file and split is None:
         loaded = load_task_file(cfg.env.tasks_file)
@@ -58,4 +59,6 @@ def load_tasks(cfg: Config, split: str | None = None) -> dict[str, dict]:
         tasks = load_split(split or cfg.env.split)
     if cfg.env.mode == "solo":
         tasks = [t for t in tasks if t.ticket]
+    if cfg.env.max_faults is not None:
+        tasks = [t for t in tasks if len(task_faults(t.id)) <= cfg.env.max_faults]
     return {t.id: t.model_dump(mode="json") for t in tasks}

@@ -22,7 +22,7 @@ import json
 import random
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -107,7 +107,7 @@ def rollout_demonstrations(cfg: Config, run_dirs: list[str]) -> Demonstrations:
     from rl.run_dir import read_jsonl
 
     train_ids = set(load_tasks(cfg))
-    tools = get_world(cfg.env.policy).tool_schemas(cfg.env.mode, compact=cfg.env.prompt == "compact")
+    tools = get_world(cfg.env.policy).prompt_tools(cfg.env.mode, cfg.env.prompt)
     out, seen = Demonstrations(), set()
     for run_dir in run_dirs:
         path = Path(run_dir) / "trajectories.jsonl" if Path(run_dir).is_dir() else Path(run_dir)
@@ -147,7 +147,7 @@ def run_sft(cfg: Config, epochs: int, batch_size: int, lr: float | None, out: Pa
     if not demos.conversations:
         raise ValueError(f"sft: no passed {source} episode among {demos.considered} on the training tasks "
                          f"({cfg.env.tasks_file or 'split ' + cfg.env.split}, mode {cfg.env.mode})")
-    base = resolve_model(cfg.model.name)
+    base = resolve_model(cfg.model.name, asdict(cfg.model.tiny))
     tokenizer = AutoTokenizer.from_pretrained(base)
     data = [encode_conversation(tokenizer, messages, tools) for messages, tools in demos.conversations]
     too_long = sum(len(ids) > cfg.rollout.max_model_len for ids, _ in data)
@@ -161,14 +161,15 @@ def run_sft(cfg: Config, epochs: int, batch_size: int, lr: float | None, out: Pa
     if not data:
         raise ValueError(f"sft: no {source} conversation fits rollout.max_model_len={cfg.rollout.max_model_len}; "
                          "raise it or try env.prompt=compact")
+    steps = epochs * ((len(data) + batch_size - 1) // batch_size)
+    # A warm-up then linear decay to 0: a constant lr high enough to fit a small model in few steps leaves it noisy.
     settings = replace(LearnerSettings.from_config(cfg, str(base)), lr=lr or cfg.learner.lr * 10, kl_coef=0.0,
-                       clip_eps=1e9, clip_eps_high=None, aggregation="token_mean")
+                       clip_eps=1e9, clip_eps_high=None, aggregation="token_mean", lr_schedule_steps=steps)
     learner = LearnerGroup(settings, num_ranks=cfg.learner.num_ranks)
     rng = random.Random(cfg.seed)
     nll_curve = []
     t0 = time.perf_counter()
     try:
-        steps = epochs * ((len(data) + batch_size - 1) // batch_size)
         bar = tqdm(total=steps, desc="sft", unit="step", file=sys.stderr)
         for _ in range(epochs):
             rng.shuffle(data)

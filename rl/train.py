@@ -1,6 +1,7 @@
 """The driver: wires the actors and runs RL steps.
 
     python -m rl.train --config configs/laptop.yaml [key=value ...] [--resume]
+    python -m rl.train --config configs/learn_tiny.yaml model.name=DIR train.steps=0   # held-out evaluation only
 
 One step, top to bottom (each line is one call into an actor):
   1. rollout   RolloutWorker.rollout    vLLM agent loop; each turn goes to an EnvWorker (tau2 session)
@@ -8,6 +9,8 @@ One step, top to bottom (each line is one call into an actor):
   3. advantage build_train_batch        GRPO / RLOO / REINFORCE++ (rl.algorithms) on the driver, pure torch
   4. train     LearnerGroup.train_step  DeepSpeed ZeRO-3 PPO-clip step on N ranks
   5. sync      LearnerGroup.state_dict_ref -> RolloutWorker.sync_weights (Ray object store)
+Held-out evaluation (train.eval_tasks > 0) runs before step 1, every train.eval_every steps and after the last step;
+its eval/... metrics (rl.evaluation) go into that step's metrics row (step 0 for "before").
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import random
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import ray
 import torch
@@ -25,6 +28,7 @@ from tqdm import tqdm
 from rl import algorithms
 from rl.config import AlgorithmConfig, Config, parse_cli
 from rl.contracts import EpisodeJob, Score, TrainBatch, Trajectory
+from rl.evaluation import heldout_metrics, hold_out
 from rl.run_dir import RunDir
 from rl.runtime import actor_runtime_env, cluster_has_gpus, init_ray, load_tasks
 from rl.tensors import pad_rows
@@ -107,9 +111,11 @@ class Trainer:
         self.run = RunDir(cfg, resume=resume)
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-        self.model_path = str(resolve_model(cfg.model.name))
+        self.model_path = str(resolve_model(cfg.model.name, asdict(cfg.model.tiny)))
         self.tasks = load_tasks(cfg)
         self.eval_tasks: dict[str, dict] = {}
+        if cfg.train.eval_tasks:
+            self._hold_out(load_tasks(cfg, cfg.train.eval_split))
         self.cursor = TaskCursor(sorted(self.tasks), cfg.seed)
 
         # -- cluster: one logical CPU per learner rank and rollout engine. On a 2-core laptop this oversubscribes
@@ -153,6 +159,10 @@ class Trainer:
                    **timer.seconds, **{f"learner/{k}": v for k, v in learner_metrics.items()},
                    "train/sequences": len(batch) if batch else 0, "sync/bytes": sync.get("bytes", 0)}
         metrics["time/step"] = sum(v for k, v in metrics.items() if k.startswith("time/"))
+        if self.eval_due():
+            t0 = time.perf_counter()
+            metrics.update(self.evaluate())
+            metrics["time/eval"] = time.perf_counter() - t0  # not part of time/step: evaluation is not training
         self.run.log_metrics(self.step, metrics)
         self.run.log_trajectories(self.step, trajs, scores)
         if self.step % cfg.train.checkpoint_every == 0 or self.step == cfg.train.steps:
@@ -203,11 +213,36 @@ class Trainer:
         print(f"resumed from {path} (step {step})", file=sys.stderr)
 
     # ------------------------------------------------------------- evaluate
-    def evaluate(self, split: str, n: int) -> float:
-        """Success rate on held-out tasks, one greedy episode each."""
-        self.eval_tasks = load_tasks(self.cfg, split)
-        trajs = self.rollout(sorted(self.eval_tasks)[:n], 1, greedy=True)
-        return sum(t.eval.success for t in trajs) / max(1, len(trajs))
+    def _hold_out(self, split_tasks: dict[str, dict]) -> None:
+        cfg = self.cfg
+        where = f"train.eval_split={cfg.train.eval_split!r}"
+        self.tasks, self.eval_tasks, left_out = hold_out(self.tasks, split_tasks, cfg.train.eval_tasks, where)
+        if left_out:
+            print(f"training tasks: {len(self.tasks)} ({left_out} tasks of {where} left out of env.split="
+                  f"{cfg.env.split!r}: they are held out)", file=sys.stderr)
+
+    def eval_due(self) -> bool:
+        every, steps = self.cfg.train.eval_every, self.cfg.train.steps
+        return bool(self.eval_tasks) and (self.step == steps or (every > 0 and self.step % every == 0))
+
+    def evaluate(self) -> dict:
+        """eval/... metrics on the held-out tasks: one greedy episode each (success), and train.eval_trials sampled
+        episodes each for tau2's pass^k. The episodes go to eval_trajectories.jsonl."""
+        ids, trials = list(self.eval_tasks), self.cfg.train.eval_trials
+        greedy = self.rollout(ids, 1, greedy=True)
+        sampled = self.rollout(ids, trials) if trials else []
+        for trajs in (greedy, sampled):
+            self.run.log_trajectories(self.step, trajs, [_verifier_score(t) for t in trajs], "eval_trajectories.jsonl")
+        return heldout_metrics(greedy, sampled, trials)
+
+    def evaluate_start(self) -> None:
+        """Held-out metrics of the starting weights as step 0's row; a resumed run keeps the ones it has."""
+        if self.eval_tasks and self.step == 0:
+            self.run.log_metrics(0, self.evaluate())
+
+    def heldout_before(self) -> float | None:
+        """Held-out success of the starting weights (step 0's row), also after a resume."""
+        return next((m["eval/success"] for m in self.run.metrics() if m["step"] == 0 and "eval/success" in m), None)
 
     def close(self) -> None:
         from rl.report import write_report
@@ -225,12 +260,17 @@ class Trainer:
         self.env.shutdown()
 
 
+def _verifier_score(t: Trajectory) -> Score:
+    return Score(reward=t.eval.reward, components={"tau2": t.eval.reward, "success": float(t.eval.success)})
+
+
 def episode_metrics(trajs: list[Trajectory], scores: list[Score]) -> dict:
     n = max(1, len(trajs))
     out = {"reward/mean": sum(s.reward for s in scores) / n,
            "success_rate": sum(t.eval.success for t in trajs) / n,
            "episodes": len(trajs),
            "episode/turns": sum(t.turns for t in trajs) / n,
+           "episode/tool_calls": sum(t.tool_calls for t in trajs) / n,
            "episode/tokens": sum(len(t.token_ids) for t in trajs) / n,
            "episode/generated_tokens": sum(t.generated_tokens for t in trajs) / n,
            "episode/truncated": sum(t.truncated for t in trajs) / n}
@@ -259,17 +299,21 @@ def main(argv: list[str] | None = None) -> int:
     cfg, args = parse_cli(argv, description=__doc__, add_arguments=flags)
     trainer = Trainer(cfg, resume=args.resume)
     try:
-        before = trainer.evaluate(cfg.train.eval_split, cfg.train.eval_tasks) if cfg.train.eval_tasks else None
+        trainer.evaluate_start()
         bar = tqdm(range(trainer.step, cfg.train.steps), initial=trainer.step, total=cfg.train.steps,
                    desc="train", unit="step", file=sys.stderr)
+        after = None
         for _ in bar:
             m = trainer.train_step()
+            after = m.get("eval/success", after)
+            shown = {"heldout": f"{after:.2f}"} if after is not None else {}
             bar.set_postfix(reward=f"{m['reward/mean']:.2f}", success=f"{m['success_rate']:.2f}",
-                            step_s=f"{m['time/step']:.0f}")
-        if cfg.train.eval_tasks:
-            after = trainer.evaluate(cfg.train.eval_split, cfg.train.eval_tasks)
-            print(f"held-out success ({cfg.train.eval_split}, {cfg.train.eval_tasks} tasks): "
-                  f"before {before:.2f} -> after {after:.2f}")
+                            step_s=f"{m['time/step']:.0f}", **shown)
+        before, where = trainer.heldout_before(), f"{cfg.train.eval_split}, {len(trainer.eval_tasks)} tasks"
+        if before is not None and after is not None:
+            print(f"held-out success ({where}): before {before:.2f} -> after {after:.2f}")
+        elif before is not None and cfg.train.steps == 0:
+            print(f"held-out success ({where}): {before:.2f}")
     finally:
         trainer.close()
     print(f"run directory: {trainer.run.path}  (report: {trainer.run.path / 'report.png'})")

@@ -31,6 +31,26 @@ def test_reset_solo_gives_policy_ticket_and_all_tools(session, tasks_by_id):
     assert not obs.done and session.env_assertions_now() == [False, True]  # no service; no overdue bill
 
 
+@pytest.mark.parametrize("mode", ["solo", "dual"])
+def test_minimal_prompt_lists_every_tool_in_the_system_prompt(world, tasks_by_id, mode):
+    """The minimal prompt hands the chat template no schemas: its system prompt names each tool with its arguments
+    and the call format, and an episode played from it is scored like any other."""
+    from envs.tau2_telecom.expert import play_expert
+
+    minimal = TelecomSession(world, user=ScriptedUser(), prompt="minimal")
+    obs = minimal.reset(tasks_by_id[REFUEL], mode)
+    system = obs.messages[0]["content"]
+    assert obs.tools is None and "<main_policy>" not in system and '<tool_call>\n{"name": <tool>' in system
+    listed = [line for line in system.split("<tools>")[1].splitlines() if "(" in line]
+    assert {line.split("(")[0] for line in listed} == {t["function"]["name"] for t in world.tool_schemas(mode)}
+    assert "refuel_data(customer_id, line_id, gb_amount)" in listed
+    compact = TelecomSession(world, user=ScriptedUser(), prompt="compact")
+    compact_obs = compact.reset(tasks_by_id[REFUEL], mode)
+    assert len(system) * 3 < len(compact_obs.messages[0]["content"]) + len(json.dumps(compact_obs.tools))
+    play_expert(minimal, tasks_by_id[REFUEL], mode)
+    assert minimal.evaluate().success
+
+
 def test_reset_dual_has_greeting_customer_and_agent_tools_only(session, tasks_by_id):
     obs = session.reset(tasks_by_id[AIRPLANE], "dual")
     roles = [m["role"] for m in obs.messages]

@@ -282,9 +282,10 @@ def test_local_runner_runs_the_trainer_as_a_subprocess(tmp_path, monkeypatch):
         cfg, _ = parse_cli(args)
         print("ARGV", sys.argv[1:], flush=True)
         rd = RunDir(cfg, resume="--resume" in sys.argv)
-        rd.log_metrics(1, {"reward/mean": 0.25, "success_rate": 1.0})
+        rd.log_metrics(0, {"eval/success": 0.0, "eval/tasks": 2})
+        rd.log_metrics(1, {"reward/mean": 0.25, "success_rate": 1.0, "eval/success": 0.5, "eval/tasks": 2})
         rd.close()
-        print("held-out success (test, 2 tasks): before 0.00 -> after 0.50")
+        print("held-out success (test, 2 tasks): before 0.90 -> after 0.90")  # printed only: never parsed
         if cfg.algorithm.name == os.environ.get("FAKE_FAIL"):
             sys.exit("fake trainer: failing on purpose")
         """))
@@ -301,7 +302,8 @@ def test_local_runner_runs_the_trainer_as_a_subprocess(tmp_path, monkeypatch):
     failed = [r for r in results if r.status == "failed"][0]
     assert "fake trainer: failing on purpose" in failed.error
     table = {r["arm"]: r for r in rows(out / "results.csv")}
-    assert table["algorithm=grpo"]["heldout/success_after"] == "0.5"
+    assert table["algorithm=grpo"]["heldout/success_after"] == "0.5"  # read from metrics.jsonl
+    assert table["algorithm=grpo"]["heldout/success_before"] == "0.0"
 
     monkeypatch.setenv("FAKE_FAIL", "")
     results = run_sweep(load_sweep(path), SequentialRunner(LocalTrain("fake_train")))

@@ -18,6 +18,8 @@ pytestmark = pytest.mark.slow
 # so GRPO has a signal on a barely-trained tiny model.
 REWARD = ["reward.env_assertion_weight=0.5", "reward.action_weight=0.5", "reward.malformed_call_penalty=0.1",
           "train.tasks_per_step=4", "algorithm.group_size=4"]
+# Held-out evaluation on 2 test-split tasks at step 0, after step 2 (eval_every) and after the last step.
+EVAL = ["train.eval_split=test", "train.eval_tasks=2", "train.eval_every=2", "train.eval_trials=2"]
 
 
 def _cfg(run_dir, *overrides):
@@ -45,8 +47,10 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
     from rl.train import Trainer
 
     run_dir = tmp_path / "run"
-    trainer = Trainer(_cfg(run_dir, "train.steps=2", f"model.name={sft_model}", *REWARD))
+    trainer = Trainer(_cfg(run_dir, "train.steps=2", f"model.name={sft_model}", *REWARD, *EVAL))
     try:
+        assert len(trainer.eval_tasks) == 2 and not set(trainer.eval_tasks) & set(trainer.tasks)
+        trainer.evaluate_start()
         probe = trainer.rollout(sorted(trainer.tasks)[:1], 1)[0].token_ids[:200]
         before = ray.get(trainer.learner.state_dict_ref())
         trained = []
@@ -70,9 +74,14 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
         cleanup_vllm_shm()
 
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2]
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert "eval/success" in rows[0] and "eval/success" not in rows[1] and "eval/pass^2" in rows[2]
+    assert rows[0]["eval/tasks"] == 2 and 0 <= rows[2]["eval/pass^2"] <= rows[2]["eval/pass^1"] <= 1
+    evals = [json.loads(line) for line in (run_dir / "eval_trajectories.jsonl").read_text().splitlines()]
+    assert len(evals) == 2 * (2 * (1 + 2)) and {e["task_id"] for e in evals} == set(trainer.eval_tasks)
+    rows = rows[1:]
     for key in ("reward/mean", "success_rate", "reward/tau2", "reward/env_assertions", "time/generate",
-                "time/env", "time/reward", "time/train", "time/sync", "learner/loss"):
+                "time/env", "time/reward", "time/train", "time/sync", "learner/loss", "episode/tool_calls"):
         assert key in rows[0], key
     assert (run_dir / "checkpoints" / "latest").read_text() == "2"
     assert (run_dir / "report.png").stat().st_size > 10_000
@@ -81,16 +90,20 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
     assert len(episodes) == 2 * 4 * 4  # steps x tasks_per_step x group_size
     first_cursor = json.loads(episodes[0])["task_id"]
 
-    resumed = Trainer(_cfg(run_dir, "train.steps=3", f"model.name={sft_model}", *REWARD), resume=True)
+    resumed = Trainer(_cfg(run_dir, "train.steps=3", f"model.name={sft_model}", *REWARD, *EVAL), resume=True)
     try:
         assert resumed.step == 2 and resumed.cursor.state() != {"epoch": 0, "index": 0}
+        resumed.evaluate_start()  # step 0's evaluation is not re-run on resumed weights
         resumed.train_step()
+        assert resumed.heldout_before() == json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])[
+            "eval/success"]
     finally:
         resumed.close()
         ray.shutdown()
         cleanup_vllm_shm()
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3] and "eval/success" in rows[3]
+    rows = rows[1:]
     assert (run_dir / "checkpoints" / "latest").read_text() == "3"
     assert json.loads((run_dir / "trajectories.jsonl").read_text().splitlines()[0])["task_id"] == first_cursor
     # Every episode records the weights it was sampled with: the syncs its engine had received when it started.

@@ -33,7 +33,7 @@ from envs.tau2_telecom import tau2_api as t2
 from envs.tau2_telecom.expert import play_expert
 from envs.tau2_telecom.oracle import play_oracle
 from envs.tau2_telecom.session import TelecomSession
-from envs.tau2_telecom.tasks import SPLITS, TaskFileError, load_split, load_task_file
+from envs.tau2_telecom.tasks import SPLITS, TaskFileError, load_split, load_task_file, task_family, task_faults
 from envs.tau2_telecom.users import ScriptedUser
 from envs.tau2_telecom.world import MODES, POLICIES, get_world
 
@@ -51,17 +51,6 @@ class ReplayResult:
     success: bool = False
     turns: int = 0  # assistant turns played
     note: str | None = None  # why tau2 scored the episode as it did, when it says (e.g. not an agent/user stop)
-
-
-def task_family(task_id: str) -> str:
-    """`[mms_issue]a|b[PERSONA:None]` -> mms_issue."""
-    return task_id[1:task_id.index("]")] if task_id.startswith("[") and "]" in task_id else "?"
-
-
-def task_faults(task_id: str) -> list[str]:
-    """`[mms_issue]a|b[PERSONA:None]` -> [a, b]."""
-    rest = task_id.split("]", 1)[1] if "]" in task_id else task_id
-    return [f for f in rest.split("[", 1)[0].split("|") if f]
 
 
 def replay_task(session: TelecomSession, task: t2.Task, mode: str, agent: str = "oracle") -> ReplayResult:
@@ -129,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--policy", choices=POLICIES, default="manual")
     ap.add_argument("--limit", type=int, default=None, help="replay only the first N tasks")
     ap.add_argument("--json", action="store_true", help="print one JSON object (results + summary)")
+    ap.add_argument("--summary", action="store_true", help="print only the summary, not a line per task")
     args = ap.parse_args(argv)
 
     problems: list[str] = []
@@ -153,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"summary": summary, "results": [asdict(r) for r in results],
                           "unloadable": problems}, indent=2))
     else:
-        for r in results:
+        for r in [] if args.summary else results:
             flag = "ok  " if abs(r.reward - 1.0) < 1e-6 and not r.errors else "FAIL"
             notes = r.errors + ([r.note] if r.note and not r.success and r.note not in r.errors else [])
             print(f"{flag} before={int(r.passed_before)} after={int(r.passed_after)} reward={r.reward:.1f} "

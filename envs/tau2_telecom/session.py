@@ -96,7 +96,9 @@ class TelecomSession:
         """prompt: "full" = tau2's system prompt (instructions + the whole policy and tech-support manual,
         ~8-10k tokens) and full tool schemas - the benchmark setting; "compact" = tau2's instructions and
         the ticket without the policy documents, and compact tool schemas (~1-2k tokens) - for small models
-        and CPU runs, which learn the policy from demonstrations and reward instead."""
+        and CPU runs, which learn the policy from demonstrations and reward instead; "minimal" = compact's text
+        with the tools as one `name(args)` line each inside the system prompt (~0.5k tokens in all), for the
+        smallest models, whose cost on a CPU is mostly attention over the prompt."""
         if prompt not in PROMPTS:
             raise ValueError(f"unknown prompt style {prompt!r}; expected one of {PROMPTS}")
         self.world = world
@@ -133,7 +135,7 @@ class TelecomSession:
             if opening is not None:
                 messages.append({"role": "user", "content": opening})
         return Observation(messages=messages, done=self.done, termination=self.termination,
-                           tools=self.world.tool_schemas(mode, compact=self.prompt == "compact"))
+                           tools=self.world.prompt_tools(mode, self.prompt))
 
     def _begin(self, task: t2.Task, mode: str, history: list[t2.Message] | None = None) -> None:
         if mode == "solo" and not task.ticket:
@@ -153,9 +155,14 @@ class TelecomSession:
         if self.mode == "solo":
             instruction = t2.AGENT_SOLO_INSTRUCTION.format(stop_function_name=DONE_TOOL.name,
                                                           stop_token=t2.LLMSoloAgent.STOP_TOKEN)
-            return t2.SYSTEM_PROMPT_SOLO.format(agent_instruction=instruction, domain_policy=policy,
+            text = t2.SYSTEM_PROMPT_SOLO.format(agent_instruction=instruction, domain_policy=policy,
                                                 ticket=self.task.ticket)
-        return t2.SYSTEM_PROMPT.format(agent_instruction=t2.AGENT_INSTRUCTION, domain_policy=policy)
+        else:
+            text = t2.SYSTEM_PROMPT.format(agent_instruction=t2.AGENT_INSTRUCTION, domain_policy=policy)
+        if self.prompt == "minimal":  # no schemas go to the chat template, so the prompt names tools and format
+            text += ("\n<tools>\nCall a tool by writing <tool_call>\n{\"name\": <tool>, \"arguments\": <json object>}"
+                     f"\n</tool_call>\n{self.world.tool_signatures(self.mode)}\n</tools>")
+        return text
 
     # ------------------------------------------------------------------- step
     def step(self, assistant_turn: Any) -> Observation:

@@ -95,3 +95,14 @@ def load_task_file(path: str | Path, strict: bool = False) -> TaskLoad:
             raise TaskFileError(msg)
         out.problems.append(msg)
     return out
+
+
+def task_family(task_id: str) -> str:
+    """`[mms_issue]a|b[PERSONA:None]` -> mms_issue."""
+    return task_id[1:task_id.index("]")] if task_id.startswith("[") and "]" in task_id else "?"
+
+
+def task_faults(task_id: str) -> list[str]:
+    """`[mms_issue]a|b[PERSONA:None]` -> [a, b]."""
+    rest = task_id.split("]", 1)[1] if "]" in task_id else task_id
+    return [f for f in rest.split("[", 1)[0].split("|") if f]

@@ -95,6 +95,20 @@ class TelecomWorld:
         schemas = copy.deepcopy(self._schemas[_check_mode(mode)])
         return [_compact_schema(s) for s in schemas] if compact else schemas
 
+    def prompt_tools(self, mode: str, prompt: str) -> list[dict] | None:
+        """The schemas a prompt style hands the chat template: full or compact JSON schemas, or None for
+        "minimal", whose system prompt lists the tools itself (`tool_signatures`)."""
+        return None if prompt == "minimal" else self.tool_schemas(mode, compact=prompt == "compact")
+
+    def tool_signatures(self, mode: str) -> str:
+        """One line per tool, `name(arg, ...)`: the tool list of the "minimal" prompt (~10x fewer tokens than the
+        compact schemas; argument types and descriptions are left for demonstrations to teach)."""
+        lines = []
+        for schema in self._schemas[_check_mode(mode)]:
+            fn = schema["function"]
+            lines.append(f"{fn['name']}({', '.join(fn.get('parameters', {}).get('properties', {}))})")
+        return "\n".join(lines)
+
     @cached_property
     def _tables(self) -> dict[str, ToolTable]:
         return {m: ToolTable({t.name: t.params for t in self.agent_tool_objects(m)}, self.limits) for m in MODES}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,6 @@ from rl.tools.sweep.runners import Attempt
 from rl.tools.sweep.spec import DONE_FILE, Run, Sweep, finished, fmt
 
 LOG_TAIL_LINES = 30
-_HELDOUT_RE = re.compile(r"held-out success \([^)]*\): before ([\d.]+) -> after ([\d.]+)")
 
 
 @dataclass
@@ -25,7 +23,7 @@ class RunResult:
     skipped: bool  # finished in an earlier invocation
     wall_s: float | None
     curve: list[dict]  # metrics.jsonl rows, one per step (the last write of a step wins: resumes re-log steps)
-    final: dict  # the last step's metrics (+ held-out success parsed from the log, if the run evaluated)
+    final: dict  # the last step's metrics, + heldout/success_before/_after when the run evaluated
     error: str = ""  # failed: the message and the tail of the log
 
 
@@ -44,13 +42,15 @@ def _log_tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
     return "\n".join(lines[start:][-n:])
 
 
-def _heldout(log: Path) -> dict:
-    """rl.train prints held-out success before/after training (train.eval_tasks > 0) rather than logging it."""
-    if not log.is_file():
-        return {}
-    found = _HELDOUT_RE.findall(log.read_text(errors="replace"))
-    return {"heldout/success_before": float(found[-1][0]), "heldout/success_after": float(found[-1][1])} if found \
-        else {}
+def _heldout(curve: list[dict]) -> dict:
+    """Held-out greedy success of the starting weights (step 0's eval/success) and of the last evaluated step."""
+    evals = [row for row in curve if "eval/success" in row]
+    out = {}
+    if evals and evals[0]["step"] == 0:
+        out["heldout/success_before"] = evals[0]["eval/success"]
+    if evals and evals[-1]["step"] > 0:
+        out["heldout/success_after"] = evals[-1]["eval/success"]
+    return out
 
 
 def collect(runs: list[Run], attempts: dict[int, Attempt]) -> list[RunResult]:
@@ -60,7 +60,7 @@ def collect(runs: list[Run], attempts: dict[int, Attempt]) -> list[RunResult]:
         attempt = attempts.get(id(run))
         curve = read_metrics(run.run_dir)
         final = {k: v for k, v in (curve[-1] if curve else {}).items() if isinstance(v, (int, float))}
-        final.update(_heldout(run.log_path))
+        final.update(_heldout(curve))
         if finished(run):
             done = json.loads((run.run_dir / DONE_FILE).read_text())
             out.append(RunResult(run, "finished", attempt is None, done.get("wall_s"), curve, final))

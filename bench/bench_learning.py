@@ -1,0 +1,149 @@
+"""Learning benchmark: does RL make the agent better on tasks it never saw? Over seeds, mean ± std.
+
+    python -m bench.bench_learning [--config configs/learn_tiny.yaml] [--seeds 0 1 2] [--out runs/bench_learning]
+                                   [--sft-limit 20] [--sft-epochs 40] [--no-ceiling] [key=value ...]
+
+Per seed: SFT on `--sft-limit` expert conversations of the training tasks (rl.sft, the seed draws which), then RL
+from there (rl.train, configured by --config and the overrides), held-out success before (the SFT start) and after.
+For context beside it: the expert's success on the same held-out tasks, and a ceiling, SFT on every expert
+conversation of the training tasks (one seed), evaluated the same way (rl.train train.steps=0). Every step is a
+subprocess with its log in <out>; a step whose output exists is skipped, so a re-run finishes what is missing.
+
+    <out>/seed<k>/sft/           the warm start (HF folder)        <out>/seed<k>/rl/    the RL run's run_dir
+    <out>/ceiling/sft/, rl/      SFT on all expert data, its eval  <out>/*.log          each step's output
+    <out>/results.json, results.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from bench import finish
+
+
+def _run(args: list[str], log: Path) -> None:
+    """One pipeline step as a subprocess (its own Ray cluster), output appended to `log`; a failure stops here."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as fh:
+        fh.write(f"=== {' '.join(args)}\n")
+        fh.flush()
+        done = subprocess.run([sys.executable, *args], stdout=fh, stderr=subprocess.STDOUT)
+    if done.returncode:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+        raise SystemExit(f"bench_learning: `{' '.join(args)}` failed (exit {done.returncode}); {log}:\n{tail}")
+
+
+def _sft(config: str, seed: int, out: Path, limit: int | None, epochs: int, overrides: list[str]) -> None:
+    if (out / "config.json").is_file():
+        return
+    _run(["-m", "rl.sft", "--config", config, f"seed={seed}", f"run_dir={out.parent}", "--out", str(out),
+          "--epochs", str(epochs), "--batch-size", "4", *(["--limit", str(limit)] if limit else []), *overrides],
+         out.parent / "sft.log")
+
+
+def _train(config: str, seed: int, model: Path, run_dir: Path, overrides: list[str]) -> list[dict]:
+    from rl.run_dir import read_jsonl
+
+    if not (run_dir / "report.png").is_file():  # written when a run ends
+        resume = ["--resume"] if (run_dir / "metrics.jsonl").is_file() else []
+        _run(["-m", "rl.train", "--config", config, f"seed={seed}", f"run_dir={run_dir}", f"model.name={model}",
+              *overrides, *resume], run_dir.parent / f"{run_dir.name}.log")
+    return read_jsonl(run_dir / "metrics.jsonl")
+
+
+def _heldout(rows: list[dict]) -> tuple[dict, dict]:
+    """(eval metrics of the starting weights, of the last evaluated step)."""
+    evals = [r for r in rows if "eval/success" in r]
+    return evals[0], evals[-1]
+
+
+def _expert_success(config: str, overrides: list[str], task_ids: set[str]) -> float:
+    from envs.tau2_telecom.expert import play_expert
+    from envs.tau2_telecom.session import TelecomSession
+    from envs.tau2_telecom.tau2_api import Task
+    from envs.tau2_telecom.users import ScriptedUser
+    from envs.tau2_telecom.world import get_world
+    from rl.config import load_config
+    from rl.runtime import load_tasks
+
+    cfg = load_config(config, overrides)
+    tasks = {k: v for k, v in load_tasks(cfg, cfg.train.eval_split).items() if k in task_ids}
+    session = TelecomSession(get_world(cfg.env.policy), user=ScriptedUser(), prompt=cfg.env.prompt)
+    ok = 0
+    for task in tasks.values():
+        play_expert(session, Task.model_validate(task), cfg.env.mode)
+        ok += session.evaluate().success
+    return ok / max(1, len(tasks))
+
+
+def _mean_std(values: list[float]) -> dict:
+    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": values}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="configs/learn_tiny.yaml")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--out", default="runs/bench_learning")
+    ap.add_argument("--sft-limit", type=int, default=20, help="expert conversations in each seed's warm start")
+    ap.add_argument("--sft-epochs", type=int, default=40)
+    ap.add_argument("--no-ceiling", action="store_true", help="skip SFT on all expert data")
+    ap.add_argument("overrides", nargs="*", help="key=value config overrides for every step")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+
+    report: dict = {"config": args.config, "overrides": args.overrides, "seeds": args.seeds,
+                    "sft_limit": args.sft_limit, "sft_epochs": args.sft_epochs, "runs": {}}
+    for seed in args.seeds:
+        _sft(args.config, seed, out / f"seed{seed}" / "sft", args.sft_limit, args.sft_epochs, args.overrides)
+        rows = _train(args.config, seed, out / f"seed{seed}" / "sft", out / f"seed{seed}" / "rl", args.overrides)
+        before, after = _heldout(rows)
+        report["runs"][seed] = {"before": before, "after": after, "steps": after["step"],
+                                "train_success": [r.get("success_rate") for r in rows if r["step"] > 0],
+                                "tool_calls": [r.get("episode/tool_calls") for r in rows if r["step"] > 0]}
+    runs = report["runs"].values()
+    report["before"] = _mean_std([r["before"]["eval/success"] for r in runs])
+    report["after"] = _mean_std([r["after"]["eval/success"] for r in runs])
+    report["gain"] = _mean_std([r["after"]["eval/success"] - r["before"]["eval/success"] for r in runs])
+    tasks = int(next(iter(runs))["before"]["eval/tasks"])
+    eval_ids = {json.loads(line)["task_id"] for line in
+                (out / f"seed{args.seeds[0]}" / "rl" / "eval_trajectories.jsonl").read_text().splitlines() if line}
+    report["expert"] = _expert_success(args.config, args.overrides, eval_ids)
+    if not args.no_ceiling:
+        _sft(args.config, args.seeds[0], out / "ceiling" / "sft", None, args.sft_epochs, args.overrides)
+        rows = _train(args.config, args.seeds[0], out / "ceiling" / "sft", out / "ceiling" / "rl",
+                      [*args.overrides, "train.steps=0"])
+        report["ceiling"] = _heldout(rows)[0]["eval/success"]
+    (out / "results.md").write_text("\n".join(_table(report, tasks)) + "\n")
+    finish(report, str(out / "results.json"), lambda r: print("\n".join(_table(r, tasks))))
+    return 0
+
+
+def _table(r: dict, tasks: int) -> list[str]:
+    def ms(d: dict) -> str:
+        return f"{d['mean']:.3f} ± {d['std']:.3f}"
+
+    faults = sorted({k for run in r["runs"].values() for k in run["after"] if k.startswith("eval/success/faults_")},
+                    key=lambda k: int(k.rsplit("_", 1)[1]))
+    lines = [f"Held-out greedy success ({tasks} tasks), {len(r['runs'])} seeds ({r['config']} "
+             f"{' '.join(r['overrides'])}), SFT on {r['sft_limit']} expert conversations, then RL:", "",
+             "| | held-out success |", "|---|---|",
+             f"| SFT start | {ms(r['before'])} |", f"| after RL | {ms(r['after'])} |", f"| gain | {ms(r['gain'])} |"]
+    if "ceiling" in r:
+        lines.append(f"| ceiling: SFT on all expert data (seed {r['seeds'][0]}) | {r['ceiling']:.3f} |")
+    lines += [f"| the expert (scripted, same tasks) | {r['expert']:.3f} |", "",
+              "Per number of faults (mean over seeds):", "",
+              "| faults | " + " | ".join(k.rsplit("_", 1)[1] for k in faults) + " |", "|---|" + "---|" * len(faults)]
+    for when in ("before", "after"):
+        vals = [statistics.mean(run[when].get(k, 0.0) for run in r["runs"].values()) for k in faults]
+        lines.append(f"| {when} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
+    return lines
+
+
+if __name__ == "__main__":
+    sys.exit(main())

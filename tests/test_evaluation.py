@@ -1,0 +1,109 @@
+"""Held-out evaluation: tau2's pass^k, the fixed task sample, hold-out of the evaluation split, eval/... metrics, and
+the report and sweep reading them from metrics.jsonl."""
+from math import comb
+
+import pytest
+
+from envs.tau2_telecom.session import EvalResult
+from rl.contracts import Trajectory
+from rl.evaluation import heldout_metrics, hold_out, pass_hat_k, select_eval_tasks
+
+MMS2 = "[mms_issue]airplane_mode_on|data_mode_off[PERSONA:None]"
+MMS3 = "[mms_issue]airplane_mode_on|data_mode_off|unseat_sim_card[PERSONA:Easy]"
+DATA2 = "[mobile_data_issue]data_mode_off|data_usage_exceeded[PERSONA:None]"
+
+
+def _episode(task_id: str, success: bool, tool_calls: int = 2) -> Trajectory:
+    evaluation = EvalResult(task_id=task_id, reward=float(success), success=success, termination="agent_stop",
+                            reward_basis=[], env_assertions=[], actions=[], communicate=[], nl_assertions=None,
+                            db_match=None, turns=tool_calls + 1, tool_errors=0, rejected_calls=0)
+    messages = [{"role": "tool", "content": "x"}] * tool_calls
+    return Trajectory(task_id=task_id, group=0, messages=messages, eval=evaluation, turns=tool_calls + 1)
+
+
+def test_pass_hat_k_is_taus_definition():
+    assert pass_hat_k(4, 4, 4) == 1.0 and pass_hat_k(4, 3, 4) == 0.0
+    assert pass_hat_k(4, 2, 1) == 0.5
+    assert pass_hat_k(4, 3, 2) == pytest.approx(comb(3, 2) / comb(4, 2))  # 0.5: not 1 - (1 - 0.75)^2
+    with pytest.raises(ValueError, match="k=5"):
+        pass_hat_k(4, 4, 5)
+
+
+def test_heldout_metrics_overall_per_fault_count_family_and_pass_k():
+    greedy = [_episode(MMS2, True, 3), _episode(MMS3, False, 5), _episode(DATA2, True, 1)]
+    sampled = ([_episode(MMS2, True)] * 2 + [_episode(MMS3, True), _episode(MMS3, False)]
+               + [_episode(DATA2, False)] * 2)
+    m = heldout_metrics(greedy, sampled, trials=2)
+    assert m["eval/tasks"] == 3 and m["eval/success"] == pytest.approx(2 / 3)
+    assert m["eval/success/faults_2"] == 1.0 and m["eval/success/faults_3"] == 0.0
+    assert m["eval/success/mms_issue"] == 0.5 and m["eval/success/mobile_data_issue"] == 1.0
+    assert m["eval/tool_calls"] == 3.0
+    assert m["eval/pass^1"] == pytest.approx((1 + 0.5 + 0) / 3)
+    assert m["eval/pass^2"] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="expected 2 sampled episodes per task"):
+        heldout_metrics(greedy, sampled[:-1], trials=2)
+    assert "eval/pass^1" not in heldout_metrics(greedy)
+
+
+def test_eval_sample_is_fixed_and_every_seed_sees_the_same_tasks():
+    ids = [f"t{i:03d}" for i in range(100)]
+    a = select_eval_tasks(ids, 10)
+    assert a == select_eval_tasks(list(reversed(ids)), 10) and len(set(a)) == 10
+    assert a != ids[:10]  # a sample, not the first ten ids (which would be one issue family in tau2's ids)
+    assert select_eval_tasks(ids[:5], 10) == ids[:5]
+
+
+def test_hold_out_keeps_the_whole_evaluation_split_out_of_training():
+    train = {k: {} for k in ("a", "b", "c", "d")}
+    split = {k: {} for k in ("c", "d", "e")}
+    kept, held, dropped = hold_out(train, split, 2)
+    assert set(kept) == {"a", "b"} and dropped == 2
+    assert len(held) == 2 and set(held) <= set(split)
+    with pytest.raises(ValueError, match="no training task is left"):
+        hold_out({"c": {}}, split, 2)
+    with pytest.raises(ValueError, match="train.eval_split='test' has no task"):
+        hold_out(train, {}, 2, "train.eval_split='test'")
+
+
+def test_report_and_sweep_read_heldout_success_from_metrics(tmp_path):
+    from rl.report import write_report
+    from rl.tools.sweep.results import _heldout
+
+    rows = [{"step": 0, "eval/success": 0.1, "eval/tasks": 40},
+            {"step": 1, "reward/mean": 0.2, "success_rate": 0.25, "episode/tool_calls": 9.0},
+            {"step": 2, "reward/mean": 0.4, "success_rate": 0.5, "eval/success": 0.3, "eval/pass^2": 0.2,
+             "eval/pass^1": 0.35, "eval/tasks": 40}]
+    assert write_report(rows, tmp_path / "report.png").stat().st_size > 10_000
+    assert _heldout(rows) == {"heldout/success_before": 0.1, "heldout/success_after": 0.3}
+    assert _heldout(rows[1:2]) == {}
+
+
+def test_max_faults_and_tiny_shape_are_config_keys_with_clear_errors():
+    from envs.tau2_telecom.tasks import task_faults
+    from rl.config import ConfigError, load_config
+    from rl.runtime import load_tasks
+
+    cfg = load_config(None, ["env.split=test", "env.max_faults=3", "env.mode=solo"])
+    tasks = load_tasks(cfg)
+    assert len(tasks) == 19 and max(len(task_faults(t)) for t in tasks) == 3  # tau2's test split: 10 + 9
+    assert len(load_tasks(cfg, "train")) == 15 + 17
+    with pytest.raises(ConfigError, match="model.tiny.hidden.*multiple of 64"):
+        load_config(None, ["model.tiny.hidden=100"])
+    with pytest.raises(ConfigError, match="env.max_faults"):
+        load_config(None, ["env.max_faults=0"])
+    assert load_config(None, ["train.steps=0"]).train.steps == 0  # evaluation only
+
+
+def test_bench_learning_table_reports_mean_std_gain_and_context():
+    from bench.bench_learning import _mean_std, _table
+
+    runs = {s: {"before": {"eval/success": b, "eval/success/faults_2": b}, "after": {"eval/success": a,
+                                                                                    "eval/success/faults_2": a}}
+            for s, (b, a) in enumerate([(0.1, 0.3), (0.2, 0.5), (0.0, 0.4)])}
+    report = {"config": "c.yaml", "overrides": [], "seeds": [0, 1, 2], "sft_limit": 20, "runs": runs,
+              "before": _mean_std([0.1, 0.2, 0.0]), "after": _mean_std([0.3, 0.5, 0.4]),
+              "gain": _mean_std([0.2, 0.3, 0.4]), "expert": 1.0, "ceiling": 0.6}
+    text = "\n".join(_table(report, 40))
+    assert "| gain | 0.300 ± 0.100 |" in text and "| SFT start | 0.100 ± 0.100 |" in text
+    assert "ceiling" in text and "| the expert (scripted, same tasks) | 1.000 |" in text
+    assert "| after | 0.40 |" in text  # per fault count, mean over seeds
