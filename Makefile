@@ -40,9 +40,10 @@ DEMO_CONFIG ?= configs/learn_tiny.yaml
 demo: install
 	rm -rf $(DEMO_DIR)
 	$(PY) -m envs.tau2_telecom.replay --agent expert --split test --summary
-	$(PY) -m rl.sft --config $(DEMO_CONFIG) run_dir=$(DEMO_DIR) --limit 20 --epochs 40 --batch-size 4 \
+	$(PY) -m rl.sft --config $(DEMO_CONFIG) run_dir=$(DEMO_DIR) --limit 20 --epochs 40 --batch-size 4 --lr 3e-3 \
 		--out $(DEMO_DIR)/sft_model
-	$(PY) -m rl.train --config $(DEMO_CONFIG) run_dir=$(DEMO_DIR)/grpo model.name=$(DEMO_DIR)/sft_model
+	$(PY) -m rl.train --config $(DEMO_CONFIG) run_dir=$(DEMO_DIR)/grpo model.name=$(DEMO_DIR)/sft_model \
+		train.steps=8 train.eval_every=4
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

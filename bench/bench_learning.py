@@ -1,7 +1,7 @@
 """Learning benchmark: does RL make the agent better on tasks it never saw? Over seeds, mean ± std.
 
     python -m bench.bench_learning [--config configs/learn_tiny.yaml] [--seeds 0 1 2] [--out runs/bench_learning]
-                                   [--sft-limit 20] [--sft-epochs 40] [--no-ceiling] [key=value ...]
+                                   [--sft-limit 20] [--sft-epochs 40] [--sft-lr 3e-3] [--no-ceiling] [key=value ...]
 
 Per seed: SFT on `--sft-limit` expert conversations of the training tasks (rl.sft, the seed draws which), then RL
 from there (rl.train, configured by --config and the overrides), held-out success before (the SFT start) and after.
@@ -37,11 +37,12 @@ def _run(args: list[str], log: Path) -> None:
         raise SystemExit(f"bench_learning: `{' '.join(args)}` failed (exit {done.returncode}); {log}:\n{tail}")
 
 
-def _sft(config: str, seed: int, out: Path, limit: int | None, epochs: int, overrides: list[str]) -> None:
+def _sft(config: str, seed: int, out: Path, limit: int | None, epochs: int, lr: float, overrides: list[str]) -> None:
     if (out / "config.json").is_file():
         return
     _run(["-m", "rl.sft", "--config", config, f"seed={seed}", f"run_dir={out.parent}", "--out", str(out),
-          "--epochs", str(epochs), "--batch-size", "4", *(["--limit", str(limit)] if limit else []), *overrides],
+          "--epochs", str(epochs), "--batch-size", "4", "--lr", str(lr), *(["--limit", str(limit)] if limit else []),
+          *overrides],
          out.parent / "sft.log")
 
 
@@ -92,15 +93,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/bench_learning")
     ap.add_argument("--sft-limit", type=int, default=20, help="expert conversations in each seed's warm start")
     ap.add_argument("--sft-epochs", type=int, default=40)
+    ap.add_argument("--sft-lr", type=float, default=3e-3, help="peak lr of the SFT warm start (warm-up, then decay)")
     ap.add_argument("--no-ceiling", action="store_true", help="skip SFT on all expert data")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides for every step")
     args = ap.parse_args(argv)
     out = Path(args.out)
 
     report: dict = {"config": args.config, "overrides": args.overrides, "seeds": args.seeds,
-                    "sft_limit": args.sft_limit, "sft_epochs": args.sft_epochs, "runs": {}}
+                    "sft_limit": args.sft_limit, "sft_epochs": args.sft_epochs, "sft_lr": args.sft_lr, "runs": {}}
     for seed in args.seeds:
-        _sft(args.config, seed, out / f"seed{seed}" / "sft", args.sft_limit, args.sft_epochs, args.overrides)
+        _sft(args.config, seed, out / f"seed{seed}" / "sft", args.sft_limit, args.sft_epochs, args.sft_lr,
+             args.overrides)
         rows = _train(args.config, seed, out / f"seed{seed}" / "sft", out / f"seed{seed}" / "rl", args.overrides)
         before, after = _heldout(rows)
         report["runs"][seed] = {"before": before, "after": after, "steps": after["step"],
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                 (out / f"seed{args.seeds[0]}" / "rl" / "eval_trajectories.jsonl").read_text().splitlines() if line}
     report["expert"] = _expert_success(args.config, args.overrides, eval_ids)
     if not args.no_ceiling:
-        _sft(args.config, args.seeds[0], out / "ceiling" / "sft", None, args.sft_epochs, args.overrides)
+        _sft(args.config, args.seeds[0], out / "ceiling" / "sft", None, args.sft_epochs, args.sft_lr, args.overrides)
         rows = _train(args.config, args.seeds[0], out / "ceiling" / "sft", out / "ceiling" / "rl",
                       [*args.overrides, "train.steps=0"])
         report["ceiling"] = _heldout(rows)[0]["eval/success"]

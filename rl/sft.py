@@ -13,7 +13,8 @@ evaluator passes are kept:
 `--limit N` keeps N demonstrations drawn at random (seeded) from those that fit rollout.max_model_len. Each
 conversation is tokenised with the chat template, the loss covers the assistant turns only, and the same DeepSpeed
 ZeRO-3 learner as RL trains on it (its policy loss with advantage 1 and the current policy as the "old" one is
-exactly the negative log-likelihood gradient). The result is a HF folder for model.name.
+exactly the negative log-likelihood gradient), with a linear warm-up over 5 % of the steps and a linear decay to 0.
+The result is a HF folder for model.name.
 """
 from __future__ import annotations
 
