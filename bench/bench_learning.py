@@ -56,14 +56,16 @@ def _train(config: str, seed: int, model: Path, run_dir: Path, overrides: list[s
     return read_jsonl(run_dir / "metrics.jsonl")
 
 
-def _heldout(rows: list[dict]) -> tuple[dict, dict]:
+def _heldout(rows: list[dict], run_dir: Path) -> tuple[dict, dict]:
     """(eval metrics of the starting weights, of the last evaluated step)."""
     evals = [r for r in rows if "eval/success" in r]
+    if not evals:
+        raise SystemExit(f"bench_learning: {run_dir}/metrics.jsonl has no eval/success: set train.eval_tasks > 0")
     return evals[0], evals[-1]
 
 
 def _expert_success(config: str, overrides: list[str], task_ids: set[str]) -> float:
-    from envs.tau2_telecom.expert import play_expert
+    from envs.tau2_telecom.replay import replay_task
     from envs.tau2_telecom.session import TelecomSession
     from envs.tau2_telecom.tau2_api import Task
     from envs.tau2_telecom.users import ScriptedUser
@@ -72,13 +74,9 @@ def _expert_success(config: str, overrides: list[str], task_ids: set[str]) -> fl
     from rl.runtime import load_tasks
 
     cfg = load_config(config, overrides)
-    tasks = {k: v for k, v in load_tasks(cfg, cfg.train.eval_split).items() if k in task_ids}
+    tasks = [Task.model_validate(t) for tid, t in load_tasks(cfg, cfg.train.eval_split).items() if tid in task_ids]
     session = TelecomSession(get_world(cfg.env.policy), user=ScriptedUser(), prompt=cfg.env.prompt)
-    ok = 0
-    for task in tasks.values():
-        play_expert(session, Task.model_validate(task), cfg.env.mode)
-        ok += session.evaluate().success
-    return ok / max(1, len(tasks))
+    return sum(replay_task(session, t, cfg.env.mode, "expert").success for t in tasks) / max(1, len(tasks))
 
 
 def _mean_std(values: list[float]) -> dict:
@@ -105,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         _sft(args.config, seed, out / f"seed{seed}" / "sft", args.sft_limit, args.sft_epochs, args.sft_lr,
              args.overrides)
         rows = _train(args.config, seed, out / f"seed{seed}" / "sft", out / f"seed{seed}" / "rl", args.overrides)
-        before, after = _heldout(rows)
+        before, after = _heldout(rows, out / f"seed{seed}" / "rl")
         report["runs"][seed] = {"before": before, "after": after, "steps": after["step"],
                                 "train_success": [r.get("success_rate") for r in rows if r["step"] > 0],
                                 "tool_calls": [r.get("episode/tool_calls") for r in rows if r["step"] > 0]}
@@ -121,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         _sft(args.config, args.seeds[0], out / "ceiling" / "sft", None, args.sft_epochs, args.sft_lr, args.overrides)
         rows = _train(args.config, args.seeds[0], out / "ceiling" / "sft", out / "ceiling" / "rl",
                       [*args.overrides, "train.steps=0"])
-        report["ceiling"] = _heldout(rows)[0]["eval/success"]
+        report["ceiling"] = _heldout(rows, out / "ceiling" / "rl")[0]["eval/success"]
     (out / "results.md").write_text("\n".join(_table(report, tasks)) + "\n")
     finish(report, str(out / "results.json"), lambda r: print("\n".join(_table(r, tasks))))
     return 0

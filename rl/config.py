@@ -107,7 +107,7 @@ class TinyModelConfig:
     """Shape of the random-init model that model.name "tiny" builds (rl.models.build_tiny_model); ignored otherwise."""
 
     layers: int = 2
-    hidden: int = 128  # heads = hidden / 64: vLLM's CPU attention kernels want head_dim 64
+    hidden: int = 128  # heads = hidden / 64 (vLLM's CPU attention wants head_dim 64); kv heads = max(1, heads / 4)
     intermediate: int = 256  # MLP width
     max_positions: int = 4096  # context cap (RoPE: no position weights)
 
@@ -217,7 +217,7 @@ class TrainConfig:
     steps: int = 10  # optimizer steps (one rollout batch each); 0 = only the held-out evaluation of model.name
     tasks_per_step: int = 4  # distinct tasks per step; episodes = tasks_per_step * algorithm.group_size
     checkpoint_every: int = 5  # steps; the last step is always checkpointed
-    eval_split: str = "test"  # held-out tau2 split (must not share tasks with the training tasks)
+    eval_split: str = "test"  # held-out tau2 split; its tasks are removed from the training tasks
     eval_tasks: int = 0  # held-out tasks (a fixed sample when fewer than the split has); 0 = no evaluation
     eval_every: int = 0  # steps between held-out evaluations (also before step 1 and after the last); 0 = only those
     eval_trials: int = 0  # sampled episodes per held-out task for tau2's pass^1..pass^k; 0 = greedy success only

@@ -378,8 +378,8 @@ def resolve_model(name_or_path: str, tiny: dict | None = None) -> Path:
         if not tiny:
             return build_tiny_model()
         heads = tiny["hidden"] // 64
-        return build_tiny_model(layers=tiny["layers"], hidden=tiny["hidden"], heads=heads, kv_heads=1 if heads < 4
-                                else heads // 4, intermediate=tiny["intermediate"], max_positions=tiny["max_positions"])
+        return build_tiny_model(layers=tiny["layers"], hidden=tiny["hidden"], heads=heads, kv_heads=max(1, heads // 4),
+                                intermediate=tiny["intermediate"], max_positions=tiny["max_positions"])
     if name_or_path == "smollm2-135m":
         return smollm2_path()
     path = Path(name_or_path).expanduser()

@@ -97,7 +97,7 @@ class TelecomSession:
         ~8-10k tokens) and full tool schemas - the benchmark setting; "compact" = tau2's instructions and
         the ticket without the policy documents, and compact tool schemas (~1-2k tokens) - for small models
         and CPU runs, which learn the policy from demonstrations and reward instead; "minimal" = compact's text
-        with the tools as one `name(args)` line each inside the system prompt (~0.5k tokens in all), for the
+        with the tools as one `name(args)` line each inside the system prompt (~0.7k tokens in all), for the
         smallest models, whose cost on a CPU is mostly attention over the prompt."""
         if prompt not in PROMPTS:
             raise ValueError(f"unknown prompt style {prompt!r}; expected one of {PROMPTS}")
