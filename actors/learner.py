@@ -219,7 +219,7 @@ class LearnerRank:
                 sums[k] += v * w * W
         grad_norm = self.engine.get_global_grad_norm()
         return {**sums, "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
-                "tokens": float(n_tokens), "seconds": time.perf_counter() - t0}
+                "tokens": float(n_tokens), "lr": float(self.engine.get_lr()[0]), "seconds": time.perf_counter() - t0}
 
     @torch.no_grad()
     def logprobs(self, batch: TrainBatch) -> list[list[float]]:

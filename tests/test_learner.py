@@ -174,9 +174,25 @@ def test_kl_to_reference_starts_at_zero_and_grows(ray_cluster, model_path):
     try:
         assert all(s["reference_model"] for s in group.stats())
         batch = make_batch(4, seed=3)
-        kls = [group.train_step(on_policy(group, batch))["kl"] for _ in range(3)]
+        steps = [group.train_step(on_policy(group, batch)) for _ in range(3)]
+        assert all(m["lr"] == 1e-3 for m in steps)  # no schedule: RL keeps the configured lr
+        kls = [m["kl"] for m in steps]
         assert abs(kls[0]) < 1e-7  # the policy is the reference until the first update
         assert kls[-1] > 1e-6
+    finally:
+        group.shutdown()
+
+
+def test_sft_lr_schedule_warms_up_then_decays(ray_cluster, model_path):
+    """lr_schedule_steps (rl.sft): DeepSpeed's scheduler really drives the optimizer's lr: up to the peak, then down."""
+    group = LearnerGroup(LearnerSettings(model_path=str(model_path), lr=1e-3, micro_batch_size=4, lr_schedule_steps=4),
+                         num_ranks=2, timeout_s=TIMEOUT)
+    try:
+        batch = make_batch(4, seed=4)
+        lrs = [group.train_step(on_policy(group, batch))["lr"] for _ in range(4)]
+        peak = lrs.index(max(lrs))  # measured: [0, 5e-4, 1e-3, 5e-4] (DeepSpeed warms up over >= 2 steps)
+        assert lrs[peak] == pytest.approx(1e-3) and 0 < peak < len(lrs) - 1, lrs
+        assert lrs[:peak + 1] == sorted(lrs[:peak + 1]) and lrs[peak:] == sorted(lrs[peak:], reverse=True), lrs
     finally:
         group.shutdown()
 
