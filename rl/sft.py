@@ -3,8 +3,8 @@
     python -m rl.sft --config configs/laptop.yaml [key=value ...] [--teacher expert|oracle] [--limit N]
                      [--from-rollouts RUN_DIR ...] [--epochs 2] [--out DIR]
 
-Demonstrations come from the training tasks only (env.split / env.tasks_file), and only episodes tau2's
-evaluator passes are kept:
+Demonstrations come from the training tasks only (env.split / env.tasks_file, less train.eval_split when
+train.eval_tasks > 0, exactly as rl.train holds it out), and only episodes tau2's evaluator passes are kept:
   expert   (default) the diagnosing expert (envs/tau2_telecom/expert.py) plays each task through the real
            environment: it reads the phone's and the CRM's answers and fixes what it finds - what a policy can learn
   oracle   replays each task's gold actions blind (a policy learns to guess fixes from these)
@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from rl.config import Config, parse_cli
 from rl.contracts import TrainBatch
-from rl.runtime import init_ray, load_tasks
+from rl.runtime import init_ray, split_tasks
 
 
 def encode_conversation(tokenizer, messages: list[dict], tools: list[dict] | None) -> tuple[list[int], list[int]]:
@@ -90,7 +90,7 @@ def teacher_demonstrations(cfg: Config, teacher: str) -> Demonstrations:
     world = get_world(cfg.env.policy)
     session = TelecomSession(world, SessionLimits(max_turns=100), user=ScriptedUser(), prompt=cfg.env.prompt)
     out = Demonstrations()
-    for task in load_tasks(cfg).values():
+    for task in split_tasks(cfg).train.values():
         episode = play(session, Task.model_validate(task), cfg.env.mode)
         out.considered += 1
         if session.evaluate().success:  # only demonstrations the evaluator confirms
@@ -107,7 +107,7 @@ def rollout_demonstrations(cfg: Config, run_dirs: list[str]) -> Demonstrations:
     from rl.contracts import EpisodeRecord
     from rl.run_dir import read_jsonl
 
-    train_ids = set(load_tasks(cfg))
+    train_ids = set(split_tasks(cfg).train)
     tools = get_world(cfg.env.policy).prompt_tools(cfg.env.mode, cfg.env.prompt)
     out, seen = Demonstrations(), set()
     for run_dir in run_dirs:
@@ -165,7 +165,8 @@ def run_sft(cfg: Config, epochs: int, batch_size: int, lr: float | None, out: Pa
     steps = epochs * ((len(data) + batch_size - 1) // batch_size)
     # A warm-up then linear decay to 0: a constant lr high enough to fit a small model in few steps leaves it noisy.
     settings = replace(LearnerSettings.from_config(cfg, str(base)), lr=lr or cfg.learner.lr * 10, kl_coef=0.0,
-                       clip_eps=1e9, clip_eps_high=None, aggregation="token_mean", lr_schedule_steps=steps)
+                       clip_eps=1e9, clip_eps_high=None, aggregation="token_mean", lr_schedule_steps=steps,
+                       temperature=1.0)
     learner = LearnerGroup(settings, num_ranks=cfg.learner.num_ranks)
     rng = random.Random(cfg.seed)
     nll_curve = []

@@ -28,9 +28,9 @@ from tqdm import tqdm
 from rl import algorithms
 from rl.config import AlgorithmConfig, Config, parse_cli
 from rl.contracts import EpisodeJob, Score, TrainBatch, Trajectory
-from rl.evaluation import heldout_metrics, hold_out
+from rl.evaluation import heldout_metrics
 from rl.run_dir import RunDir
-from rl.runtime import actor_runtime_env, cluster_has_gpus, init_ray, load_tasks
+from rl.runtime import actor_runtime_env, cluster_has_gpus, init_ray, split_tasks
 from rl.tensors import pad_rows
 
 
@@ -112,10 +112,12 @@ class Trainer:
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         self.model_path = str(resolve_model(cfg.model.name, asdict(cfg.model.tiny)))
-        self.tasks = load_tasks(cfg)
-        self.eval_tasks: dict[str, dict] = {}
-        if cfg.train.eval_tasks:
-            self._hold_out(load_tasks(cfg, cfg.train.eval_split))
+        tasks = split_tasks(cfg)
+        self.tasks, self.eval_tasks = tasks.train, tasks.heldout
+        if tasks.left_out:
+            print(f"training tasks: {len(self.tasks)} ({tasks.left_out} tasks of train.eval_split="
+                  f"{cfg.train.eval_split!r} left out of env.split={cfg.env.split!r}: they are held out)",
+                  file=sys.stderr)
         self.cursor = TaskCursor(sorted(self.tasks), cfg.seed)
 
         # -- cluster: one logical CPU per learner rank and rollout engine. On a 2-core laptop this oversubscribes
@@ -213,14 +215,6 @@ class Trainer:
         print(f"resumed from {path} (step {step})", file=sys.stderr)
 
     # ------------------------------------------------------------- evaluate
-    def _hold_out(self, split_tasks: dict[str, dict]) -> None:
-        cfg = self.cfg
-        where = f"train.eval_split={cfg.train.eval_split!r}"
-        self.tasks, self.eval_tasks, left_out = hold_out(self.tasks, split_tasks, cfg.train.eval_tasks, where)
-        if left_out:
-            print(f"training tasks: {len(self.tasks)} ({left_out} tasks of {where} left out of env.split="
-                  f"{cfg.env.split!r}: they are held out)", file=sys.stderr)
-
     def eval_due(self) -> bool:
         every, steps = self.cfg.train.eval_every, self.cfg.train.steps
         return bool(self.eval_tasks) and (self.step == steps or (every > 0 and self.step % every == 0))

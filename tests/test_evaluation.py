@@ -107,3 +107,21 @@ def test_bench_learning_table_reports_mean_std_gain_and_context():
     assert "| gain | 0.300 ± 0.100 |" in text and "| SFT start | 0.100 ± 0.100 |" in text
     assert "ceiling" in text and "| the expert (scripted, same tasks) | 1.000 |" in text
     assert "| after | 0.40 |" in text  # per fault count, mean over seeds
+
+
+def test_sft_demonstrations_and_rl_training_tasks_share_one_hold_out():
+    """env.split=base holds tau2's test split; with train.eval_split=test neither rl.train nor rl.sft may learn
+    from those tasks."""
+    from rl.config import load_config
+    from rl.runtime import load_tasks, split_tasks
+    from rl.sft import teacher_demonstrations
+
+    cfg = load_config(None, ["env.split=base", "env.max_faults=2", "env.prompt=minimal", "train.eval_split=test",
+                             "train.eval_tasks=40"])
+    tasks = split_tasks(cfg)
+    test_ids = set(load_tasks(cfg, "test"))
+    assert len(test_ids) == 10 and tasks.left_out == 10 and set(tasks.heldout) == test_ids
+    assert len(tasks.train) == 15 and not set(tasks.train) & test_ids  # tau2's train split, 2 faults
+    demos = teacher_demonstrations(cfg, "expert")
+    assert demos.considered == 15 and len(demos.conversations) == 15
+    assert split_tasks(load_config(None, ["env.split=base", "train.eval_tasks=0"])).heldout == {}

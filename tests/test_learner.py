@@ -183,12 +183,21 @@ def test_kl_to_reference_starts_at_zero_and_grows(ray_cluster, model_path):
         group.shutdown()
 
 
-def test_sft_lr_schedule_warms_up_then_decays(ray_cluster, model_path):
-    """lr_schedule_steps (rl.sft): DeepSpeed's scheduler really drives the optimizer's lr: up to the peak, then down."""
-    group = LearnerGroup(LearnerSettings(model_path=str(model_path), lr=1e-3, micro_batch_size=4, lr_schedule_steps=4),
-                         num_ranks=2, timeout_s=TIMEOUT)
+def test_sampling_temperature_and_sft_lr_schedule(ray_cluster, model_path):
+    """One group for two settings (a group costs ~20 s to start). temperature: logprobs are those of
+    softmax(logits / T), what vLLM's processed logprobs give at that temperature, so PPO ratios start at 1.
+    lr_schedule_steps (rl.sft): DeepSpeed's scheduler really drives the optimizer's lr: up to the peak, then down."""
+    group = LearnerGroup(LearnerSettings(model_path=str(model_path), lr=1e-3, micro_batch_size=4, lr_schedule_steps=4,
+                                         temperature=0.5), num_ranks=2, timeout_s=TIMEOUT)
     try:
         batch = make_batch(4, seed=4)
+        model = hf_model(model_path)
+        with torch.no_grad():
+            want = [token_logprobs(model(torch.tensor([ids])).logits / 0.5, torch.tensor([ids]))[0].tolist()
+                    for ids in batch.input_ids]
+        got = group.logprobs(batch)
+        assert max(abs(a - b) for r1, r2 in zip(got, want) for a, b in zip(r1, r2)) < 1e-5
+        assert max(abs(a - b) for r1, r2 in zip(got, hf_logprobs(model, batch)) for a, b in zip(r1, r2)) > 0.1
         lrs = [group.train_step(on_policy(group, batch))["lr"] for _ in range(4)]
         peak = lrs.index(max(lrs))  # measured: [0, 5e-4, 1e-3, 5e-4] (DeepSpeed warms up over >= 2 steps)
         assert lrs[peak] == pytest.approx(1e-3) and 0 < peak < len(lrs) - 1, lrs
