@@ -34,13 +34,14 @@ install: $(VENV)/.installed
 
 DEMO_DIR ?= runs/demo
 DEMO_CONFIG ?= configs/learn_tiny.yaml
-# An agent that gets better, on a local Ray cluster without a GPU: the expert's success on the held-out tasks (the
-# baseline), the tiny model's SFT warm start on 20 expert conversations, then GRPO on tau2's train split scored by
-# tau2's verifier, with held-out success (tau2's test split) before -> after and the curve in $(DEMO_DIR)/grpo.
+# An agent that gets better, on a local Ray cluster without a GPU: the expert's success on tau2's base split (the
+# baseline; the held-out tasks are its 2-3-fault ones), the tiny model's SFT warm start on 100 expert conversations
+# of the training tasks, then GRPO on them scored by tau2's verifier, with held-out success before -> after and the
+# curve in $(DEMO_DIR)/grpo (configs/learn_tiny.yaml says which tasks are which).
 demo: install
 	rm -rf $(DEMO_DIR)
-	$(PY) -m envs.tau2_telecom.replay --agent expert --split test --summary
-	$(PY) -m rl.sft --config $(DEMO_CONFIG) run_dir=$(DEMO_DIR) --limit 20 --epochs 40 --batch-size 4 --lr 3e-3 \
+	$(PY) -m envs.tau2_telecom.replay --agent expert --split base --summary
+	$(PY) -m rl.sft --config $(DEMO_CONFIG) run_dir=$(DEMO_DIR) --limit 100 --epochs 8 --batch-size 4 --lr 3e-3 \
 		--out $(DEMO_DIR)/sft_model
 	$(PY) -m rl.train --config $(DEMO_CONFIG) run_dir=$(DEMO_DIR)/grpo model.name=$(DEMO_DIR)/sft_model \
 		train.steps=8 train.eval_every=4

@@ -1,7 +1,7 @@
 """Learning benchmark: does RL make the agent better on tasks it never saw? Over seeds, mean ± std.
 
     python -m bench.bench_learning [--config configs/learn_tiny.yaml] [--seeds 0 1 2] [--out runs/bench_learning]
-                                   [--sft-limit 20] [--sft-epochs 40] [--sft-lr 3e-3] [--no-ceiling] [key=value ...]
+                                   [--sft-limit 100] [--sft-epochs 20] [--sft-lr 3e-3] [--no-ceiling] [key=value ...]
 
 Per seed: SFT on `--sft-limit` expert conversations of the training tasks (rl.sft, the seed draws which), then RL
 from there (rl.train, configured by --config and the overrides), held-out success before (the SFT start) and after.
@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default="configs/learn_tiny.yaml")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", default="runs/bench_learning")
-    ap.add_argument("--sft-limit", type=int, default=20, help="expert conversations in each seed's warm start")
-    ap.add_argument("--sft-epochs", type=int, default=40)
+    ap.add_argument("--sft-limit", type=int, default=100, help="expert conversations in each seed's warm start")
+    ap.add_argument("--sft-epochs", type=int, default=20)
     ap.add_argument("--sft-lr", type=float, default=3e-3, help="peak lr of the SFT warm start (warm-up, then decay)")
     ap.add_argument("--no-ceiling", action="store_true", help="skip SFT on all expert data")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides for every step")
