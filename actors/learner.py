@@ -253,6 +253,11 @@ class LearnerRank:
             micro.append(m)
         return micro
 
+    def _tempered(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits / the sampling temperature; at 1 the tensor itself (a (B, T, V) copy is worth avoiding)."""
+        t = self.settings.temperature
+        return logits if t == 1.0 else logits / t
+
     def _logprobs(self, engine, m: dict, needed: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) logprob of each token given its prefix; with `needed` (B, T bool) only those tokens are
         computed and the rest are 0. Agent episodes are mostly prompt and observations: computing the
@@ -263,13 +268,13 @@ class LearnerRank:
         if needed is None:
             out = engine(input_ids=ids, attention_mask=attn, use_cache=False)
             # log_softmax in fp32 even when the model runs in bf16: ratios exp(logp - old) are sensitive to it.
-            return token_logprobs(out.logits.float() / self.settings.temperature, ids)
+            return token_logprobs(self._tempered(out.logits.float()), ids)
         # Token t is predicted at position t-1; keep the positions any row of the micro batch needs.
         pos = needed[:, 1:].to(dev).any(0).nonzero().squeeze(-1)
         if pos.numel() == 0:
             pos = torch.zeros(1, dtype=torch.long, device=dev)  # padding micro batch: still run the collectives
         out = engine(input_ids=ids, attention_mask=attn, use_cache=False, logits_to_keep=pos)
-        logits = out.logits.float() / self.settings.temperature  # (B, K, V)
+        logits = self._tempered(out.logits.float())  # (B, K, V)
         targets = ids[:, pos + 1]
         lp = logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
         return torch.zeros(ids.shape, dtype=lp.dtype, device=dev).index_copy(1, pos + 1, lp)

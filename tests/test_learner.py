@@ -198,7 +198,10 @@ def test_sampling_temperature_and_sft_lr_schedule(ray_cluster, model_path):
         got = group.logprobs(batch)
         assert max(abs(a - b) for r1, r2 in zip(got, want) for a, b in zip(r1, r2)) < 1e-5
         assert max(abs(a - b) for r1, r2 in zip(got, hf_logprobs(model, batch)) for a, b in zip(r1, r2)) > 0.1
-        lrs = [group.train_step(on_policy(group, batch))["lr"] for _ in range(4)]
+        steps = [group.train_step(on_policy(group, batch)) for _ in range(4)]
+        # the loss's own logprobs (the training forward) are tempered too: on-policy ratios are exactly 1
+        assert all(abs(m["approx_kl"]) < 1e-6 and m["clip_fraction"] == 0 for m in steps), steps
+        lrs = [m["lr"] for m in steps]
         peak = lrs.index(max(lrs))  # measured: [0, 5e-4, 1e-3, 5e-4] (DeepSpeed warms up over >= 2 steps)
         assert lrs[peak] == pytest.approx(1e-3) and 0 < peak < len(lrs) - 1, lrs
         assert lrs[:peak + 1] == sorted(lrs[:peak + 1]) and lrs[peak:] == sorted(lrs[peak:], reverse=True), lrs
