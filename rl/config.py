@@ -29,6 +29,7 @@ from envs.tau2_telecom.endpoint import LLMEndpoint
 from rl.choices import (
     ADVANTAGE_ESTIMATORS,
     AGGREGATIONS,
+    ENGINES,
     KL_KINDS,
     MIXINGS,
     MODES,
@@ -132,6 +133,9 @@ class RolloutConfig:
     top_p: float = 1.0
     kv_cache_gib: float = 1.0  # CPU only: KV cache size (vLLM-CPU would otherwise take most of the RAM)
     gpu_memory_utilization: float = 0.5  # GPU only
+    # auto: in_process on CPU (engine and model in the actor's process: starts ~85 s sooner on 2 cores, ~1.2 GB
+    # less), async on GPU (vLLM's AsyncLLM, EngineCore in its own process, overlapping scheduling with the GPU).
+    engine: str = "auto"
 
 
 @dataclass
@@ -292,7 +296,7 @@ RULES: dict[type, dict[str, Check]] = {
                       "intermediate": positive, "max_positions": positive},
     RolloutConfig: {"num_workers": positive, "num_cpus": positive, "max_model_len": positive,
                     "max_new_tokens": positive, "temperature": non_negative, "top_p": positive,
-                    "kv_cache_gib": positive, "gpu_memory_utilization": positive},
+                    "kv_cache_gib": positive, "gpu_memory_utilization": positive, "engine": one_of(*ENGINES)},
     LearnerConfig: {"num_ranks": positive, "lr": positive, "weight_decay": non_negative, "grad_clip": positive,
                     "micro_batch_size": positive},
     AlgorithmConfig: {"name": one_of(*ADVANTAGE_ESTIMATORS), "group_size": positive,

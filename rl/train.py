@@ -134,10 +134,11 @@ class Trainer:
         res = {"num_gpus": 1} if use_gpu else {"num_cpus": cfg.rollout.num_cpus}
         self.rollout_workers = [RolloutWorker.options(**res, runtime_env=actor_runtime_env()).remote(
             rollout_settings, self.env.workers, env_settings, f"r{i}") for i in range(cfg.rollout.num_workers)]
+        engines_started = [w.start.remote() for w in self.rollout_workers]  # concurrently with the learner's start
+        self.reward = RewardActor.remote(cfg.reward, cfg.judge)
         self.learner = LearnerGroup(LearnerSettings.from_config(cfg, self.model_path),
                                     num_ranks=cfg.learner.num_ranks, use_gpu=use_gpu)
-        self.reward = RewardActor.remote(cfg.reward, cfg.judge)
-        ray.get([w.start.remote() for w in self.rollout_workers])
+        ray.get(engines_started)
         self.step = 0
         if resume:
             self._resume()

@@ -255,11 +255,11 @@ def test_ray_job_submit_trains_on_a_local_head(local_head, tmp_path):
     try:
         # Without --no-wait the CLI streams the job's logs and exits 0 only if the job SUCCEEDED.
         submit = local_head.ray("job", "submit", "--address", local_head.dashboard, "--working-dir", REPO,
-                                "--submission-id", sub_id, "--", "sh", "-c", script, timeout=300)
+                                "--submission-id", sub_id, "--", "sh", "-c", script, timeout=900)
     except subprocess.TimeoutExpired:
         logs = local_head.ray("job", "logs", "--address", local_head.dashboard, sub_id).stdout
         local_head.ray("job", "stop", "--address", local_head.dashboard, sub_id)
-        pytest.fail(f"job {sub_id} did not finish in 300 s; its logs:\n{logs[-6000:]}")
+        pytest.fail(f"job {sub_id} did not finish in 900 s; its logs:\n{logs[-6000:]}")
     seconds = time.monotonic() - t0
     status = local_head.ray("job", "status", "--address", local_head.dashboard, sub_id)
     logs = local_head.ray("job", "logs", "--address", local_head.dashboard, sub_id).stdout

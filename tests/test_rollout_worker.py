@@ -12,17 +12,18 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    from rl.models import build_tiny_model
+def stack():
+    from rl.models import resolve_model
 
-    model = build_tiny_model(tmp_path_factory.mktemp("m") / "tiny")
+    model = resolve_model("tiny")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": REPO_ROOT}})
     env = EnvPool(EnvSettings(prompt="compact"), num_workers=1)
     settings = RolloutSettings(model_path=str(model), mode="dual", max_model_len=3072, max_new_tokens=24,
                                kv_cache_gib=0.25)
     worker = RolloutWorker.options(num_cpus=1).remote(settings, env.workers, EnvSettings(prompt="compact"), "r0")
-    ray.get(worker.start.remote(), timeout=300)
+    info = ray.get(worker.start.remote(), timeout=300)
+    assert info["engine"] == "in_process", "on CPU the default engine runs in the actor's process"
     yield worker, model
     ray.get(worker.shutdown.remote())
     env.shutdown()
@@ -106,3 +107,49 @@ def test_raw_generation_and_sequence_logprobs(stack):
     assert [len(o) for o in outs] == [16, 16, 16]
     lps = ray.get(worker.sequence_logprobs.remote([1, 2, 3, 4, 5, 6]), timeout=120)
     assert len(lps) == 6 and lps[0] == 0.0 and all(lp < 0 for lp in lps[1:])
+
+
+def test_in_process_engine_agrees_with_async_llm_before_and_after_a_weight_sync(stack):
+    """The CPU default (vLLM's engine in the actor's process, actors/inproc_engine.py) against vLLM's AsyncLLM (the
+    GPU default): the same logprobs for the same tokens, and after both load the same new weights through
+    sync_weights, both equal a transformers forward of those weights."""
+    import dataclasses
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    worker, model = stack
+    settings = RolloutSettings(model_path=str(model), max_model_len=512, max_new_tokens=8, kv_cache_gib=0.1)
+    hf = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    original = {k: v.clone() for k, v in hf.state_dict().items()}
+    other = RolloutWorker.options(num_cpus=0).remote(dataclasses.replace(settings, engine="async"))
+    try:
+        assert ray.get(other.start.remote(), timeout=600)["engine"] == "async"
+        tok = AutoTokenizer.from_pretrained(model)
+        ids = tok("My phone shows no service since this morning; I restarted it twice.")["input_ids"]
+
+        def both() -> tuple[list[float], list[float]]:
+            return tuple(ray.get([w.sequence_logprobs.remote(ids) for w in (worker, other)], timeout=120))
+
+        def reference(m) -> list[float]:
+            with torch.no_grad():
+                logp = torch.log_softmax(m(torch.tensor([ids])).logits[0, :-1].float(), -1)
+            return [0.0] + logp.gather(-1, torch.tensor(ids[1:])[:, None])[:, 0].tolist()
+
+        def gap(a, b) -> float:
+            return max(abs(x - y) for x, y in zip(a, b))
+
+        before_in, before_async = both()
+        assert gap(before_in, before_async) < 1e-4 and gap(before_in, reference(hf)) < 1e-3
+        with torch.no_grad():
+            torch.manual_seed(0)
+            for p in hf.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        ray.get([w.sync_weights.remote(hf.state_dict()) for w in (worker, other)], timeout=120)
+        after_in, after_async = both()
+        assert gap(after_in, before_in) > 0.1, "the weight sync did not change the engine's model"
+        assert gap(after_in, after_async) < 1e-4 and gap(after_in, reference(hf)) < 1e-3
+    finally:
+        ray.get(worker.sync_weights.remote(original), timeout=120)  # the module's worker keeps the tiny weights
+        ray.get(other.shutdown.remote(), timeout=120)
+        ray.kill(other)

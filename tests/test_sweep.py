@@ -341,7 +341,7 @@ def test_sweep_of_real_training_runs_as_ray_jobs_and_resumes(tmp_path):
         cmd = [sys.executable, "-m", "rl.tools.sweep", "--config", str(path), "--address", head.dashboard,
                "--max-concurrent", "2", "--poll-s", "2"]
         t0 = time.monotonic()
-        first = subprocess.run(cmd, env=head.env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+        first = subprocess.run(cmd, env=head.env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200)
         took = time.monotonic() - t0
         out = tmp_path / "out"
         logs = [p.read_text() for p in sorted(out.glob("*/seed0.log"))]
