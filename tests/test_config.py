@@ -180,6 +180,7 @@ def test_bad_choice_names_key_and_allowed_values(tmp_path):
         ("env_pool.max_restarts=-1", "env_pool.max_restarts", ">= 0"),
         ("judge.temperature=-0.5", "judge.temperature", ">= 0"),
         ("ray.num_cpus=0", "ray.num_cpus", "> 0"),
+        ("rollout.engine=threads", "rollout.engine", "auto, async, in_process"),
     ],
 )
 def test_bad_values_rejected(override, key, fragment):
