@@ -164,6 +164,10 @@ class AlgorithmConfig:
     aggregation: str = "token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum_norm
     drop_zero_variance_groups: bool = False  # DAPO dynamic sampling: skip groups with equal rewards
     recompute_old_logprobs: bool = False  # use the learner's logprobs instead of the sampler's (bf16 on GPU)
+    # PPO's reuse of a rollout batch (CleanRL's update_epochs / num_minibatches): optimizer steps per RL step =
+    # update_epochs * num_minibatches; the clip ratio is always taken against the sampler's logprobs.
+    update_epochs: int = 1  # passes over the step's episodes
+    num_minibatches: int = 1  # each pass is shuffled and split into this many optimizer steps
 
 
 @dataclass
@@ -226,6 +230,9 @@ class TrainConfig:
     eval_every: int = 0  # steps between held-out evaluations (also before step 1 and after the last); 0 = only those
     eval_trials: int = 0  # sampled episodes per held-out task for tau2's pass^1..pass^k; 0 = greedy success only
     keep_checkpoints: int = 2  # newest kept on disk
+    # Episodes of one step that may fail for reasons not the agent's (tau2's evaluator raised, the customer simulator
+    # failed) before the run stops with the reason; None = stop only when every episode of a step failed.
+    max_failed_episodes: Optional[int] = None
 
 
 @dataclass
@@ -301,7 +308,8 @@ RULES: dict[type, dict[str, Check]] = {
                     "micro_batch_size": positive},
     AlgorithmConfig: {"name": one_of(*ADVANTAGE_ESTIMATORS), "group_size": positive,
                       "clip_eps": positive, "clip_eps_high": optional(positive), "kl_coef": non_negative,
-                      "kl_kind": one_of(*KL_KINDS), "aggregation": one_of(*AGGREGATIONS)},
+                      "kl_kind": one_of(*KL_KINDS), "aggregation": one_of(*AGGREGATIONS),
+                      "update_epochs": positive, "num_minibatches": positive},
     RewardConfig: {"malformed_call_penalty": non_negative, "max_penalty": non_negative,
                    "mixing": one_of(*MIXINGS), "rm_path": optional(non_empty),
                    "rm_weight": non_negative, "rm_normalization": one_of(*RM_NORMALIZATIONS),
@@ -313,7 +321,7 @@ RULES: dict[type, dict[str, Check]] = {
     TrainConfig: {"steps": non_negative, "tasks_per_step": positive, "checkpoint_every": positive,
                   "eval_split": one_of(*SPLITS), "eval_tasks": non_negative, "eval_every": non_negative,
                   "eval_trials": non_negative,
-                  "keep_checkpoints": positive},
+                  "keep_checkpoints": positive, "max_failed_episodes": optional(non_negative)},
 }
 
 

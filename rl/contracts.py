@@ -119,6 +119,14 @@ class TrainBatch:
                           None if self.old_logprobs is None else self.old_logprobs[sl],
                           None if self.advantages is None else self.advantages[sl], self.totals)
 
+    def select(self, indices: list[int]) -> TrainBatch:
+        """The rows at `indices`, in that order (a PPO mini-batch)."""
+        def pick(rows: list | None) -> list | None:
+            return None if rows is None else [rows[i] for i in indices]
+
+        return TrainBatch(pick(self.input_ids), pick(self.loss_mask), pick(self.old_logprobs),
+                          pick(self.advantages), self.totals)
+
 
 @dataclass
 class EpisodeRecord:
@@ -136,12 +144,15 @@ class EpisodeRecord:
     tokens: int = 0
     generated_tokens: int = 0
     policy_version: int = 0
+    failure: str | None = None  # EvalResult.failure: eval_failed | user_error
+    note: str | None = None  # the evaluator's note: why tau2 scored 0 (its error, the customer's, the termination)
 
     @classmethod
     def of(cls, step: int, t: Trajectory, s: Score) -> EpisodeRecord:
         return cls(step=step, task_id=t.task_id, group=t.group, reward=s.reward, components=s.components,
                    messages=t.messages, turns=t.turns, truncated=t.truncated, termination=t.termination,
-                   tokens=len(t.token_ids), generated_tokens=t.generated_tokens, policy_version=t.policy_version)
+                   tokens=len(t.token_ids), generated_tokens=t.generated_tokens, policy_version=t.policy_version,
+                   failure=t.eval.failure, note=t.eval.note)
 
     def to_row(self) -> dict:
         return asdict(self)

@@ -18,6 +18,7 @@ import argparse
 import random
 import sys
 import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
@@ -98,6 +99,18 @@ def build_train_batch(trajs: list[Trajectory], scores: list[Score], algo: Algori
                       advantages=[adv[i, : len(trajs[i].token_ids)].tolist() for i in kept])
 
 
+def minibatches(n: int, update_epochs: int, num_minibatches: int, rng: random.Random) -> list[list[int]]:
+    """PPO's reuse of one rollout batch of n sequences: update_epochs passes, each a fresh shuffle cut into
+    num_minibatches near-equal parts (fewer when n is smaller); one optimizer step per part."""
+    parts = min(num_minibatches, n)
+    out = []
+    for _ in range(update_epochs):
+        order = list(range(n))
+        rng.shuffle(order)
+        out += [order[k * n // parts:(k + 1) * n // parts] for k in range(parts)]
+    return out
+
+
 class Trainer:
     def __init__(self, cfg: Config, resume: bool = False):
         from actors.env_worker import EnvPool, EnvSettings
@@ -119,6 +132,7 @@ class Trainer:
                   f"{cfg.train.eval_split!r} left out of env.split={cfg.env.split!r}: they are held out)",
                   file=sys.stderr)
         self.cursor = TaskCursor(sorted(self.tasks), cfg.seed)
+        self.update_rng = random.Random(cfg.seed)  # mini-batch shuffles; its own stream so rollouts don't shift it
 
         # -- cluster: one logical CPU per learner rank and rollout engine. On a 2-core laptop this oversubscribes
         # on purpose - the phases mostly take turns (rollout, then train) - rather than failing to schedule.
@@ -168,6 +182,7 @@ class Trainer:
             metrics["time/eval"] = time.perf_counter() - t0  # not part of time/step: evaluation is not training
         self.run.log_metrics(self.step, metrics)
         self.run.log_trajectories(self.step, trajs, scores)
+        check_failures(trajs, self.step, cfg.train.max_failed_episodes)  # after logging: the reasons are kept
         if self.step % cfg.train.checkpoint_every == 0 or self.step == cfg.train.steps:
             self.save_checkpoint()
         return metrics
@@ -181,9 +196,17 @@ class Trainer:
         return [t for out in outs for t in out]
 
     def train(self, batch: TrainBatch) -> dict:
-        if self.cfg.algorithm.recompute_old_logprobs:  # the learner's own numerics as the PPO ratio's denominator
+        """algorithm.update_epochs x num_minibatches optimizer steps on the step's batch; metrics averaged over
+        them (approx_kl and clip_fraction grow over the later ones: they measure the drift from the sampler)."""
+        algo = self.cfg.algorithm
+        if algo.recompute_old_logprobs:  # the learner's own numerics as the PPO ratio's denominator
             batch.old_logprobs = self.learner.logprobs(batch)
-        return self.learner.train_step(batch)
+        parts = minibatches(len(batch), algo.update_epochs, algo.num_minibatches, self.update_rng)
+        results = [self.learner.train_step(batch.select(part)) for part in parts]
+        out = {k: sum(r[k] for r in results) / len(results) for k in results[0]}
+        out.update(tokens=sum(r["tokens"] for r in results), seconds=sum(r["seconds"] for r in results),
+                   updates=len(results))
+        return out
 
     def sync_weights(self) -> dict:
         ref = self.learner.state_dict_ref()
@@ -195,6 +218,7 @@ class Trainer:
     # ----------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> None:
         state = {"step": self.step, "cursor": self.cursor.state(), "python_rng": random.getstate(),
+                 "update_rng": self.update_rng.getstate(),
                  "torch_rng": torch.get_rng_state().tolist()}
         self.learner.save_checkpoint(str(self.run.checkpoint_dir(self.step)), state)
         self.run.mark_latest(self.step, self.cfg.train.keep_checkpoints)
@@ -209,6 +233,8 @@ class Trainer:
         self.step = state["step"]
         self.cursor.epoch, self.cursor.index = state["cursor"]["epoch"], state["cursor"]["index"]
         random.setstate(_as_rng_state(state["python_rng"]))
+        if "update_rng" in state:  # checkpoints written before mini-batches existed have none
+            self.update_rng.setstate(_as_rng_state(state["update_rng"]))
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
         # The engines start from the base model; give them the checkpoint's weights.
         ref = self.learner.state_dict_ref()
@@ -268,12 +294,32 @@ def episode_metrics(trajs: list[Trajectory], scores: list[Score]) -> dict:
            "episode/tool_calls": sum(t.tool_calls for t in trajs) / n,
            "episode/tokens": sum(len(t.token_ids) for t in trajs) / n,
            "episode/generated_tokens": sum(t.generated_tokens for t in trajs) / n,
-           "episode/truncated": sum(t.truncated for t in trajs) / n}
+           "episode/truncated": sum(t.truncated for t in trajs) / n,
+           # episodes scored 0 for reasons not the agent's (counts, not rates: any of them is worth a look)
+           "episodes/eval_failed": sum(t.eval.failure == "eval_failed" for t in trajs),
+           "episodes/user_error": sum(t.eval.failure == "user_error" for t in trajs)}
     # A component absent from some episodes (e.g. judge: only tasks with NL assertions) averages over the others.
     for key in sorted({k for s in scores for k in s.components}):
         values = [s.components[key] for s in scores if s.components.get(key) is not None]
         out[f"reward/{key}"] = sum(values) / len(values)
     return out
+
+
+class EpisodeFailures(RuntimeError):
+    """Too many episodes of one step failed for reasons not the agent's (train.max_failed_episodes)."""
+
+
+def check_failures(trajs: list[Trajectory], step: int, limit: int | None) -> None:
+    """Stop the run when more than `limit` episodes of the step failed outside the agent's control (None: all of
+    them): a broken judge or customer endpoint would otherwise train on rewards of 0 that mean nothing."""
+    failed = [t for t in trajs if t.eval.failure]
+    if not failed or len(failed) <= (len(trajs) - 1 if limit is None else limit):
+        return
+    counts = Counter(t.eval.failure for t in failed)
+    kinds = ", ".join(f"{counts[k]} {k}" for k in sorted(counts))
+    raise EpisodeFailures(f"step {step}: {len(failed)} of {len(trajs)} episodes failed outside the agent's control "
+                          f"({kinds}; train.max_failed_episodes={limit}); first: {failed[0].task_id}: "
+                          f"{failed[0].eval.note}. The episodes are in trajectories.jsonl.")
 
 
 def _split_rollout_time(wall: float, trajs: list[Trajectory]) -> dict:

@@ -181,6 +181,7 @@ def test_bad_choice_names_key_and_allowed_values(tmp_path):
         ("judge.temperature=-0.5", "judge.temperature", ">= 0"),
         ("ray.num_cpus=0", "ray.num_cpus", "> 0"),
         ("rollout.engine=threads", "rollout.engine", "auto, async, in_process"),
+        ("algorithm.update_epochs=0", "algorithm.update_epochs", "> 0"),
     ],
 )
 def test_bad_values_rejected(override, key, fragment):

@@ -51,7 +51,8 @@ def test_trajectory_rows_round_trip_as_episode_records(tmp_path):
 
     evaluation = EvalResult(task_id="t1", reward=1.0, success=True, termination="agent_stop", reward_basis=[],
                             env_assertions=[], actions=[], communicate=[], nl_assertions=None, db_match=None,
-                            turns=2, tool_errors=0, rejected_calls=1)
+                            turns=2, tool_errors=0, rejected_calls=1, note="evaluation failed: judge down",
+                            failure="eval_failed")
     traj = Trajectory(task_id="t1", group=3, messages=[{"role": "user", "content": "hi"}], eval=evaluation,
                       token_ids=[1, 2, 3, 4], loss_mask=[0, 1, 1, 0], turns=2, policy_version=5)
     run = RunDir(load_config(None, [f"run_dir={tmp_path}/run"]))
@@ -63,5 +64,6 @@ def test_trajectory_rows_round_trip_as_episode_records(tmp_path):
     rec = EpisodeRecord.from_row(row)
     assert (rec.step, rec.task_id, rec.group, rec.reward, rec.termination) == (7, "t1", 3, 0.9, "agent_stop")
     assert (rec.tokens, rec.generated_tokens, rec.policy_version, rec.turns) == (4, 2, 5, 2)
+    assert (rec.failure, rec.note) == ("eval_failed", "evaluation failed: judge down")  # the reason is kept
     with pytest.raises(ValueError, match="task_id"):
         EpisodeRecord.from_row({"components": {}, "messages": []})

@@ -1,16 +1,19 @@
 """build_train_batch: trajectories + scores -> the learner's batch (a pure function of the driver)."""
+import random
+
 import pytest
 
 from envs.tau2_telecom.session import EvalResult
 from rl.config import AlgorithmConfig
 from rl.contracts import Score, Trajectory
-from rl.train import build_train_batch
+from rl.train import EpisodeFailures, build_train_batch, check_failures, episode_metrics, minibatches
 
 
-def _traj(group: int, generated: int, prompt: int = 3) -> Trajectory:
+def _traj(group: int, generated: int, prompt: int = 3, failure: str | None = None) -> Trajectory:
     evaluation = EvalResult(task_id=f"t{group}", reward=0.0, success=False, termination="agent_stop",
                             reward_basis=[], env_assertions=[], actions=[], communicate=[], nl_assertions=None,
-                            db_match=None, turns=1, tool_errors=0, rejected_calls=0)
+                            db_match=None, turns=1, tool_errors=0, rejected_calls=0,
+                            note=failure and f"{failure}: endpoint refused", failure=failure)
     n = prompt + generated
     return Trajectory(task_id=f"t{group}", group=group, messages=[], eval=evaluation, token_ids=list(range(n)),
                       loss_mask=[0] * prompt + [1] * generated, logprobs=[0.0] * prompt + [-0.5] * generated)
@@ -43,3 +46,40 @@ def test_dynamic_sampling_drops_tied_groups_even_with_kl():
     scores = [Score(1.0, {}), Score(0.0, {}), Score(0.3, {}), Score(0.3, {})]
     batch = build_train_batch(trajs, scores, AlgorithmConfig(kl_coef=0.1, drop_zero_variance_groups=True))
     assert len(batch) == 2 and batch.input_ids == [trajs[0].token_ids, trajs[1].token_ids]
+
+
+def test_minibatches_cover_every_sequence_once_per_epoch_in_fresh_orders():
+    parts = minibatches(10, update_epochs=3, num_minibatches=4, rng=random.Random(0))
+    assert len(parts) == 12 and all(2 <= len(p) <= 3 for p in parts)
+    epochs = [sum(parts[e * 4:(e + 1) * 4], []) for e in range(3)]
+    assert all(sorted(e) == list(range(10)) for e in epochs)
+    assert len({tuple(e) for e in epochs}) == 3  # reshuffled every pass
+    # fewer sequences than mini-batches: one sequence each, no empty optimizer step
+    assert sorted(len(p) for p in minibatches(3, 1, 8, random.Random(0))) == [1, 1, 1]
+    assert minibatches(5, 1, 1, random.Random(0))[0] != [] and len(minibatches(5, 2, 1, random.Random(0))) == 2
+
+
+def test_a_minibatch_keeps_its_rows_aligned():
+    trajs = [_traj(0, 2), _traj(0, 4), _traj(1, 3), _traj(1, 1)]
+    batch = build_train_batch(trajs, [Score(1.0, {}), Score(0.0, {}), Score(0.0, {}), Score(1.0, {})],
+                              AlgorithmConfig(name="grpo"))
+    part = batch.select([3, 0])
+    assert part.input_ids == [batch.input_ids[3], batch.input_ids[0]]
+    assert part.loss_mask == [batch.loss_mask[3], batch.loss_mask[0]]
+    assert part.old_logprobs == [batch.old_logprobs[3], batch.old_logprobs[0]]
+    assert part.advantages == [batch.advantages[3], batch.advantages[0]]
+
+
+def test_failed_episodes_are_counted_and_too_many_stop_the_run():
+    trajs = [_traj(0, 2), _traj(0, 2, failure="eval_failed"), _traj(1, 2, failure="user_error"),
+             _traj(1, 2, failure="user_error")]
+    m = episode_metrics(trajs, [Score(0.0, {})] * 4)
+    assert m["episodes/eval_failed"] == 1 and m["episodes/user_error"] == 2
+    check_failures(trajs, step=3, limit=3)  # 3 failed: at the limit, the run goes on
+    check_failures(trajs, step=3, limit=None)  # default: only a step where every episode failed stops
+    with pytest.raises(EpisodeFailures, match=r"step 3: 3 of 4 episodes .*1 eval_failed, 2 user_error.*"
+                                              r"max_failed_episodes=2.*t0: eval_failed: endpoint refused"):
+        check_failures(trajs, step=3, limit=2)
+    with pytest.raises(EpisodeFailures, match="2 of 2"):
+        check_failures(trajs[2:], step=1, limit=None)
+    check_failures([_traj(0, 2)], step=1, limit=0)  # no failure, nothing to stop for

@@ -18,6 +18,8 @@ pytestmark = pytest.mark.slow
 # so GRPO has a signal on a barely-trained tiny model.
 REWARD = ["reward.env_assertion_weight=0.5", "reward.action_weight=0.5", "reward.malformed_call_penalty=0.1",
           "train.tasks_per_step=4", "algorithm.group_size=4"]
+# PPO reuse of each step's batch: 2 passes x 2 mini-batches = 4 optimizer steps per RL step.
+UPDATES = ["algorithm.update_epochs=2", "algorithm.num_minibatches=2"]
 # Held-out evaluation on 2 test-split tasks at step 0, after step 2 (eval_every) and after the last step.
 EVAL = ["train.eval_split=test", "train.eval_tasks=2", "train.eval_every=2", "train.eval_trials=2"]
 
@@ -47,7 +49,7 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
     from rl.train import Trainer
 
     run_dir = tmp_path / "run"
-    trainer = Trainer(_cfg(run_dir, "train.steps=2", f"model.name={sft_model}", *REWARD, *EVAL))
+    trainer = Trainer(_cfg(run_dir, "train.steps=2", f"model.name={sft_model}", *REWARD, *EVAL, *UPDATES))
     try:
         assert len(trainer.eval_tasks) == 2 and not set(trainer.eval_tasks) & set(trainer.tasks)
         trainer.evaluate_start()
@@ -58,6 +60,7 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
             m = trainer.train_step()
             if m["train/sequences"]:  # a step whose groups all tied has no signal and is skipped
                 assert math.isfinite(m["learner/loss"]) and m["learner/grad_norm"] > 0 and m["sync/bytes"] > 0
+                assert m["learner/updates"] == 2 * min(2, m["train/sequences"])
                 trained.append(m)
         assert trained, "no reward variance within any group in two steps: nothing to learn from"
         after = ray.get(trainer.learner.state_dict_ref())

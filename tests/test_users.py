@@ -83,7 +83,7 @@ def test_llm_user_endpoint_down_ends_episode_as_user_error(world, tasks_by_id):
     obs = s.reset(tasks_by_id[AIRPLANE], "dual")
     assert obs.done and obs.termination == "user_error"
     res = s.evaluate()
-    assert res.reward == 0.0 and "user simulator failed" in res.note
+    assert res.reward == 0.0 and "user simulator failed" in res.note and res.failure == "user_error"
 
 
 def _task_with_nl_assertion(task):
@@ -115,4 +115,4 @@ def test_nl_assertions_without_judge_score_zero_with_a_note(world, tasks_by_id):
     s.reset(_task_with_nl_assertion(tasks_by_id[AIRPLANE]), "solo")
     s.step('<tool_call>{"name": "done", "arguments": {}}</tool_call>')
     res = s.evaluate()
-    assert res.reward == 0.0 and "NL assertions" in res.note
+    assert res.reward == 0.0 and "NL assertions" in res.note and res.failure == "eval_failed"

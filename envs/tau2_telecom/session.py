@@ -62,6 +62,9 @@ class EvalResult:
     tool_errors: int
     rejected_calls: int
     note: str | None = None
+    # Why the reward is 0 for a reason that is not the agent's: "eval_failed" (tau2's evaluator raised, e.g. a judge
+    # outage) or "user_error" (the customer simulator failed). Counted per step; never a silent 0.
+    failure: str | None = None
 
     @property
     def env_assertion_fraction(self) -> float:
@@ -277,18 +280,21 @@ class TelecomSession:
                                duration=0.0, termination_reason=t2.TerminationReason.AGENT_STOP,
                                messages=self.trajectory)
         kind = t2.EvaluationType.ALL_WITH_NL_ASSERTIONS if self.judge else t2.EvaluationType.ALL
-        note = None
+        note, failure = None, None
         try:
             with _judge_settings(self.judge):
                 info = t2.evaluate_simulation(sim, self.task, kind, solo_mode=self.mode == "solo",
                                               domain=self.world.registry_name)
         except Exception as e:  # e.g. NL assertions in the reward basis but no judge, or a judge outage
             info, note = t2.RewardInfo(reward=0.0, reward_basis=None), f"evaluation failed: {type(e).__name__}: {e}"
+            failure = "eval_failed"
         reward = info.reward if self.termination in SCORED_TERMINATIONS else 0.0
         if note is None and self.termination not in SCORED_TERMINATIONS:
             note = f"episode ended by {self.termination or 'nothing (still running)'}: tau2 scores it 0"
             if self.user_failure:
                 note += f" (user simulator failed: {self.user_failure})"
+        if failure is None and self.termination == t2.TerminationReason.USER_ERROR.value:
+            failure = "user_error"
         return EvalResult(
             task_id=self.task.id,
             reward=reward,
@@ -305,6 +311,7 @@ class TelecomSession:
                 for c in (info.nl_assertions or [])],
             db_match=None if info.db_check is None else bool(info.db_check.db_match),
             turns=self.turns, tool_errors=self.tool_errors, rejected_calls=len(self.rejected), note=note,
+            failure=failure,
         )
 
     # ------------------------------------------------------- log and rebuild
