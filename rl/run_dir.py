@@ -7,7 +7,7 @@
       trajectories.jsonl every training episode: task, reward, components, conversation
       eval_trajectories.jsonl  every held-out evaluation episode (kept apart: never training or RM data)
       tb/                TensorBoard event files
-      checkpoints/step_N learner shards + driver state; `latest` names the newest
+      checkpoints/step_N learner shards + driver state; `latest` names the newest complete one
       report.png         reward, training and held-out success, components, step-time breakdown
 """
 from __future__ import annotations
@@ -103,13 +103,30 @@ class RunDir:
     def checkpoint_dir(self, step: int) -> Path:
         return self.path / "checkpoints" / f"step_{step}"
 
-    def mark_latest(self, step: int, keep: int) -> None:
+    def begin_checkpoint(self, step: int) -> Path:
+        """An empty folder to save step's checkpoint into; commit_checkpoint makes it step_N. A kill while saving
+        leaves only a `.partial` folder that nothing reads and the next commit removes."""
+        tmp = self.path / "checkpoints" / f"step_{step}.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        return tmp
+
+    def commit_checkpoint(self, step: int, keep: int) -> None:
+        """Rename the saved folder to step_N, point `latest` at it, then prune: the newest `keep` complete
+        checkpoints stay, and `latest`'s is never deleted. Each of the three is atomic or idempotent, so a kill
+        between them leaves `latest` naming a complete checkpoint."""
+        final = self.checkpoint_dir(step)
+        shutil.rmtree(final, ignore_errors=True)  # a step saved again after a resume from an earlier checkpoint
+        os.replace(self.path / "checkpoints" / f"step_{step}.partial", final)
         tmp = self.path / "checkpoints" / "latest.tmp"
         tmp.write_text(str(step))
         os.replace(tmp, self.path / "checkpoints" / "latest")  # atomic: a crash never leaves a bad pointer
-        steps = sorted(int(p.name.split("_")[1]) for p in (self.path / "checkpoints").glob("step_*"))
-        for old in steps[:-keep]:
-            shutil.rmtree(self.checkpoint_dir(old), ignore_errors=True)
+        complete = sorted(int(p.name[5:]) for p in (self.path / "checkpoints").glob("step_*") if p.name[5:].isdigit())
+        for old in complete[:-keep]:
+            if old != step:
+                shutil.rmtree(self.checkpoint_dir(old), ignore_errors=True)
+        for stale in (self.path / "checkpoints").glob("step_*.partial"):
+            shutil.rmtree(stale, ignore_errors=True)
 
     def latest_checkpoint(self) -> tuple[int, Path] | None:
         pointer = self.path / "checkpoints" / "latest"

@@ -220,8 +220,8 @@ class Trainer:
         state = {"step": self.step, "cursor": self.cursor.state(), "python_rng": random.getstate(),
                  "update_rng": self.update_rng.getstate(),
                  "torch_rng": torch.get_rng_state().tolist()}
-        self.learner.save_checkpoint(str(self.run.checkpoint_dir(self.step)), state)
-        self.run.mark_latest(self.step, self.cfg.train.keep_checkpoints)
+        self.learner.save_checkpoint(str(self.run.begin_checkpoint(self.step)), state)
+        self.run.commit_checkpoint(self.step, self.cfg.train.keep_checkpoints)
 
     def _resume(self) -> None:
         found = self.run.latest_checkpoint()

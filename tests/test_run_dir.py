@@ -17,10 +17,18 @@ def test_snapshot_metrics_and_checkpoint_pointer(tmp_path):
     assert run.metrics() == [{"step": 1, "reward/mean": 0.5, "note": "text is kept in JSONL only"}]
     assert run.latest_checkpoint() is None
     for step in (1, 2, 3):
-        run.checkpoint_dir(step).mkdir()
-        run.mark_latest(step, keep=2)
+        (run.begin_checkpoint(step) / "shard").write_text(str(step))
+        run.commit_checkpoint(step, keep=2)
     assert run.latest_checkpoint() == (3, run.checkpoint_dir(3))
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step_*")) == ["step_2", "step_3"]
+    # A save killed half-way: its folder stays .partial, `latest` still names step 3, which is complete.
+    (run.begin_checkpoint(4) / "shard").write_text("torn")
+    assert run.latest_checkpoint() == (3, run.checkpoint_dir(3))
+    assert (run.checkpoint_dir(3) / "shard").read_text() == "3"
+    # The next complete save with keep=1 keeps only itself and clears the torn folder.
+    (run.begin_checkpoint(5) / "shard").write_text("5")
+    run.commit_checkpoint(5, keep=1)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["latest", "step_5"]
     run.close()
 
 
