@@ -3,7 +3,7 @@
     runs/<name>/
       config.yaml        the resolved config (API keys redacted)
       meta.json          git revision, start time, host, command line
-      metrics.jsonl      one line per step (appended across resumes)
+      metrics.jsonl      one line per step (a resume first drops the rows after its checkpoint)
       trajectories.jsonl every training episode: task, reward, components, conversation
       eval_trajectories.jsonl  every held-out evaluation episode (kept apart: never training or RM data)
       tb/                TensorBoard event files
@@ -80,7 +80,27 @@ class RunDir:
             fh.write(json.dumps(meta) + "\n")
         from torch.utils.tensorboard import SummaryWriter
 
-        self.tb = SummaryWriter(str(self.path / "tb"))
+        kept = self._rewind() if resume else None
+        # purge_step: TensorBoard hides the events a resumed run writes again (those after the checkpoint)
+        self.tb = SummaryWriter(str(self.path / "tb"), purge_step=None if kept is None else kept + 1)
+
+    LOGS = ("metrics.jsonl", "trajectories.jsonl", "eval_trajectories.jsonl")
+
+    def _rewind(self) -> int:
+        """On resume, keep exactly the rows the checkpoint's weights stand for: every step up to the latest complete
+        checkpoint's (none without one), so the steps the run repeats are logged once. Each file is rewritten
+        atomically, and a torn last line (a kill mid-write) goes with it. Returns the step kept."""
+        found = self.latest_checkpoint()
+        step = found[0] if found else -1
+        for name in self.LOGS:
+            path = self.path / name
+            if not path.exists():
+                continue
+            rows = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            os.replace(tmp, path)
+        return step
 
     def log_metrics(self, step: int, metrics: dict) -> None:
         with open(self.path / "metrics.jsonl", "a") as fh:

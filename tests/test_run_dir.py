@@ -4,7 +4,7 @@ import json
 import pytest
 
 from rl.config import load_config
-from rl.run_dir import RunDir
+from rl.run_dir import RunDir, read_jsonl
 
 
 def test_snapshot_metrics_and_checkpoint_pointer(tmp_path):
@@ -75,3 +75,32 @@ def test_trajectory_rows_round_trip_as_episode_records(tmp_path):
     assert (rec.failure, rec.note) == ("eval_failed", "evaluation failed: judge down")  # the reason is kept
     with pytest.raises(ValueError, match="task_id"):
         EpisodeRecord.from_row({"components": {}, "messages": []})
+
+
+def test_resume_keeps_exactly_the_rows_up_to_the_checkpoint(tmp_path, capsys):
+    cfg = load_config(None, [f"run_dir={tmp_path}/run"])
+    run = RunDir(cfg)
+    for step in range(0, 6):  # steps 4-5 ran after the last checkpoint (3), then the driver was killed
+        run.log_metrics(step, {"reward/mean": step / 10})
+        with open(tmp_path / "run" / "trajectories.jsonl", "a") as fh:
+            fh.write(json.dumps({"step": step, "task_id": f"t{step}", "components": {}, "messages": []}) + "\n")
+        if step == 3:
+            run.begin_checkpoint(3)
+            run.commit_checkpoint(3, keep=2)
+    run.close()
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 6, "reward/me')  # killed mid-write
+    resumed = RunDir(cfg, resume=True)
+    assert [r["step"] for r in resumed.metrics()] == [0, 1, 2, 3]
+    assert [r["task_id"] for r in read_jsonl(tmp_path / "run" / "trajectories.jsonl")] == ["t0", "t1", "t2", "t3"]
+    resumed.log_metrics(4, {"reward/mean": 0.4})  # the repeated step is logged once
+    assert [r["step"] for r in resumed.metrics()] == [0, 1, 2, 3, 4]
+    resumed.close()
+    # Without any checkpoint a resume starts from step 0, so nothing logged before stands.
+    cfg2 = load_config(None, [f"run_dir={tmp_path}/run2"])
+    first = RunDir(cfg2)
+    first.log_metrics(0, {"eval/success": 0.1})
+    first.close()
+    again = RunDir(cfg2, resume=True)
+    assert again.metrics() == []
+    again.close()
