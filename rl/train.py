@@ -30,6 +30,7 @@ from rl import algorithms
 from rl.config import AlgorithmConfig, Config, parse_cli
 from rl.contracts import EpisodeJob, Score, TrainBatch, Trajectory
 from rl.evaluation import heldout_metrics
+from rl.preflight import NotReady, check_gpus, preflight
 from rl.run_dir import RunDir
 from rl.runtime import actor_runtime_env, cluster_has_gpus, init_ray, split_tasks
 from rl.tensors import pad_rows
@@ -119,14 +120,15 @@ class Trainer:
         from actors.rollout_worker import RolloutSettings, RolloutWorker
         from rl.models import resolve_model
 
-        # -- run directory, seeds, tasks
+        # -- tasks, model and readiness checks (before anything is written or started), run directory, seeds
         self.cfg = cfg
+        tasks = split_tasks(cfg)
+        self.tasks, self.eval_tasks = tasks.train, tasks.heldout
+        preflight(cfg, self.tasks)
+        self.model_path = str(resolve_model(cfg.model.name, asdict(cfg.model.tiny)))
         self.run = RunDir(cfg, resume=resume)
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-        self.model_path = str(resolve_model(cfg.model.name, asdict(cfg.model.tiny)))
-        tasks = split_tasks(cfg)
-        self.tasks, self.eval_tasks = tasks.train, tasks.heldout
         if tasks.left_out:
             print(f"training tasks: {len(self.tasks)} ({tasks.left_out} tasks of train.eval_split="
                   f"{cfg.train.eval_split!r} left out of env.split={cfg.env.split!r}: they are held out)",
@@ -140,6 +142,7 @@ class Trainer:
         init_ray(cfg, 0 if on_gpu else cfg.learner.num_ranks + cfg.rollout.num_workers * cfg.rollout.num_cpus,
                  log_to_driver=True)
         use_gpu = cluster_has_gpus()
+        check_gpus(cfg, ray.cluster_resources().get("GPU", 0))
 
         # -- actors: environment, rollout workers (vLLM), reward, learner (ZeRO-3)
         env_settings = EnvSettings.from_config(cfg)
@@ -338,7 +341,13 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--resume", action="store_true", help="continue the run in run_dir from its last checkpoint")
 
     cfg, args = parse_cli(argv, description=__doc__, add_arguments=flags)
-    trainer = Trainer(cfg, resume=args.resume)
+    from rl.models import ModelNotFoundError
+
+    try:
+        trainer = Trainer(cfg, resume=args.resume)
+    except (NotReady, ModelNotFoundError) as e:  # a setting that cannot work: one line, nothing started or written
+        print(f"rl.train: {e}", file=sys.stderr)
+        return 2
     try:
         trainer.evaluate_start()
         bar = tqdm(range(trainer.step, cfg.train.steps), initial=trainer.step, total=cfg.train.steps,
