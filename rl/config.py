@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import re
 import sys
@@ -270,6 +271,14 @@ def non_negative(v: Any) -> str | None:
     return None if v >= 0 else "a value >= 0"
 
 
+def finite_non_negative(v: Any) -> str | None:
+    return None if math.isfinite(v) and v >= 0 else "a finite value >= 0"
+
+
+def fraction(v: Any) -> str | None:
+    return None if 0 < v <= 1 else "a value in (0, 1]"
+
+
 def non_empty(v: Any) -> str | None:
     return None if v else "a non-empty string"
 
@@ -302,18 +311,20 @@ RULES: dict[type, dict[str, Check]] = {
     TinyModelConfig: {"layers": positive, "hidden": lambda v: None if v > 0 and v % 64 == 0 else "a multiple of 64",
                       "intermediate": positive, "max_positions": positive},
     RolloutConfig: {"num_workers": positive, "num_cpus": positive, "max_model_len": positive,
-                    "max_new_tokens": positive, "temperature": non_negative, "top_p": positive,
-                    "kv_cache_gib": positive, "gpu_memory_utilization": positive, "engine": one_of(*ENGINES)},
+                    "max_new_tokens": positive, "temperature": non_negative, "top_p": fraction,
+                    "kv_cache_gib": positive, "gpu_memory_utilization": fraction, "engine": one_of(*ENGINES)},
     LearnerConfig: {"num_ranks": positive, "lr": positive, "weight_decay": non_negative, "grad_clip": positive,
                     "micro_batch_size": positive},
     AlgorithmConfig: {"name": one_of(*ADVANTAGE_ESTIMATORS), "group_size": positive,
                       "clip_eps": positive, "clip_eps_high": optional(positive), "kl_coef": non_negative,
                       "kl_kind": one_of(*KL_KINDS), "aggregation": one_of(*AGGREGATIONS),
                       "update_epochs": positive, "num_minibatches": positive},
-    RewardConfig: {"malformed_call_penalty": non_negative, "max_penalty": non_negative,
-                   "mixing": one_of(*MIXINGS), "rm_path": optional(non_empty),
-                   "rm_weight": non_negative, "rm_normalization": one_of(*RM_NORMALIZATIONS),
-                   "rm_max_len": optional(positive), "judge_weight": non_negative, "judge_votes": positive},
+    # weights finite and >= 0: a NaN or negative one would break the gated mixing's guarantee
+    RewardConfig: {"task_weight": finite_non_negative, "env_assertion_weight": finite_non_negative,
+                   "action_weight": finite_non_negative, "malformed_call_penalty": finite_non_negative,
+                   "max_penalty": finite_non_negative, "mixing": one_of(*MIXINGS), "rm_path": optional(non_empty),
+                   "rm_weight": finite_non_negative, "rm_normalization": one_of(*RM_NORMALIZATIONS),
+                   "rm_max_len": optional(positive), "judge_weight": finite_non_negative, "judge_votes": positive},
     RewardModelConfig: {"base_model": non_empty, "eval_file": optional(non_empty), "out": optional(non_empty),
                         "epochs": positive, "lr": positive, "weight_decay": non_negative, "batch_size": positive,
                         "micro_batch_size": positive, "num_ranks": positive, "max_len": positive,
@@ -365,9 +376,18 @@ def _mixing_is_well_posed(cfg: Config) -> None:
                        "rm_weight + judge_weight <= 1 with mixing 'multiplicative'", related="reward.mixing")
 
 
+def _top_p_needs_learner_logprobs(cfg: Config) -> None:
+    # The learner divides logits by the temperature like the sampler, but it cannot truncate to the nucleus: with
+    # top_p < 1 the sampler's logprobs and the learner's differ, so the PPO ratio must use the learner's own.
+    if cfg.rollout.top_p < 1 and not cfg.algorithm.recompute_old_logprobs:
+        raise _Invalid("algorithm.recompute_old_logprobs", False,
+                       "true when rollout.top_p < 1 (the sampler's logprobs are the truncated distribution's)",
+                       related="rollout.top_p")
+
+
 # Rules spanning several keys; each raises _Invalid.
 CROSS_RULES: list[Callable[[Config], None]] = [_llm_user_needs_model, _soft_components_need_sources,
-                                               _mixing_is_well_posed]
+                                               _mixing_is_well_posed, _top_p_needs_learner_logprobs]
 
 
 def _check(obj: Any, prefix: str = "") -> None:

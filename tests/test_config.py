@@ -182,6 +182,12 @@ def test_bad_choice_names_key_and_allowed_values(tmp_path):
         ("ray.num_cpus=0", "ray.num_cpus", "> 0"),
         ("rollout.engine=threads", "rollout.engine", "auto, async, in_process"),
         ("algorithm.update_epochs=0", "algorithm.update_epochs", "> 0"),
+        ("reward.env_assertion_weight=-0.25", "reward.env_assertion_weight", "finite value >= 0"),
+        ("reward.rm_weight=.nan", "reward.rm_weight", "finite value >= 0"),
+        ("reward.task_weight=.inf", "reward.task_weight", "finite value >= 0"),
+        ("rollout.top_p=1.5", "rollout.top_p", "(0, 1]"),
+        ("rollout.gpu_memory_utilization=0", "rollout.gpu_memory_utilization", "(0, 1]"),
+        ("rollout.top_p=0.9", "algorithm.recompute_old_logprobs", "rollout.top_p < 1"),
     ],
 )
 def test_bad_values_rejected(override, key, fragment):
@@ -339,3 +345,8 @@ def test_base_file_is_loaded_first_and_errors_point_at_the_right_file(tmp_path):
                                         if "sweeps" not in p.parts))
 def test_every_shipped_config_loads(path):
     load_config(path)
+
+
+def test_top_p_below_one_trains_on_the_learners_own_logprobs():
+    cfg = load_config(None, ["rollout.top_p=0.9", "algorithm.recompute_old_logprobs=true"])
+    assert cfg.rollout.top_p == 0.9 and cfg.algorithm.recompute_old_logprobs
