@@ -40,13 +40,14 @@ class RolloutSettings:
     seed: int = 0
 
     @classmethod
-    def from_config(cls, cfg: Config, model_path: str) -> RolloutSettings:
-        """The rollout section of the run config (documented there), the episodes' mode and the seed."""
+    def from_config(cls, cfg: Config, model_path: str, worker: int = 0) -> RolloutSettings:
+        """The rollout section of the run config (documented there), the episodes' mode, and the sampling seed:
+        seed + worker index, so that workers never draw the same random stream."""
         r = cfg.rollout
         return cls(model_path=model_path, mode=cfg.env.mode, max_model_len=r.max_model_len,
                    max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
                    kv_cache_gib=r.kv_cache_gib, gpu_memory_utilization=r.gpu_memory_utilization, engine=r.engine,
-                   seed=cfg.seed)
+                   seed=cfg.seed + worker)
 
 
 class TemplateNotPrefixStable(RuntimeError):

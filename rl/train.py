@@ -147,10 +147,10 @@ class Trainer:
         # -- actors: environment, rollout workers (vLLM), reward, learner (ZeRO-3)
         env_settings = EnvSettings.from_config(cfg)
         self.env = EnvPool(env_settings, num_workers=cfg.env_pool.num_workers, max_restarts=cfg.env_pool.max_restarts)
-        rollout_settings = RolloutSettings.from_config(cfg, self.model_path)
         res = {"num_gpus": 1} if use_gpu else {"num_cpus": cfg.rollout.num_cpus}
         self.rollout_workers = [RolloutWorker.options(**res, runtime_env=actor_runtime_env()).remote(
-            rollout_settings, self.env.workers, env_settings, f"r{i}") for i in range(cfg.rollout.num_workers)]
+            RolloutSettings.from_config(cfg, self.model_path, worker=i), self.env.workers, env_settings, f"r{i}")
+            for i in range(cfg.rollout.num_workers)]
         engines_started = [w.start.remote() for w in self.rollout_workers]  # concurrently with the learner's start
         self.reward = RewardActor.remote(cfg.reward, cfg.judge)
         self.learner = LearnerGroup(LearnerSettings.from_config(cfg, self.model_path),

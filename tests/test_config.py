@@ -350,3 +350,10 @@ def test_every_shipped_config_loads(path):
 def test_top_p_below_one_trains_on_the_learners_own_logprobs():
     cfg = load_config(None, ["rollout.top_p=0.9", "algorithm.recompute_old_logprobs=true"])
     assert cfg.rollout.top_p == 0.9 and cfg.algorithm.recompute_old_logprobs
+
+
+def test_rollout_workers_sample_with_distinct_seeds():
+    from actors.rollout_worker import RolloutSettings
+
+    cfg = load_config(None, ["seed=7", "rollout.num_workers=3"])
+    assert [RolloutSettings.from_config(cfg, "m", worker=i).seed for i in range(3)] == [7, 8, 9]
