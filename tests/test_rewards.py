@@ -162,3 +162,13 @@ def test_reward_actor_asks_the_judge_about_nl_assertions_only_where_a_task_has_t
         assert "Agent apologises" in shown and "Agent says why" in shown and "length" in shown.lower()
     assert out[0].components["judge"] == 0.5 and out[0].reward == pytest.approx(1.0 + 0.5 * 0.5)
     assert "judge" not in out[1].components and out[1].reward == 1.0
+
+
+def test_a_non_finite_reward_model_score_is_rejected_not_clamped_to_one():
+    from rl.rm.model import normalise
+
+    stats = {"mean": 0.0, "std": 1.0}
+    assert normalise([0.0, 1e9], "train_stats", stats) == [0.5, pytest.approx(1.0)]
+    for how in ("train_stats", "batch"):
+        with pytest.raises(ValueError, match=r"non-finite scores \(nan\) for 1 of 3 episodes \(first: index 1\)"):
+            normalise([0.2, float("nan"), 0.1], how, stats)

@@ -155,6 +155,7 @@ def test_round_trip_and_string_forms(tmp_path):
     ('{"prompt": "q", "chosen": "a", "rejected": "a"}', "identical"),
     ('{"prompt": "q", "chosen": "a", "rejected": "b", "subset": 4}', "field 'subset'"),
     ('{"prompt": "q", "chosen": "a", "rejected": "b", "margin": "big"}', "field 'margin'"),
+    ('{"prompt": "q", "chosen": "a", "rejected": "b", "margin": NaN}', "field 'margin': expected a finite number"),
     ('{"prompt": "q", "chosen": "a", "rejected": "b", "task_id": 7}', "field 'task_id'"),
 ])
 def test_bad_lines_name_file_line_and_field(tmp_path, line, message):

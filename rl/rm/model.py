@@ -120,6 +120,10 @@ def normalise(scores: list[float], how: str, stats: dict) -> list[float]:
     across steps, comparable across batches); batch: z-score within this batch (only the order inside it counts)."""
     if not scores:
         return []
+    bad = [i for i, s in enumerate(scores) if not math.isfinite(s)]
+    if bad:  # min/max clamping would turn NaN into a reward of 1.0
+        raise ValueError(f"the reward model gave non-finite scores ({scores[bad[0]]}) for {len(bad)} of "
+                         f"{len(scores)} episodes (first: index {bad[0]}); its weights may be broken")
     if how == "batch":
         mean = sum(scores) / len(scores)
         var = sum((s - mean) ** 2 for s in scores) / len(scores)

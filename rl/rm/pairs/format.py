@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -91,8 +92,9 @@ def pair_from_dict(d) -> Pair:
     if task_id is not None and not isinstance(task_id, str):
         raise ValueError(f"field 'task_id': expected a string or null, got {type(task_id).__name__}")
     margin = d.get("margin")
-    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))):
-        raise ValueError(f"field 'margin': expected a number or null, got {margin!r}")
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))
+                               or not math.isfinite(margin)):  # json.loads reads NaN and Infinity
+        raise ValueError(f"field 'margin': expected a finite number or null, got {margin!r}")
     return Pair(prompt, chosen, rejected, strings["subset"], strings["section"],
                 strings["group"] or _group_hash(prompt, chosen), task_id, strings["source"],
                 None if margin is None else float(margin))
