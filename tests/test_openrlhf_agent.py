@@ -12,10 +12,10 @@ from types import SimpleNamespace
 import pytest
 
 # Skip only when OpenRLHF is absent; installed but not importable (a missing small dep) must fail, not skip.
-if importlib.util.find_spec("openrlhf") is None:
-    pytest.skip("openrlhf not installed (make install adds it with --no-deps)", allow_module_level=True)
+from tests.conftest import REPO_ROOT, cleanup_vllm_shm, missing
 
-from tests.conftest import REPO_ROOT, cleanup_vllm_shm
+if importlib.util.find_spec("openrlhf") is None:
+    missing("openrlhf not installed (make install adds it with --no-deps)", module=True)
 
 PLUGIN = Path(REPO_ROOT) / "rl" / "tools" / "openrlhf_agent.py"
 SMALL_CONFIG = "env:\n  mode: solo\n  split: small\n  prompt: compact\n"

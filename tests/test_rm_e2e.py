@@ -9,7 +9,7 @@ import pytest
 import ray
 
 from rl.config import load_config
-from tests.conftest import REPO_ROOT, SHARED, cleanup_vllm_shm
+from tests.conftest import REPO_ROOT, SHARED, cleanup_vllm_shm, missing
 
 pytestmark = pytest.mark.slow
 TELEQNA = SHARED / "datasets" / "teleqna" / "sample.json"
@@ -26,7 +26,7 @@ def trained_rm(tmp_path_factory):
     from rl.rm.train import train_reward_model
 
     if not TELEQNA.exists():
-        pytest.skip(f"{TELEQNA} not available")
+        missing(f"{TELEQNA} not available")
     root = tmp_path_factory.mktemp("rm_e2e")
     train = oracle_perturbation_pairs(load_split("train"), mode="solo", seed=0)
     test = oracle_perturbation_pairs(load_split("test"), mode="solo", seed=0)

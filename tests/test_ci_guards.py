@@ -1,0 +1,43 @@
+"""The suite's own guards: in CI a missing input fails instead of skipping, and a hung test times out."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import tomllib
+
+from tests.conftest import REPO_ROOT
+
+
+def _pytest(tmp_path, body: str, ci: bool, *args: str) -> subprocess.CompletedProcess:
+    (tmp_path / "test_probe.py").write_text(textwrap.dedent(body))
+    env = {**os.environ, "CI": "true" if ci else ""}
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args,
+                           str(tmp_path / "test_probe.py")],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_missing_shared_file_skips_locally_and_fails_in_ci(tmp_path):
+    body = """
+        from tests.conftest import shared_file
+
+        def test_needs_data():
+            shared_file("no-such-file.json")
+    """
+    local = _pytest(tmp_path, body, ci=False)
+    assert local.returncode == 0 and "1 skipped" in local.stdout, local.stdout
+    ci = _pytest(tmp_path, body, ci=True)
+    assert ci.returncode == 1 and "1 failed" in ci.stdout and "CI=true" in ci.stdout, ci.stdout
+
+
+def test_a_hung_test_times_out(tmp_path):
+    body = """
+        import time
+
+        def test_hangs():
+            time.sleep(60)
+    """
+    out = _pytest(tmp_path, body, False, "--timeout=2")
+    assert out.returncode == 1 and "Timeout" in out.stdout, out.stdout
+    with open(f"{REPO_ROOT}/pyproject.toml", "rb") as fh:  # and the suite runs with a limit of its own
+        assert tomllib.load(fh)["tool"]["pytest"]["ini_options"]["timeout"] > 0
