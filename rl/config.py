@@ -586,6 +586,7 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
         raise ConfigError(_message(key, where=provenance.get(key, ""))
                           + f": {str(e).splitlines()[0]}") from None
     assert isinstance(cfg, Config)
+    _keys_from_environment(cfg)
     try:
         _validate(cfg)
     except _Invalid as e:
@@ -593,6 +594,46 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
         where = provenance.get(e.key) or provenance.get(e.related or "", "")
         raise ConfigError(_message(e.key, e.value, e.expected, where)) from None
     return cfg
+
+
+# API keys are best given as environment variables: then they are in no config file, command line, job entrypoint
+# or log. A key set in the config or on the command line wins.
+API_KEY_VARIABLES = {"judge": "TELERL_JUDGE_API_KEY", "user_llm": "TELERL_USER_LLM_API_KEY"}
+
+
+def _keys_from_environment(cfg: Config) -> None:
+    for section, variable in API_KEY_VARIABLES.items():
+        endpoint = getattr(cfg, section)
+        if endpoint.api_key in ("", "EMPTY") and os.environ.get(variable):
+            endpoint.api_key = os.environ[variable]
+
+
+def is_secret_key(key: str) -> bool:
+    return "api_key" in key.rsplit(".", 1)[-1].lower()
+
+
+def redact_overrides(items: list[str]) -> list[str]:
+    """Command-line items with the value of every `*api_key*=...` override replaced by ***, for anything written
+    down (meta.json, sweep files, job logs)."""
+    out = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        out.append(f"{key}=***" if sep and is_secret_key(key) and value not in ("", "EMPTY") else item)
+    return out
+
+
+def secrets_to_environment(items: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Move `judge.api_key=...` / `user_llm.api_key=...` overrides into their environment variables (for a job
+    whose entrypoint is stored and shown): (the other items, {variable: key})."""
+    rest, env = [], {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        variable = API_KEY_VARIABLES.get(key.removesuffix(".api_key")) if key.endswith(".api_key") else None
+        if sep and variable:
+            env[variable] = value
+        else:
+            rest.append(item)
+    return rest, env
 
 
 def config_to_yaml(cfg: Config) -> str:

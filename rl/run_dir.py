@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from rl.config import Config, config_to_yaml
+from rl.config import Config, config_to_yaml, is_secret_key, redact_overrides
 from rl.contracts import EpisodeRecord, Score, Trajectory
 
 
@@ -60,7 +60,7 @@ def _redacted_yaml(cfg: Config) -> str:
     lines = []
     for line in config_to_yaml(cfg).splitlines():
         key, sep, value = line.partition(":")
-        if key.strip() == "api_key" and value.strip() not in ("", "EMPTY"):
+        if is_secret_key(key.strip()) and value.strip() not in ("", "EMPTY", "''"):
             line = f"{key}{sep} '***'"
         lines.append(line)
     return "\n".join(lines) + "\n"
@@ -75,7 +75,7 @@ class RunDir:
         (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
         (self.path / "config.yaml").write_text(_redacted_yaml(cfg))
         meta = {"git": git_revision(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "host": platform.node(),
-                "argv": sys.argv, "resumed": resume}
+                "argv": redact_overrides(sys.argv), "resumed": resume}
         with open(self.path / "meta.json", "a") as fh:
             fh.write(json.dumps(meta) + "\n")
         from torch.utils.tensorboard import SummaryWriter

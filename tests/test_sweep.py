@@ -383,3 +383,38 @@ def test_sweep_of_real_training_runs_as_ray_jobs_and_resumes(tmp_path):
     finally:
         left = head.close()
     assert not left, f"processes of the test's Ray head survived: {sorted(left)}"
+
+
+def test_api_keys_are_written_nowhere(tmp_path, monkeypatch):
+    """A key on the command line reaches the trainer, but no file a sweep or a run writes holds it, and a Ray job
+    gets it as an environment variable instead of in its (stored, shown) entrypoint."""
+    from rl.tools.sweep.runners import JobRunner
+
+    secret = "sk-test-0123456789"
+    (tmp_path / "quiet_train.py").write_text(textwrap.dedent("""\
+        import sys
+        from rl.config import parse_cli
+        from rl.run_dir import RunDir
+        cfg, _ = parse_cli([a for a in sys.argv[1:] if a != "--resume"])
+        assert cfg.judge.api_key.startswith("sk-test-")  # the trainer does get it
+        rd = RunDir(cfg)
+        rd.log_metrics(1, {"reward/mean": 0.25})
+        rd.close()
+        """))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    path = write_sweep(tmp_path, ALGOS.replace("seeds: [0, 1]", "seeds: [0]").replace(
+        "overrides: [train.steps=2]", f"overrides: [train.steps=2, judge.model=openai/j, judge.api_key={secret}]"))
+    results = run_sweep(load_sweep(path), SequentialRunner(LocalTrain("quiet_train")))
+    assert all(r.status == "finished" for r in results), [r.error for r in results]
+    written = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert {"sweep.json", "meta.json", "config.yaml", "seed0.log"} <= {p.name for p in written}
+    assert not [p for p in written if secret in p.read_text(errors="replace")]
+
+    run = plan(load_sweep(path))[0]
+    jobs = JobRunner.__new__(JobRunner)  # entrypoint() needs no cluster
+    assert secret not in jobs.entrypoint(run) and "judge.model=openai/j" in jobs.entrypoint(run)
+    monkeypatch.setenv("TELERL_JUDGE_API_KEY", secret)  # what the job's runtime_env sets
+    from rl.config import load_config
+
+    assert load_config(None, ["judge.model=openai/j"]).judge.api_key == secret
+    assert load_config(None, ["judge.api_key=sk-other"]).judge.api_key == "sk-other"  # an explicit key wins

@@ -12,7 +12,7 @@ import time
 from tqdm import tqdm
 
 import rl.tools.sweep as package
-from rl.config import ConfigError
+from rl.config import ConfigError, redact_overrides
 from rl.tools.sweep.results import RunResult, collect, write_results
 from rl.tools.sweep.runners import Attempt, JobRunner, Runner, SequentialRunner, repo_relative
 from rl.tools.sweep.spec import DONE_FILE, Run, Sweep, finished, load_sweep, plan
@@ -25,7 +25,8 @@ def run_sweep(sweep: Sweep, runner: Runner, runs: list[Run] | None = None) -> li
     (sweep.sweep_dir / "sweep.json").write_text(json.dumps(
         {"sweep_file": str(sweep.path), "base_config": str(sweep.base_config), "mode": sweep.mode,
          "arms": [{"name": a, "params": v} for a, v in {r.arm.name: r.arm.values for r in runs}.items()],
-         "runs": [{"arm": r.arm.name, "seed": r.seed, "run_dir": str(r.run_dir), "overrides": r.overrides}
+         "runs": [{"arm": r.arm.name, "seed": r.seed, "run_dir": str(r.run_dir),
+                   "overrides": redact_overrides(r.overrides)}
                   for r in runs]}, indent=1) + "\n")
     # Seed-major: every arm's first seed before any arm's second, so an interrupted sweep already compares arms.
     todo = sorted((r for r in runs if not finished(r)), key=lambda r: sweep.seeds.index(r.seed))
@@ -40,7 +41,8 @@ def run_sweep(sweep: Sweep, runner: Runner, runs: list[Run] | None = None) -> li
         if attempt.returncode == 0:
             (run.run_dir / DONE_FILE).parent.mkdir(parents=True, exist_ok=True)
             (run.run_dir / DONE_FILE).write_text(json.dumps(
-                {"arm": run.arm.name, "seed": run.seed, "params": run.arm.values, "overrides": run.overrides,
+                {"arm": run.arm.name, "seed": run.seed, "params": run.arm.values,
+                 "overrides": redact_overrides(run.overrides),
                  "wall_s": round(attempt.wall_s, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
             tqdm.write(f"{run.label}: finished in {attempt.wall_s:.0f} s", file=sys.stderr)
         else:

@@ -10,6 +10,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from rl.config import redact_overrides
 from rl.tools.sweep.runners import Attempt
 from rl.tools.sweep.spec import DONE_FILE, Run, Sweep, finished, fmt
 
@@ -113,7 +114,7 @@ def write_results(sweep: Sweep, results: list[RunResult]) -> dict[str, Path]:
           f"`{sweep.path}`: base config `{sweep.base_config}`, mode {sweep.mode}, seeds {sweep.seeds}; "
           f"{len(arms)} arms, {len(results)} runs: {n_ok} finished, {len(results) - n_ok} not finished.", ""]
     if sweep.overrides:
-        md += ["Every run: " + ", ".join(f"`{o}`" for o in sweep.overrides), ""]
+        md += ["Every run: " + ", ".join(f"`{o}`" for o in redact_overrides(sweep.overrides)), ""]
     md += ["Final values (each run's last logged step), mean ± std (sample std) over the arm's finished seeds; "
            "one finished seed shows its value alone.", "",
            "| arm | " + " | ".join(keys + ["seeds"] + chosen) + " |",

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from rl.config import redact_overrides, secrets_to_environment
 from rl.tools.sweep.spec import REPO_ROOT, Run, SweepError
 
 # Not uploaded with a Ray job's working_dir: environments, outputs, caches (Ray also honours .gitignore).
@@ -55,7 +56,7 @@ class LocalTrain:
                    PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p))
         run.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(run.log_path, "a") as log:
-            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n")
+            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(redact_overrides(cmd))}\n")
             log.flush()
             return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
 
@@ -90,15 +91,18 @@ class JobRunner:
         self.address, self.max_concurrent, self.poll_s = address, max_concurrent, poll_s
 
     def entrypoint(self, run: Run) -> str:
-        args = run.train_args()
+        """The job's command line; API keys travel as environment variables (job_env), never in it: Ray stores
+        and shows entrypoints."""
+        args, _ = secrets_to_environment(run.train_args())
         args[1] = repo_relative(run.base_config)  # the job's cwd is the uploaded copy of the repo
         return shlex.join(["python", "-m", "rl.train", *args])
 
     def submit(self, run: Run, entrypoint: str) -> str:
         sid = re.sub(r"[^A-Za-z0-9_-]", "_", f"sweep-{run.arm.name}-seed{run.seed}")[:80]
+        _, job_env = secrets_to_environment(run.train_args())
         return self.client.submit_job(
             entrypoint=entrypoint, submission_id=f"{sid}-{secrets.token_hex(3)}",
-            runtime_env={"working_dir": str(REPO_ROOT), "excludes": JOB_EXCLUDES},
+            runtime_env={"working_dir": str(REPO_ROOT), "excludes": JOB_EXCLUDES, "env_vars": job_env},
             metadata={"telerl_sweep_run": run.label, "run_dir": str(run.run_dir)})
 
     def run(self, runs: list[Run], on_done: OnDone) -> None:
