@@ -1,4 +1,6 @@
 """EnvWorker actors on a real local Ray cluster: concurrent sessions, and recovery after a worker dies."""
+import json
+
 import pytest
 import ray
 
@@ -74,3 +76,32 @@ def test_bad_turns_through_the_actor_are_error_observations(ray_cluster):
         assert len(pool.log(sid)["rejected"]) == 5
     finally:
         pool.shutdown()
+
+
+def test_an_llm_customer_session_survives_a_worker_crash(ray_cluster):
+    """Dual mode with tau2's LLM user simulator (over a stub OpenAI server): the EnvWorker dies after the opening;
+    the rebuilt session's customer picks the conversation up from the session log and the episode succeeds."""
+    from envs.tau2_telecom.endpoint import LLMEndpoint
+    from tests.openai_stub import ScriptedOpenAI
+
+    task = next(t for t in load_split("small") if t.id == "[service_issue]airplane_mode_on[PERSONA:None]")
+    script = [{"content": "Hi, my phone has no service at all."},
+              {"tool_calls": [("toggle_airplane_mode", {})]},
+              {"content": "I turned airplane mode off and I have signal now. ###STOP###"}]
+    with ScriptedOpenAI(script) as server:
+        endpoint = LLMEndpoint(model="openai/stub-user", base_url=server.base_url)
+        pool = EnvPool(EnvSettings(user="llm", user_llm=endpoint), num_workers=1, max_restarts=2)
+        try:
+            ((sid, first),) = pool.reset_many([task], "dual")
+            assert first["messages"][-1]["content"] == "Hi, my phone has no service at all."
+            ray.kill(pool.workers[0], no_restart=False)  # the crash; Ray restarts the actor empty
+            (out,) = pool.step_many([(sid, "Please turn off airplane mode on your phone.")])
+            assert pool.recoveries == 1
+            assert out["done"] and out["termination"] == "user_stop", out
+            (result,) = pool.evaluate_many([sid])
+            assert result.success and result.failure is None
+            # The rebuilt simulator was shown the conversation from before the crash (roles flipped by tau2).
+            resumed = json.dumps(server.requests[1]["messages"])
+            assert "Hi, my phone has no service at all." in resumed and "turn off airplane mode" in resumed
+        finally:
+            pool.shutdown()

@@ -42,7 +42,7 @@ from tau2.evaluator import evaluator_nl_assertions  # noqa: E402
 from tau2.evaluator.evaluator import EvaluationType, evaluate_simulation  # noqa: E402
 from tau2.orchestrator.orchestrator import DEFAULT_FIRST_AGENT_MESSAGE  # noqa: E402
 from tau2.registry import registry  # noqa: E402
-from tau2.user.base import OUT_OF_SCOPE, STOP, TRANSFER  # noqa: E402
+from tau2.user.base import OUT_OF_SCOPE, STOP, TRANSFER, is_valid_user_history_message  # noqa: E402
 from tau2.user.user_simulator import UserSimulator  # noqa: E402
 
 __all__ = [
@@ -52,5 +52,6 @@ __all__ = [
     "RewardInfo", "STOP", "SimulationRun", "SystemMessage", "TELECOM_DATA_DIR", "TRANSFER", "Task",
     "TelecomDB", "TelecomEnvironment", "TelecomTools", "TelecomUserDB", "TelecomUserTools",
     "TerminationReason", "Tool", "ToolCall", "ToolMessage", "UserMessage", "UserSimulator", "as_tool",
-    "evaluate_simulation", "evaluator_nl_assertions", "registry", "telecom_environment",
+    "evaluate_simulation", "evaluator_nl_assertions", "is_valid_user_history_message", "registry",
+    "telecom_environment",
 ]

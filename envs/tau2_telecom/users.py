@@ -178,16 +178,23 @@ class LLMUser:
         self.endpoint = endpoint
 
     def opening(self, session: TelecomSession) -> str:
+        history = [m for m in session.trajectory if isinstance(m, t2.AssistantMessage)]
+        self._start(session, history[:-1])
+        return self._reply(session, history[-1])
+
+    def respond(self, session: TelecomSession, agent_text: str) -> str:
+        if getattr(self, "_sim", None) is None:
+            # A session rebuilt from its log (its EnvWorker died): the simulator's state is the conversation so
+            # far as the customer saw it - what tau2's orchestrator hands a user simulator on resume.
+            self._start(session, [m for m in session.trajectory if t2.is_valid_user_history_message(m)])
+        return self._reply(session, t2.AssistantMessage(role="assistant", content=agent_text))
+
+    def _start(self, session: TelecomSession, history: list) -> None:
         tools = list(session.world.user_tools.values())
         self._sim = t2.UserSimulator(tools=tools, instructions=str(session.task.user_scenario),
                                      llm=self.endpoint.model,
                                      llm_args=self.endpoint.litellm_args(num_retries=1))
-        history = [m for m in session.trajectory if isinstance(m, t2.AssistantMessage)]
-        self._state = self._sim.get_init_state(message_history=history[:-1])
-        return self._reply(session, history[-1])
-
-    def respond(self, session: TelecomSession, agent_text: str) -> str:
-        return self._reply(session, t2.AssistantMessage(role="assistant", content=agent_text))
+        self._state = self._sim.get_init_state(message_history=history)
 
     def _reply(self, session: TelecomSession, message) -> str:
         # Like tau2's orchestrator: the user may act on its phone several times before it answers in text.
