@@ -150,6 +150,9 @@ class LearnerConfig:
     micro_batch_size: int = 4  # sequences per forward/backward per rank
     gradient_checkpointing: bool = False
     offload: bool = False  # ZeRO-3 CPU offload (GPU runs)
+    # A learner call (train step, weight gather, checkpoint) running longer than this fails with the rank's name
+    # instead of hanging the driver (a dead or stuck rank); None = wait forever.
+    timeout_s: Optional[float] = 3600.0
 
 
 @dataclass
@@ -314,7 +317,7 @@ RULES: dict[type, dict[str, Check]] = {
                     "max_new_tokens": positive, "temperature": non_negative, "top_p": fraction,
                     "kv_cache_gib": positive, "gpu_memory_utilization": fraction, "engine": one_of(*ENGINES)},
     LearnerConfig: {"num_ranks": positive, "lr": positive, "weight_decay": non_negative, "grad_clip": positive,
-                    "micro_batch_size": positive},
+                    "micro_batch_size": positive, "timeout_s": optional(positive)},
     AlgorithmConfig: {"name": one_of(*ADVANTAGE_ESTIMATORS), "group_size": positive,
                       "clip_eps": positive, "clip_eps_high": optional(positive), "kl_coef": non_negative,
                       "kl_kind": one_of(*KL_KINDS), "aggregation": one_of(*AGGREGATIONS),

@@ -154,7 +154,7 @@ class Trainer:
         engines_started = [w.start.remote() for w in self.rollout_workers]  # concurrently with the learner's start
         self.reward = RewardActor.remote(cfg.reward, cfg.judge)
         self.learner = LearnerGroup(LearnerSettings.from_config(cfg, self.model_path),
-                                    num_ranks=cfg.learner.num_ranks, use_gpu=use_gpu)
+                                    num_ranks=cfg.learner.num_ranks, use_gpu=use_gpu, timeout_s=cfg.learner.timeout_s)
         ray.get(engines_started)
         self.step = 0
         if resume:
