@@ -28,7 +28,15 @@ from tau2.data_model.message import (  # noqa: E402
     ToolMessage,
     UserMessage,
 )
-from tau2.data_model.simulation import RewardInfo, SimulationRun, TerminationReason  # noqa: E402
+from tau2.data_model.simulation import (  # noqa: E402
+    AgentInfo,
+    Info,
+    Results,
+    RewardInfo,
+    SimulationRun,
+    TerminationReason,
+    UserInfo,
+)
 from tau2.data_model.tasks import Task  # noqa: E402
 from tau2.domains.telecom import environment as telecom_environment  # noqa: E402
 from tau2.domains.telecom.data_model import TelecomDB  # noqa: E402
@@ -37,9 +45,11 @@ from tau2.domains.telecom.tools import TelecomTools  # noqa: E402
 from tau2.domains.telecom.user_data_model import TelecomUserDB  # noqa: E402
 from tau2.domains.telecom.user_tools import TelecomUserTools  # noqa: E402
 from tau2.domains.telecom.utils import TELECOM_DATA_DIR  # noqa: E402
+from tau2.environment.environment import EnvironmentInfo  # noqa: E402
 from tau2.environment.tool import Tool, as_tool  # noqa: E402
 from tau2.evaluator import evaluator_nl_assertions  # noqa: E402
 from tau2.evaluator.evaluator import EvaluationType, evaluate_simulation  # noqa: E402
+from tau2.metrics.agent_metrics import compute_metrics  # noqa: E402
 from tau2.orchestrator.orchestrator import DEFAULT_FIRST_AGENT_MESSAGE  # noqa: E402
 from tau2.registry import registry  # noqa: E402
 from tau2.user.base import OUT_OF_SCOPE, STOP, TRANSFER, is_valid_user_history_message  # noqa: E402
@@ -47,7 +57,8 @@ from tau2.user.user_simulator import UserSimulator  # noqa: E402
 
 __all__ = [
     "AGENT_INSTRUCTION", "AGENT_SOLO_INSTRUCTION", "SYSTEM_PROMPT", "SYSTEM_PROMPT_SOLO",
-    "DEFAULT_FIRST_AGENT_MESSAGE", "AssistantMessage", "EvaluationType", "LLMSoloAgent", "Message",
+    "DEFAULT_FIRST_AGENT_MESSAGE", "AgentInfo", "AssistantMessage", "EnvironmentInfo", "EvaluationType", "Info",
+    "LLMSoloAgent", "Message", "Results", "UserInfo", "compute_metrics",
     "MultiToolMessage", "OUT_OF_SCOPE",
     "RewardInfo", "STOP", "SimulationRun", "SystemMessage", "TELECOM_DATA_DIR", "TRANSFER", "Task",
     "TelecomDB", "TelecomEnvironment", "TelecomTools", "TelecomUserDB", "TelecomUserTools",

@@ -1,0 +1,63 @@
+"""rl.evaluate: tau2's pass^k over trials, resumable episodes, and results in tau2's own format that tau2's
+compute_metrics reads to the same numbers."""
+import json
+
+import pytest
+
+from envs.tau2_telecom import tau2_api as t2
+from envs.tau2_telecom.tasks import load_split
+from rl.eval_report import EpisodeOutcome, build_report
+from rl.evaluate import main
+from rl.tau2_export import tau2_results
+
+
+def _tau2_metrics(path) -> tuple[dict, float]:
+    m = t2.compute_metrics(t2.Results.load(path))
+    return {str(k): v for k, v in m.pass_hat_ks.items()}, m.avg_reward
+
+
+def test_expert_evaluation_matches_tau2s_own_metrics(tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["--agent", "expert", "--split", "test", "--limit", "4", "--trials", "2", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["tasks"] == 4 and report["episodes"] == 8 and set(report["pass_hat_k"]) == {"1", "2"}
+    pass_k, avg = _tau2_metrics(out / "tau2_results.json")
+    assert pass_k == pytest.approx(report["pass_hat_k"]) and avg == pytest.approx(report["avg_reward"])
+    assert report["pass_hat_k"]["1"] == 1.0 and "pass^2 1.000" in capsys.readouterr().out  # the expert solves them
+    rows = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+    assert sorted((r["task_id"], r["trial"]) for r in rows) == sorted(
+        (t.id, k) for t in load_split("test")[:4] for k in (0, 1))
+    assert all(r["messages"] and r["tool_calls"] > 0 for r in rows)
+    assert "| pass^k |" in (out / "report.md").read_text()
+
+
+def test_mixed_outcomes_give_tau2s_pass_hat_k():
+    tasks = {t.id: t for t in load_split("test")[:3]}
+    a, b, c = tasks
+    wins = {a: [1, 1, 1], b: [1, 0, 1], c: [0, 0, 1]}  # pass^1 = (1 + 2/3 + 1/3) / 3, pass^3 = 1/3
+    outcomes = [EpisodeOutcome(tid, k, float(w), bool(w), "agent_stop", messages=[])
+                for tid, ws in wins.items() for k, w in enumerate(ws)]
+    report = build_report(outcomes)
+    assert report["pass_hat_k"]["1"] == pytest.approx(2 / 3) and report["pass_hat_k"]["3"] == pytest.approx(1 / 3)
+    results = tau2_results(tasks, outcomes, agent="x", user="none", policy="manual", trials=3, max_steps=30,
+                           max_errors=10, seed=0)
+    m = t2.compute_metrics(results)
+    assert {str(k): v for k, v in m.pass_hat_ks.items()} == pytest.approx(report["pass_hat_k"])
+    assert m.avg_reward == pytest.approx(report["avg_reward"])
+
+
+def test_resume_runs_only_what_is_missing_and_bad_input_is_one_line(tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["--agent", "oracle", "--split", "small", "--limit", "2", "--out", str(out)]) == 0
+    assert main(["--agent", "oracle", "--split", "small", "--limit", "2", "--out", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["--agent", "oracle", "--split", "small", "--limit", "3", "--out", str(out), "--resume"]) == 0
+    rows = (out / "episodes.jsonl").read_text().splitlines()
+    assert len(rows) == 3 and len({json.loads(r)["task_id"] for r in rows}) == 3  # 2 kept + 1 new
+    assert json.loads((out / "report.json").read_text())["episodes"] == 3
+
+    broken = tmp_path / "tasks.json"
+    broken.write_text("[{not json")
+    assert main(["--agent", "expert", "--tasks", str(broken), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("rl.evaluate: ") and "tasks.json" in err[-1]
