@@ -148,9 +148,13 @@ class Trainer:
         env_settings = EnvSettings.from_config(cfg)
         self.env = EnvPool(env_settings, num_workers=cfg.env_pool.num_workers, max_restarts=cfg.env_pool.max_restarts)
         res = {"num_gpus": 1} if use_gpu else {"num_cpus": cfg.rollout.num_cpus}
-        self.rollout_workers = [RolloutWorker.options(**res, runtime_env=actor_runtime_env()).remote(
-            RolloutSettings.from_config(cfg, self.model_path, worker=i), self.env.workers, env_settings, f"r{i}")
-            for i in range(cfg.rollout.num_workers)]
+
+        def rollout_worker(i: int):
+            return RolloutWorker.options(**res, runtime_env=actor_runtime_env()).remote(
+                RolloutSettings.from_config(cfg, self.model_path, worker=i), self.env.workers, env_settings, f"r{i}")
+
+        self.new_rollout_worker, self.rollout_restarts = rollout_worker, 0
+        self.rollout_workers = [rollout_worker(i) for i in range(cfg.rollout.num_workers)]
         engines_started = [w.start.remote() for w in self.rollout_workers]  # concurrently with the learner's start
         self.reward = RewardActor.remote(cfg.reward, cfg.judge)
         self.learner = LearnerGroup(LearnerSettings.from_config(cfg, self.model_path),
@@ -177,7 +181,8 @@ class Trainer:
         self.step += 1
         metrics = {**episode_metrics(trajs, scores), **_split_rollout_time(timer.seconds.pop("time/rollout"), trajs),
                    **timer.seconds, **{f"learner/{k}": v for k, v in learner_metrics.items()},
-                   "train/sequences": len(batch) if batch else 0, "sync/bytes": sync.get("bytes", 0)}
+                   "train/sequences": len(batch) if batch else 0, "sync/bytes": sync.get("bytes", 0),
+                   "rollout/restarts": self.rollout_restarts}
         metrics["time/step"] = sum(v for k, v in metrics.items() if k.startswith("time/"))
         if self.eval_due():
             t0 = time.perf_counter()
@@ -195,8 +200,26 @@ class Trainer:
         jobs = [EpisodeJob(self._task(tid), g) for g, tid in enumerate(task_ids) for _ in range(group_size)]
         n = len(self.rollout_workers)
         shards = [jobs[i::n] for i in range(n)]
-        outs = ray.get([w.rollout.remote(shard, greedy) for w, shard in zip(self.rollout_workers, shards) if shard])
+        refs = {i: w.rollout.remote(shards[i], greedy) for i, w in enumerate(self.rollout_workers) if shards[i]}
+        outs = []
+        for i, ref in refs.items():
+            try:
+                outs.append(ray.get(ref))
+            except ray.exceptions.RayActorError as e:  # the worker (or its engine) died: none of its episodes count
+                print(f"rollout worker r{i} died ({type(e).__name__}); restarting it and re-running its "
+                      f"{len(shards[i])} episodes", file=sys.stderr)
+                self.restart_rollout_worker(i)
+                outs.append(ray.get(self.rollout_workers[i].rollout.remote(shards[i], greedy)))
         return [t for out in outs for t in out]
+
+    def restart_rollout_worker(self, i: int) -> None:
+        """A new worker in place of a dead one, with the learner's current weights (this step's policy version)."""
+        ray.kill(self.rollout_workers[i], no_restart=True)
+        worker = self.new_rollout_worker(i)
+        ray.get(worker.start.remote())
+        ray.get(worker.sync_weights.remote(self.learner.state_dict_ref(), self.step))
+        self.rollout_workers[i] = worker
+        self.rollout_restarts += 1
 
     def train(self, batch: TrainBatch) -> dict:
         """algorithm.update_epochs x num_minibatches optimizer steps on the step's batch; metrics averaged over

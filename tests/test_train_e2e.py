@@ -97,7 +97,9 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
     try:
         assert resumed.step == 2 and resumed.cursor.state() != {"epoch": 0, "index": 0}
         resumed.evaluate_start()  # step 0's evaluation is not re-run on resumed weights
+        ray.kill(resumed.rollout_workers[0], no_restart=True)  # a dead worker: its episodes run on a new one
         resumed.train_step()
+        assert resumed.rollout_restarts == 1
         assert resumed.heldout_before() == json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])[
             "eval/success"]
     finally:
@@ -110,10 +112,12 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
     assert (run_dir / "checkpoints" / "latest").read_text() == "3"
     assert json.loads((run_dir / "trajectories.jsonl").read_text().splitlines()[0])["task_id"] == first_cursor
     # Every episode records the weights it was sampled with: the syncs its engine had received when it started.
-    versions = {}
+    versions, per_step = {}, {}
     for line in (run_dir / "trajectories.jsonl").read_text().splitlines():
         row = json.loads(line)
         versions.setdefault(row["step"], set()).add(row["policy_version"])
+        per_step[row["step"]] = per_step.get(row["step"], 0) + 1
+    assert per_step == {1: 16, 2: 16, 3: 16}  # the dead worker's episodes were re-run once, not counted twice
     assert versions[1] == {0}
     assert versions[2] == ({1} if rows[0]["train/sequences"] else {0})  # step 1 synced only if it trained
-    assert versions[3] == {2}  # --resume syncs the checkpoint's weights as version 2
+    assert versions[3] == {2}  # --resume syncs the checkpoint's weights as version 2 (so does the worker's restart)
