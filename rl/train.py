@@ -156,7 +156,7 @@ class Trainer:
         self.new_rollout_worker, self.rollout_restarts = rollout_worker, 0
         self.rollout_workers = [rollout_worker(i) for i in range(cfg.rollout.num_workers)]
         engines_started = [w.start.remote() for w in self.rollout_workers]  # concurrently with the learner's start
-        self.reward = RewardActor.remote(cfg.reward, cfg.judge)
+        self.reward, self.reward_restarts = RewardActor.remote(cfg.reward, cfg.judge), 0
         self.learner = LearnerGroup(LearnerSettings.from_config(cfg, self.model_path),
                                     num_ranks=cfg.learner.num_ranks, use_gpu=use_gpu, timeout_s=cfg.learner.timeout_s)
         ray.get(engines_started)
@@ -171,7 +171,7 @@ class Trainer:
         with timer("rollout"):
             trajs = self.rollout(self.cursor.take(cfg.train.tasks_per_step), cfg.algorithm.group_size)
         with timer("reward"):
-            scores = ray.get(self.reward.score.remote(trajs))
+            scores = self.score(trajs)
         batch = build_train_batch(trajs, scores, cfg.algorithm)
         with timer("train"):
             learner_metrics = self.train(batch) if batch else {}
@@ -182,7 +182,7 @@ class Trainer:
         metrics = {**episode_metrics(trajs, scores), **_split_rollout_time(timer.seconds.pop("time/rollout"), trajs),
                    **timer.seconds, **{f"learner/{k}": v for k, v in learner_metrics.items()},
                    "train/sequences": len(batch) if batch else 0, "sync/bytes": sync.get("bytes", 0),
-                   "rollout/restarts": self.rollout_restarts}
+                   "rollout/restarts": self.rollout_restarts, "reward/restarts": self.reward_restarts}
         metrics["time/step"] = sum(v for k, v in metrics.items() if k.startswith("time/"))
         if self.eval_due():
             t0 = time.perf_counter()
@@ -211,6 +211,18 @@ class Trainer:
                 self.restart_rollout_worker(i)
                 outs.append(ray.get(self.rollout_workers[i].rollout.remote(shards[i], greedy)))
         return [t for out in outs for t in out]
+
+    def score(self, trajs: list[Trajectory]) -> list[Score]:
+        try:
+            return ray.get(self.reward.score.remote(trajs))
+        except ray.exceptions.RayActorError as e:  # the reward actor died: a new one scores the batch again
+            print(f"reward actor died ({type(e).__name__}); restarting it and re-scoring the batch", file=sys.stderr)
+            from actors.reward_actor import RewardActor
+
+            ray.kill(self.reward, no_restart=True)
+            self.reward = RewardActor.remote(self.cfg.reward, self.cfg.judge)
+            self.reward_restarts += 1
+            return ray.get(self.reward.score.remote(trajs))
 
     def restart_rollout_worker(self, i: int) -> None:
         """A new worker in place of a dead one, with the learner's current weights (this step's policy version)."""

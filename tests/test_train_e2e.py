@@ -98,8 +98,10 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
         assert resumed.step == 2 and resumed.cursor.state() != {"epoch": 0, "index": 0}
         resumed.evaluate_start()  # step 0's evaluation is not re-run on resumed weights
         ray.kill(resumed.rollout_workers[0], no_restart=True)  # a dead worker: its episodes run on a new one
-        resumed.train_step()
-        assert resumed.rollout_restarts == 1
+        ray.kill(resumed.reward, no_restart=True)  # a dead reward actor: a new one scores the batch
+        m = resumed.train_step()
+        assert resumed.rollout_restarts == 1 and m["rollout/restarts"] == 1 and m["reward/restarts"] == 1
+        assert m["episodes"] == 16 and "reward/tau2" in m
         assert resumed.heldout_before() == json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])[
             "eval/success"]
     finally:
