@@ -399,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"held-out success ({where}): before {before:.2f} -> after {after:.2f}")
         elif before is not None and cfg.train.steps == 0:
             print(f"held-out success ({where}): {before:.2f}")
+    except EpisodeFailures as e:  # the reason, not a traceback: the run's logs up to this step are complete
+        print(f"rl.train: stopped: {e}", file=sys.stderr)
+        return 1
     finally:
         trainer.close()
     print(f"run directory: {trainer.run.path}  (report: {trainer.run.path / 'report.png'})")
