@@ -94,7 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sft-lr", type=float, default=3e-3, help="peak lr of the SFT warm start (warm-up, then decay)")
     ap.add_argument("--no-ceiling", action="store_true", help="skip SFT on all expert data")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides for every step")
-    args = ap.parse_args(argv)
+    # key=value items anywhere on the line are overrides (argparse alone would read them as more --seeds)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    args = ap.parse_args([a for a in argv if a not in overrides])
+    args.overrides = overrides
     out = Path(args.out)
 
     report: dict = {"config": args.config, "overrides": args.overrides, "seeds": args.seeds,

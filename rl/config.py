@@ -655,7 +655,8 @@ def parse_cli(argv: list[str] | None = None, description: str = "",
     parser.add_argument("--config", metavar="PATH", default=None, help="YAML config file (see configs/)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotted overrides applied after the file, e.g. env.max_turns=5")
-    args = parser.parse_args(argv)
+    # intermixed: overrides may come before, between or after the flags (`--config X seed=1 --lr 3e-3 run_dir=Y`)
+    args = parser.parse_intermixed_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:

@@ -305,6 +305,27 @@ def test_parse_cli_loads_config_and_overrides():
     assert ns.overrides == ["env.max_turns=3", "seed=9"]
 
 
+def test_parse_cli_takes_overrides_between_and_after_flags():
+    def flags(p):
+        p.add_argument("--lr", type=float)
+        p.add_argument("--from-rollouts", nargs="+", default=None)
+
+    cfg, ns = parse_cli(["--config", str(CONFIGS / "test_tiny.yaml"), "seed=9", "--lr", "0.5", "env.max_turns=3",
+                         "--from-rollouts", "a", "b"], add_arguments=flags)
+    assert cfg.seed == 9 and cfg.env.max_turns == 3 and ns.lr == 0.5 and ns.from_rollouts == ["a", "b"]
+
+
+def test_bench_learning_reads_overrides_anywhere(tmp_path, monkeypatch):
+    from bench import bench_learning
+
+    seen = {}
+    monkeypatch.setattr(bench_learning, "_sft", lambda *a: seen.setdefault("sft_overrides", a[-1]))
+    monkeypatch.setattr(bench_learning, "_train", lambda *a: (_ for _ in ()).throw(SystemExit("stop here")))
+    with pytest.raises(SystemExit, match="stop here"):
+        bench_learning.main(["--out", str(tmp_path), "env.max_turns=20", "--seeds", "3", "algorithm.update_epochs=2"])
+    assert seen["sft_overrides"] == ["env.max_turns=20", "algorithm.update_epochs=2"]
+
+
 def test_parse_cli_without_args_gives_defaults():
     cfg, ns = parse_cli([])
     assert cfg == Config() and ns.config is None and ns.overrides == []
