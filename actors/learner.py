@@ -205,8 +205,8 @@ class LearnerRank:
             m = {k: v.to(self.engine.device) if torch.is_tensor(v) else v for k, v in m.items()}
             mask = m["loss_mask"]
             logp = self._logprobs(self.engine, m, needed=mask > 0)
-            ref_logp = None
-            if self.ref is not None:
+            ref_logp = m.get("ref_logprobs")
+            if self.ref is not None and ref_logp is None:
                 with torch.no_grad():  # the reference forward is a collective too: every rank runs it
                     ref_logp = self._logprobs(self.ref, m, needed=mask > 0)
             loss, stats = policy_loss(logp, m["old_logprobs"], m["advantages"], mask, clip_eps=s.clip_eps,
@@ -230,11 +230,16 @@ class LearnerRank:
                 "tokens": float(n_tokens), "lr": float(self.engine.get_lr()[0]), "seconds": time.perf_counter() - t0}
 
     @torch.no_grad()
-    def logprobs(self, batch: TrainBatch) -> list[list[float]]:
-        """Per-token logprobs of the current policy, aligned with input_ids (position 0 is 0)."""
+    def logprobs(self, batch: TrainBatch, reference: bool = False) -> list[list[float]]:
+        """Per-token logprobs of the current policy (or the frozen reference), aligned with input_ids (position 0
+        is 0). The reference's are computed where the KL term needs them (loss-mask tokens); other positions may
+        hold 0."""
+        if reference and self.ref is None:
+            raise ValueError("no reference model: algorithm.kl_coef is 0")
         out = []
         for m in self._micro_batches(batch, train=False):
-            logp = self._logprobs(self.engine, m).cpu()
+            needed = m["loss_mask"] > 0 if reference and "loss_mask" in m else None  # the KL term's tokens only
+            logp = self._logprobs(self.ref if reference else self.engine, m, needed=needed).cpu()
             out += [row[:n].tolist() for row, n in zip(logp, m["lengths"])]
         return out
 
@@ -250,6 +255,10 @@ class LearnerRank:
             if train:
                 for k in ("loss_mask", "old_logprobs", "advantages"):
                     m[k] = pad_rows(getattr(part, k), 0, torch.float32)
+                if part.ref_logprobs is not None:
+                    m["ref_logprobs"] = pad_rows(part.ref_logprobs, 0, torch.float32)
+            elif part.loss_mask is not None:
+                m["loss_mask"] = pad_rows(part.loss_mask, 0, torch.float32)
             micro.append(m)
         return micro
 
@@ -408,9 +417,10 @@ class LearnerGroup:
         out["seconds"] = max(r["seconds"] for r in results)
         return out
 
-    def logprobs(self, batch: TrainBatch) -> list[list[float]]:
+    def logprobs(self, batch: TrainBatch, reference: bool = False) -> list[list[float]]:
         shares, n = self._split(batch)
-        return [row for share in self._call("logprobs", shares) for row in share][:n]
+        return [row for share in self._call("logprobs", [(s, reference) for s in shares], spread=True)
+                for row in share][:n]
 
     def state_dict_ref(self) -> ray.ObjectRef:
         """Rank 0's gathered weights as an ObjectRef: pass it to rollout workers; the driver never holds them."""
@@ -466,7 +476,7 @@ class LearnerGroup:
             return None if rows is None else list(rows) + [[0] * len(short)] * extra
 
         padded = TrainBatch(list(ids) + [short] * extra, fill(batch.loss_mask), fill(batch.old_logprobs),
-                            fill(batch.advantages))
+                            fill(batch.advantages), ref_logprobs=fill(batch.ref_logprobs))
         return [padded.rows(slice(r * per_rank, (r + 1) * per_rank)) for r in range(self.num_ranks)], n
 
 

@@ -110,22 +110,23 @@ class TrainBatch:
     old_logprobs: list[list[float]] | None = None  # behaviour (or recomputed) logprobs; needed by train_step
     advantages: list[list[float]] | None = None  # per token; needed by train_step
     totals: BatchTotals | None = None  # set by LearnerGroup on each rank's share; None: the share is the batch
+    # the frozen reference policy's logprobs (KL term), computed once when a batch serves several PPO updates;
+    # None: each update runs the reference forward itself
+    ref_logprobs: list[list[float]] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
     def rows(self, sl: slice) -> TrainBatch:
-        return TrainBatch(self.input_ids[sl], self.loss_mask[sl],
-                          None if self.old_logprobs is None else self.old_logprobs[sl],
-                          None if self.advantages is None else self.advantages[sl], self.totals)
+        return self.select(list(range(len(self)))[sl])
 
     def select(self, indices: list[int]) -> TrainBatch:
-        """The rows at `indices`, in that order (a PPO mini-batch)."""
+        """The rows at `indices`, in that order (a PPO mini-batch, a rank's share)."""
         def pick(rows: list | None) -> list | None:
             return None if rows is None else [rows[i] for i in indices]
 
         return TrainBatch(pick(self.input_ids), pick(self.loss_mask), pick(self.old_logprobs),
-                          pick(self.advantages), self.totals)
+                          pick(self.advantages), self.totals, pick(self.ref_logprobs))
 
 
 @dataclass

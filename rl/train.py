@@ -240,6 +240,8 @@ class Trainer:
         if algo.recompute_old_logprobs:  # the learner's own numerics as the PPO ratio's denominator
             batch.old_logprobs = self.learner.logprobs(batch)
         parts = minibatches(len(batch), algo.update_epochs, algo.num_minibatches, self.update_rng)
+        if algo.kl_coef > 0 and algo.update_epochs > 1:  # the reference forward once, not once per update
+            batch.ref_logprobs = self.learner.logprobs(batch, reference=True)
         results = [self.learner.train_step(batch.select(part)) for part in parts]
         out = {k: sum(r[k] for r in results) / len(results) for k in results[0]}
         out.update(tokens=sum(r["tokens"] for r in results), seconds=sum(r["seconds"] for r in results),

@@ -179,6 +179,17 @@ def test_kl_to_reference_starts_at_zero_and_grows(ray_cluster, model_path):
         kls = [m["kl"] for m in steps]
         assert abs(kls[0]) < 1e-7  # the policy is the reference until the first update
         assert kls[-1] > 1e-6
+        # Reference logprobs computed once (a batch reused by several PPO updates) are the initial weights' on the
+        # loss tokens, and the step's KL from them is k3(policy || reference) over those tokens.
+        ref = group.logprobs(batch, reference=True)
+        want = hf_logprobs(hf_model(model_path), batch)
+        on_mask = [(r[t], w[t]) for r, w, m in zip(ref, want, batch.loss_mask) for t in range(len(m)) if m[t]]
+        assert max(abs(a - b) for a, b in on_mask) < 1e-5
+        policy = group.logprobs(batch)
+        log_ratio = [p[t] - r[t] for p, r, m in zip(policy, ref, batch.loss_mask) for t in range(len(m)) if m[t]]
+        k3 = sum(math.exp(-x) - 1 + x for x in log_ratio) / len(log_ratio)
+        m = group.train_step(replace(on_policy(group, batch), ref_logprobs=ref))
+        assert m["kl"] == pytest.approx(k3, rel=1e-4) and k3 > 1e-6
     finally:
         group.shutdown()
 
