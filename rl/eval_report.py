@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from envs.tau2_telecom.tasks import task_family, task_faults
-from rl.evaluation import pass_hat_k
+from rl.evaluation import mean_pass_hat_k
 
 
 @dataclass
@@ -36,16 +36,8 @@ class EpisodeOutcome:
 
 
 def pass_hat_ks(outcomes: list[EpisodeOutcome]) -> dict[str, float]:
-    """tau2's pass^k for k = 1 .. the fewest trials any task has: per task C(successes, k) / C(trials, k), averaged
-    over tasks (tau2.metrics.agent_metrics.compute_metrics does the same)."""
-    by_task: dict[str, list[bool]] = defaultdict(list)
-    for o in outcomes:
-        by_task[o.task_id].append(o.success)
-    if not by_task:
-        return {}
-    max_k = min(len(v) for v in by_task.values())
-    return {str(k): sum(pass_hat_k(len(v), sum(v), k) for v in by_task.values()) / len(by_task)
-            for k in range(1, max_k + 1)}
+    """tau2's pass^k for k = 1 .. the fewest trials any task has, keyed "1", "2", ... as in report.json."""
+    return {str(k): v for k, v in mean_pass_hat_k([(o.task_id, o.success) for o in outcomes]).items()}
 
 
 def _rates(outcomes: list[EpisodeOutcome], key) -> dict:

@@ -35,7 +35,7 @@ from envs.tau2_telecom.users import ScriptedUser
 from envs.tau2_telecom.world import get_world
 from rl.eval_report import EpisodeOutcome, build_report, write_report_files
 from rl.run_dir import read_jsonl
-from rl.tau2_export import tau2_results, write_tau2_results
+from rl.tau2_export import tau2_results
 
 SCRIPTED_AGENTS = {"expert": play_expert, "oracle": play_oracle}
 
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     results = tau2_results({t.id: t for t in tasks}, done, agent=args.agent,
                            user="scripted" if args.mode == "dual" else "none (solo)", policy=args.policy,
                            trials=args.trials, max_steps=args.max_turns, max_errors=args.max_errors, seed=None)
-    write_tau2_results(results, out / "tau2_results.json")
+    results.save(out / "tau2_results.json")
     k = ", ".join(f"pass^{k} {v:.3f}" for k, v in report["pass_hat_k"].items())
     print(f"{args.agent} on {tasks_from} ({report['tasks']} tasks, {args.mode}): {k}; average reward "
           f"{report['avg_reward']:.3f}; report: {out / 'report.md'}")

@@ -12,7 +12,7 @@ Keys (all under `eval/`, logged to metrics.jsonl and TensorBoard by the driver):
 from __future__ import annotations
 
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from math import comb
 
 from envs.tau2_telecom.tasks import task_family, task_faults
@@ -27,6 +27,17 @@ def pass_hat_k(trials: int, successes: int, k: int) -> float:
     if not 1 <= k <= trials:
         raise ValueError(f"pass^k needs 1 <= k <= trials, got k={k}, trials={trials}")
     return comb(successes, k) / comb(trials, k)
+
+
+def mean_pass_hat_k(episodes: list[tuple[str, bool]]) -> dict[int, float]:
+    """tau2's pass^k over (task id, success) episodes, for k = 1 .. the fewest trials any task has: the per-task
+    pass^k averaged over tasks (what tau2.metrics.agent_metrics.compute_metrics reports)."""
+    by_task: dict[str, list[bool]] = defaultdict(list)
+    for task_id, success in episodes:
+        by_task[task_id].append(success)
+    max_k = min((len(v) for v in by_task.values()), default=0)
+    return {k: sum(pass_hat_k(len(v), sum(v), k) for v in by_task.values()) / len(by_task)
+            for k in range(1, max_k + 1)}
 
 
 def select_eval_tasks(task_ids: list[str], n: int) -> list[str]:
@@ -68,12 +79,10 @@ def heldout_metrics(greedy: list[Trajectory], sampled: list[Trajectory] = (), tr
             groups[task_family(t.task_id)].append(t.eval.success)
         out.update({f"eval/success/{name}": _rate(v) for name, v in sorted(groups.items())})
     if trials:
-        by_task: dict[str, list[bool]] = defaultdict(list)
-        for t in sampled:
-            by_task[t.task_id].append(t.eval.success)
-        short = {tid: len(v) for tid, v in by_task.items() if len(v) != trials}
+        counts = Counter(t.task_id for t in sampled)
+        short = {tid: n for tid, n in counts.items() if n != trials}
         if short:
             raise ValueError(f"pass^k: expected {trials} sampled episodes per task, got {short}")
-        for k in range(1, trials + 1):
-            out[f"eval/pass^{k}"] = sum(pass_hat_k(trials, sum(v), k) for v in by_task.values()) / max(1, len(by_task))
+        passes = mean_pass_hat_k([(t.task_id, t.eval.success) for t in sampled])
+        out.update({f"eval/pass^{k}": passes.get(k, 0.0) for k in range(1, trials + 1)})
     return out

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from envs.tau2_telecom import tau2_api as t2
+from envs.tau2_telecom.session import message_from_dict
 from rl.eval_report import EpisodeOutcome
 from rl.run_dir import git_revision
 
@@ -21,19 +21,10 @@ def tau2_results(tasks: dict[str, t2.Task], outcomes: list[EpisodeOutcome], *, a
             id=f"{o.task_id}#{o.trial}", task_id=o.task_id, start_time=now, end_time=now, duration=0.0,
             termination_reason=termination, agent_cost=0.0, user_cost=0.0, trial=o.trial, seed=seed,
             reward_info=t2.RewardInfo(reward=o.reward, info={"note": o.note, "failure": o.failure}),
-            messages=[_message(m) for m in o.messages or []]))
+            messages=[message_from_dict(m) for m in o.messages or []]))
     ran = [tasks[tid] for tid in dict.fromkeys(o.task_id for o in outcomes)]
     info = t2.Info(git_commit=git_revision(), num_trials=trials, max_steps=max_steps, max_errors=max_errors, seed=seed,
                 user_info=t2.UserInfo(implementation=user), agent_info=t2.AgentInfo(implementation=f"telerl:{agent}"),
                 environment_info=t2.EnvironmentInfo(domain_name="telecom", policy=policy))
     return t2.Results(info=info, tasks=ran, simulations=sims)
 
-
-def _message(d: dict) -> t2.Message:
-    from envs.tau2_telecom.session import message_from_dict
-
-    return message_from_dict(d)
-
-
-def write_tau2_results(results: t2.Results, path: Path) -> None:
-    results.save(path)
