@@ -44,6 +44,7 @@ __all__ = [
     "policy_loss",
     "reinforce_pp_advantages",
     "reinforce_pp_returns",
+    "rft_advantages",
     "rloo_advantages",
     "token_logprobs",
 ]
@@ -128,6 +129,16 @@ def rloo_advantages(rewards: Tensor, group_ids: Tensor) -> Tensor:
     return torch.where(n > 1, r - leave_one_out, 0)
 
 
+def rft_advantages(success: Tensor) -> Tensor:
+    """Rejection-sampling fine-tuning, online (expert iteration: STaR, RAFT, ReST-EM): A_i = 1 on the episodes the
+    verifier passes, 0 on the rest, so the policy loss is the negative log-likelihood of the policy's own verified
+    successes. No baseline, hence no push-down of failed episodes: a small policy cannot unlearn the tool-call
+    format it shares with them, and a group with one success still teaches (GRPO's gradient on it is noise-scaled).
+    success (B,) 0/1 (tau2's verdict, not the mixed reward) -> (B,).
+    """
+    return (_as_float(success) > 0).to(torch.float32)
+
+
 def reinforce_pp_returns(
     rewards: Tensor,
     mask: Tensor,
@@ -195,7 +206,8 @@ def compute_advantages(name: str, rewards: Tensor, group_ids: Tensor, mask: Tens
     """Dispatch to an advantage estimator; always returns token advantages (B, T), masked.
 
     name: "grpo" | "dr_grpo" (GRPO without std division) | "rloo" | "reinforce_pp"
-    (which ignores ``group_ids``).  ``kw`` goes to the estimator (eps, kl, kl_coef, gamma, ...).
+    (which ignores ``group_ids``) | "rft" (``rewards`` are the verifier's 0/1 verdicts; ignores ``group_ids``).
+    ``kw`` goes to the estimator (eps, kl, kl_coef, gamma, ...).
     """
     if name not in ADVANTAGE_ESTIMATORS:
         raise ValueError(f"unknown advantage estimator {name!r}; expected one of {', '.join(ADVANTAGE_ESTIMATORS)}")
@@ -205,6 +217,8 @@ def compute_advantages(name: str, rewards: Tensor, group_ids: Tensor, mask: Tens
         seq = grpo_advantages(rewards, group_ids, **kw)
     elif name == "dr_grpo":
         seq = grpo_advantages(rewards, group_ids, normalize_std=False, **kw)
+    elif name == "rft":
+        seq = rft_advantages(rewards)
     else:
         seq = rloo_advantages(rewards, group_ids, **kw)
     return expand_to_tokens(seq, mask)

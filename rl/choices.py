@@ -4,7 +4,7 @@ The environment's own choices (modes, splits, ...) live in envs/tau2_telecom/cho
 
 from envs.tau2_telecom.choices import MODES, POLICIES, PROMPTS, SPLITS, USERS
 
-ADVANTAGE_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp")
+ADVANTAGE_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp", "rft")
 KL_KINDS = ("k1", "k2", "k3")
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
 TOKEN_AGGREGATIONS = ("token_mean",)  # average over loss tokens; the others average over sequences with any

@@ -159,7 +159,7 @@ class LearnerConfig:
 class AlgorithmConfig:
     """The RL objective (rl/algorithms.py)."""
 
-    name: str = "grpo"  # grpo | dr_grpo | rloo | reinforce_pp
+    name: str = "grpo"  # grpo | dr_grpo | rloo | reinforce_pp | rft (fine-tune on own verified successes)
     group_size: int = 4  # episodes per task per step (the baseline group)
     clip_eps: float = 0.2
     clip_eps_high: Optional[float] = None  # DAPO clip-higher; None = symmetric
@@ -388,9 +388,18 @@ def _top_p_needs_learner_logprobs(cfg: Config) -> None:
                        related="rollout.top_p")
 
 
+def _rft_keeps_every_success(cfg: Config) -> None:
+    # Dynamic sampling drops groups whose rewards tie: under rft that is every group the policy solves each time.
+    if cfg.algorithm.name == "rft" and cfg.algorithm.drop_zero_variance_groups:
+        raise _Invalid("algorithm.drop_zero_variance_groups", True,
+                       "false with algorithm.name 'rft' (it would drop the groups where every episode passed)",
+                       related="algorithm.name")
+
+
 # Rules spanning several keys; each raises _Invalid.
 CROSS_RULES: list[Callable[[Config], None]] = [_llm_user_needs_model, _soft_components_need_sources,
-                                               _mixing_is_well_posed, _top_p_needs_learner_logprobs]
+                                               _mixing_is_well_posed, _top_p_needs_learner_logprobs,
+                                               _rft_keeps_every_success]
 
 
 def _check(obj: Any, prefix: str = "") -> None:

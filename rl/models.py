@@ -28,6 +28,7 @@ from pathlib import Path
 __all__ = [
     "CHAT_TEMPLATE",
     "ENDOFTEXT",
+    "MODEL_CONFIG_FILE",
     "SPECIAL_TOKENS",
     "TOOL_TOKENS",
     "ModelNotFoundError",
@@ -44,6 +45,7 @@ __all__ = [
 # older key are rebuilt.
 RECIPE_VERSION = 1
 BUILD_MARKER = "telerl_build.json"
+MODEL_CONFIG_FILE = "telerl.yaml"  # the config a policy was trained with, written beside its weights
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = (IM_START, IM_END)

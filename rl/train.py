@@ -6,7 +6,7 @@
 One step, top to bottom (each line is one call into an actor):
   1. rollout   RolloutWorker.rollout    vLLM agent loop; each turn goes to an EnvWorker (tau2 session)
   2. reward    RewardActor.score        tau2's verdict + partial credit + format penalty
-  3. advantage build_train_batch        GRPO / RLOO / REINFORCE++ (rl.algorithms) on the driver, pure torch
+  3. advantage build_train_batch        GRPO / RLOO / REINFORCE++ / RFT (rl.algorithms) on the driver, pure torch
   4. train     LearnerGroup.train_step  DeepSpeed ZeRO-3 PPO-clip step on N ranks
   5. sync      LearnerGroup.state_dict_ref -> RolloutWorker.sync_weights (Ray object store)
 Held-out evaluation (train.eval_tasks > 0) runs before step 1, every train.eval_every steps and after the last step;
@@ -88,6 +88,8 @@ def build_train_batch(trajs: list[Trajectory], scores: list[Score], algo: Algori
     rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32)
     groups = torch.tensor([t.group for t in trajs])
     mask = pad_rows([t.loss_mask for t in trajs], 0, torch.float32)
+    if algo.name == "rft":  # rejection sampling keeps what tau2's verifier passes, whatever the reward mix adds
+        rewards = torch.tensor([float(t.eval.success) for t in trajs])
     adv = algorithms.compute_advantages(algo.name, rewards, groups, mask)
     keep = (algorithms.drop_zero_variance_groups(rewards, groups) if algo.drop_zero_variance_groups
             else torch.ones(len(trajs), dtype=torch.bool))
@@ -305,6 +307,14 @@ class Trainer:
         """Held-out success of the starting weights (step 0's row), also after a resume."""
         return next((m["eval/success"] for m in self.run.metrics() if m["step"] == 0 and "eval/success" in m), None)
 
+    def export_model(self) -> None:
+        """The trained policy as a plain HF folder, RUN_DIR/model, with the run's config beside it (telerl.yaml):
+        what rl.evaluate, rl.sft and model.name take."""
+        from rl.config import config_to_yaml
+        from rl.models import MODEL_CONFIG_FILE
+
+        self.learner.save_hf(str(self.run.path / "model"), {MODEL_CONFIG_FILE: config_to_yaml(self.cfg)})
+
     def close(self) -> None:
         from rl.report import write_report
 
@@ -401,12 +411,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"held-out success ({where}): before {before:.2f} -> after {after:.2f}")
         elif before is not None and cfg.train.steps == 0:
             print(f"held-out success ({where}): {before:.2f}")
+        if cfg.train.steps > 0:
+            trainer.export_model()
     except EpisodeFailures as e:  # the reason, not a traceback: the run's logs up to this step are complete
         print(f"rl.train: stopped: {e}", file=sys.stderr)
         return 1
     finally:
         trainer.close()
-    print(f"run directory: {trainer.run.path}  (report: {trainer.run.path / 'report.png'})")
+    print(f"run directory: {trainer.run.path}  (report: {trainer.run.path / 'report.png'}, policy: "
+          f"{trainer.run.path / 'model'})" if cfg.train.steps > 0 else f"run directory: {trainer.run.path}")
     return 0
 
 

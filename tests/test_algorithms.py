@@ -153,9 +153,11 @@ def test_compute_advantages_dispatch():
     close(compute_advantages("rloo", REWARDS, IDS, mask), expand_to_tokens(t([-1.5, -4.0, 0.0, 4.0, 1.5]), mask))
     rpp = compute_advantages("reinforce_pp", REWARDS, IDS, mask, gamma=0.9)
     close(rpp, reinforce_pp_advantages(REWARDS, mask, gamma=0.9))
-    for name in ("grpo", "dr_grpo", "rloo", "reinforce_pp"):
+    verdicts = t([1.0, 0.0, 0.0, 1.0, 1.0])
+    close(compute_advantages("rft", verdicts, IDS, mask), expand_to_tokens(verdicts, mask))
+    for name in ("grpo", "dr_grpo", "rloo", "reinforce_pp", "rft"):
         assert compute_advantages(name, REWARDS, IDS, mask).shape == mask.shape
-    with pytest.raises(ValueError, match="grpo, dr_grpo, rloo, reinforce_pp"):
+    with pytest.raises(ValueError, match="grpo, dr_grpo, rloo, reinforce_pp, rft"):
         compute_advantages("ppo", REWARDS, IDS, mask)
 
 

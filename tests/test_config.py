@@ -195,6 +195,11 @@ def test_bad_values_rejected(override, key, fragment):
     assert f"'{key}'" in msg and fragment in msg and override in msg
 
 
+def test_rft_refuses_dynamic_sampling():
+    msg = load_error(None, ["algorithm.name=rft", "algorithm.drop_zero_variance_groups=true"])
+    assert "'algorithm.drop_zero_variance_groups'" in msg and "every episode passed" in msg
+
+
 def test_llm_user_requires_user_llm_model(tmp_path):
     path = write(tmp_path, """
         env:

@@ -9,8 +9,9 @@ from rl.contracts import Score, Trajectory
 from rl.train import EpisodeFailures, build_train_batch, check_failures, episode_metrics, minibatches
 
 
-def _traj(group: int, generated: int, prompt: int = 3, failure: str | None = None) -> Trajectory:
-    evaluation = EvalResult(task_id=f"t{group}", reward=0.0, success=False, termination="agent_stop",
+def _traj(group: int, generated: int, prompt: int = 3, failure: str | None = None,
+          success: bool = False) -> Trajectory:
+    evaluation = EvalResult(task_id=f"t{group}", reward=float(success), success=success, termination="agent_stop",
                             reward_basis=[], env_assertions=[], actions=[], communicate=[], nl_assertions=None,
                             db_match=None, turns=1, tool_errors=0, rejected_calls=0,
                             note=failure and f"{failure}: endpoint refused", failure=failure)
@@ -46,6 +47,18 @@ def test_dynamic_sampling_drops_tied_groups_even_with_kl():
     scores = [Score(1.0, {}), Score(0.0, {}), Score(0.3, {}), Score(0.3, {})]
     batch = build_train_batch(trajs, scores, AlgorithmConfig(kl_coef=0.1, drop_zero_variance_groups=True))
     assert len(batch) == 2 and batch.input_ids == [trajs[0].token_ids, trajs[1].token_ids]
+
+
+def test_rft_trains_on_the_verified_successes_only_whatever_the_reward_mix_says():
+    # Partial credit ranks a failure above another failure; rejection sampling keeps only tau2's passes, each with
+    # advantage 1 (a plain NLL gradient), including a group where every episode passed (GRPO gives it nothing).
+    trajs = [_traj(0, 2, success=True), _traj(0, 4), _traj(0, 3), _traj(1, 2, success=True), _traj(1, 1, success=True)]
+    scores = [Score(1.2, {}), Score(0.5, {}), Score(0.1, {}), Score(1.0, {}), Score(1.0, {})]
+    batch = build_train_batch(trajs, scores, AlgorithmConfig(name="rft"))
+    assert batch.input_ids == [trajs[0].token_ids, trajs[3].token_ids, trajs[4].token_ids]
+    for adv, mask in zip(batch.advantages, batch.loss_mask):
+        assert adv == [float(m) for m in mask]
+    assert build_train_batch(trajs[1:3], scores[1:3], AlgorithmConfig(name="rft")) is None  # no success: no step
 
 
 def test_minibatches_cover_every_sequence_once_per_epoch_in_fresh_orders():
