@@ -54,6 +54,7 @@ class LearnerSettings:
     aggregation: str = "token_mean"
     seed: int = 0
     lr_schedule_steps: int = 0      # > 0: linear warm-up (5 %) then linear decay to 0 at this step (SFT); 0: constant
+    warmup_steps: int = 0           # without lr_schedule_steps: linear warm-up over these steps, then constant (RL)
     temperature: float = 1.0        # the sampler's: logits / temperature, as vLLM's processed logprobs
 
     @classmethod
@@ -61,6 +62,7 @@ class LearnerSettings:
         """The learner section of the run config plus the loss's algorithm keys (both documented there)."""
         lc, a = cfg.learner, cfg.algorithm
         return cls(model_path=model_path, lr=lc.lr, weight_decay=lc.weight_decay, grad_clip=lc.grad_clip,
+                   warmup_steps=lc.warmup_steps,
                    micro_batch_size=lc.micro_batch_size, gradient_checkpointing=lc.gradient_checkpointing,
                    offload=lc.offload, kl_coef=a.kl_coef, kl_kind=a.kl_kind, clip_eps=a.clip_eps,
                    clip_eps_high=a.clip_eps_high, aggregation=a.aggregation, seed=cfg.seed,
@@ -99,6 +101,10 @@ def deepspeed_config(s: LearnerSettings, use_gpu: bool, train: bool = True) -> d
                                 "params": {"warmup_min_lr": 0.0, "warmup_max_lr": s.lr, "warmup_type": "linear",
                                            "warmup_num_steps": max(1, s.lr_schedule_steps // 20),
                                            "total_num_steps": s.lr_schedule_steps}}
+        elif s.warmup_steps > 0:
+            cfg["scheduler"] = {"type": "WarmupLR",
+                                "params": {"warmup_min_lr": 0.0, "warmup_max_lr": s.lr, "warmup_type": "linear",
+                                           "warmup_num_steps": s.warmup_steps}}
     return cfg
 
 

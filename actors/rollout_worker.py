@@ -38,6 +38,7 @@ class RolloutSettings:
     gpu_memory_utilization: float = 0.5  # GPU only
     engine: str = "auto"  # auto | async | in_process (RolloutConfig.engine)
     seed: int = 0
+    tau2_messages: bool = False  # keep each episode's tau2 message log in its Trajectory (rl.evaluate's tau2 file)
 
     @classmethod
     def from_config(cls, cfg: Config, model_path: str, worker: int = 0) -> RolloutSettings:
@@ -202,12 +203,14 @@ class RolloutWorkerImpl:
             lps += [0.0] * len(obs_ids)
         t0 = time.perf_counter()
         result = (await self._env("evaluate_many", [sid]))[0]
+        tau2_log = self.env.log(sid)["trajectory"] if s.tau2_messages else None
         await self._env("close_many", [sid])
         timings.env_s += time.perf_counter() - t0
         criteria = task.get("evaluation_criteria") or {}  # the judge scores the task's NL assertions, if any
         return Trajectory(task_id=task["id"], group=job.group, messages=messages, eval=result,
                           nl_assertions=list(criteria.get("nl_assertions") or []), token_ids=ids, loss_mask=mask,
-                          logprobs=lps, turns=turns, truncated=truncated, policy_version=version, timings=timings)
+                          logprobs=lps, turns=turns, truncated=truncated, policy_version=version, timings=timings,
+                          tau2_messages=tau2_log)
 
     async def rollout(self, jobs: list[EpisodeJob], greedy: bool = False) -> list[Trajectory]:
         """All jobs' episodes, run concurrently; greedy=True for evaluation (temperature 0)."""

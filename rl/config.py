@@ -147,6 +147,9 @@ class LearnerConfig:
     lr: float = 1e-5
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    # Linear lr warm-up over this many optimizer steps, then constant. Adam's first updates move every weight by
+    # about lr whatever its gradient: from a fine-tuned start, a high lr without warm-up can break the policy.
+    warmup_steps: int = 0
     micro_batch_size: int = 4  # sequences per forward/backward per rank
     gradient_checkpointing: bool = False
     offload: bool = False  # ZeRO-3 CPU offload (GPU runs)

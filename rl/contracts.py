@@ -54,6 +54,7 @@ class Trajectory:
     truncated: bool = False  # ran out of context before the episode ended
     policy_version: int = 0  # weight syncs the engine had received when the episode started
     timings: EpisodeTimings = field(default_factory=EpisodeTimings)
+    tau2_messages: list[dict] | None = None  # tau2's message log, when RolloutSettings.tau2_messages asks for it
 
     @property
     def termination(self) -> str | None:

@@ -2,7 +2,7 @@
 issue family and per number of faults, termination reasons and failures by cause (rl.evaluate writes them).
 
     report = build_report(outcomes)          # outcomes: one EpisodeOutcome per (task, trial)
-    write_report_files(report, out_dir)      # report.json, report.md
+    write_report_files(report, out_dir)      # report.json, report.md, report.png
 """
 from __future__ import annotations
 
@@ -81,6 +81,33 @@ def report_markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def report_figure(r: dict, path: Path) -> None:
+    """pass^k over k, and success per issue family and per number of faults, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    ks = [int(k) for k in r["pass_hat_k"]]
+    axes[0].plot(ks, list(r["pass_hat_k"].values()), marker="o")
+    axes[0].set(title="pass^k", xlabel="k", ylim=(0, 1.02), xticks=ks)
+    for ax, key, title in ((axes[1], "by_family", "success per issue family"),
+                           (axes[2], "by_faults", "success per number of faults")):
+        groups = r[key]
+        ax.bar(range(len(groups)), [g["success"] for g in groups.values()])
+        ax.set_xticks(range(len(groups)), [f"{k}\n({g['episodes']})" for k, g in groups.items()], fontsize=8)
+        ax.set(title=title, ylim=(0, 1.02))
+    fig.suptitle(f"{r.get('agent', '?')} on {r.get('tasks_from', '?')} ({r.get('mode', '?')}): {r['tasks']} tasks, "
+                 f"{r['episodes']} episodes", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_report_files(report: dict, out: Path) -> None:
+    """report.json, report.md and report.png in `out`."""
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / "report.md").write_text(report_markdown(report))
+    if report["episodes"]:
+        report_figure(report, out / "report.png")

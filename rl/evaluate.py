@@ -1,19 +1,25 @@
 """Evaluate an agent the way tau2-bench does: pass^1..pass^k over trials, in tau2's own results format.
 
+    python -m rl.evaluate --model runs/learn_tiny --split test --trials 4 --out runs/eval/mine
+    python -m rl.evaluate --model runs/demo/sft_model --split base --temperature 0.7 --trials 4 --out runs/eval/sft
     python -m rl.evaluate --agent expert --split test --trials 4 --out runs/eval/expert
     python -m rl.evaluate --agent oracle --tasks my_tasks.json --mode dual --limit 10 --out runs/eval/oracle
 
-Agents: `--agent expert` (the diagnosing expert, envs/tau2_telecom/expert.py: sees only the conversation) or
-`--agent oracle` (each task's gold actions). Trained models are evaluated during training (`rl.train`
-train.eval_tasks / eval_trials, or train.steps=0 for a checkpoint); a `--model` / `--endpoint` agent here is
-issue 13's next step.
+Agents:
+  --model RUN_DIR | MODEL_DIR | tiny | smollm2-135m   a policy on a vLLM engine, through the same actors and agent
+           loop as rl.train (Ray, started locally or ray.address). A run directory means the policy it exported when
+           it finished (RUN_DIR/model) and its config.yaml; a model folder written by rl.train or rl.sft carries its
+           config as telerl.yaml. `--config FILE` and key=value overrides change it (e.g. env.user=llm user_llm...).
+           Greedy unless --temperature > 0.
+  --agent expert | oracle   the diagnosing expert (envs/tau2_telecom/expert.py: sees only the conversation) or each
+           task's gold actions.
 
 Output folder: episodes.jsonl (one row per (task, trial), written as each finishes), report.json (`pass_hat_k` as
 {"1": ..., "k": ...}, `avg_reward`, success per issue family and per number of faults, terminations, failures by
-cause, turns / tool calls per episode), report.md, and tau2_results.json (tau2's `Results`: tau2's
-`compute_metrics` and viewer read it). Ctrl-C keeps what finished; `--resume` skips the (task, trial) pairs
-already in episodes.jsonl. Exit status 2 for unusable input (unknown split, broken task file, existing output
-without --resume).
+cause, turns / tool calls / generated tokens per episode), report.md, and tau2_results.json (tau2's `Results`:
+tau2's `compute_metrics` and viewer read it). Ctrl-C keeps what finished; `--resume` skips the (task, trial)
+pairs already in episodes.jsonl. Exit status 2 for unusable input (unknown split, broken task file, a model folder
+without weights, a bad config key, existing output without --resume), before any episode runs.
 """
 from __future__ import annotations
 
@@ -21,19 +27,23 @@ import argparse
 import json
 import sys
 import traceback
+from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 from tqdm import tqdm
 
 from envs.tau2_telecom import tau2_api as t2
-from envs.tau2_telecom.choices import MODES, POLICIES, SPLITS
+from envs.tau2_telecom.choices import MODES, POLICIES, SPLITS, USERS
 from envs.tau2_telecom.expert import play_expert
 from envs.tau2_telecom.oracle import play_oracle
 from envs.tau2_telecom.session import SessionLimits, TelecomSession
 from envs.tau2_telecom.tasks import TaskFileError, load_split, load_task_file
 from envs.tau2_telecom.users import ScriptedUser
 from envs.tau2_telecom.world import get_world
+from rl.config import Config, ConfigError, load_config
 from rl.eval_report import EpisodeOutcome, build_report, write_report_files
+from rl.models import ModelNotFoundError
 from rl.run_dir import read_jsonl
 from rl.tau2_export import tau2_results
 
@@ -69,32 +79,69 @@ def _tasks(args) -> tuple[list[t2.Task], str]:
     return loaded.tasks, args.tasks
 
 
+def _model_config(args) -> Config:
+    """The policy's config (its run's, its folder's, or --config), then the flags given, then key=value overrides."""
+    from rl.model_agent import model_config_file
+
+    path = args.config or model_config_file(args.model)
+    flags = {"env.mode": args.mode, "env.policy": args.policy, "env.user": args.user, "env.max_turns": args.max_turns,
+             "env.max_errors": args.max_errors, "seed": args.seed}
+    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None]
+    if args.temperature > 0:
+        overrides.append(f"rollout.temperature={args.temperature}")
+    return load_config(str(path) if path else None, [*overrides, *args.overrides])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--split", choices=SPLITS, help="one of tau2's telecom splits")
     src.add_argument("--tasks", metavar="FILE", help="a tau2 task file (JSON)")
-    ap.add_argument("--agent", choices=sorted(SCRIPTED_AGENTS), required=True)
-    ap.add_argument("--mode", choices=MODES, default="solo")
-    ap.add_argument("--policy", choices=POLICIES, default="manual")
+    who = ap.add_mutually_exclusive_group(required=True)
+    who.add_argument("--model", help="RUN_DIR | MODEL_DIR | tiny | smollm2-135m: a policy on a vLLM engine")
+    who.add_argument("--agent", choices=sorted(SCRIPTED_AGENTS), help="a scripted agent")
+    ap.add_argument("--config", metavar="FILE", help="--model: the telerl config (default: the model's own)")
+    ap.add_argument("--mode", choices=MODES, default=None, help="default: the model's config, else solo")
+    ap.add_argument("--policy", choices=POLICIES, default=None, help="default: the model's config, else manual")
+    ap.add_argument("--user", choices=USERS, default=None, help="--model: the customer (default: the config's)")
+    ap.add_argument("--temperature", type=float, default=0.0, help="--model: 0 = greedy (default)")
+    ap.add_argument("--seed", type=int, default=None, help="--model: the sampling seed (default: the config's)")
+    ap.add_argument("--concurrency", type=int, default=16, help="--model: episodes in flight on the engine")
     ap.add_argument("--trials", type=int, default=1, help="episodes per task (pass^1 .. pass^trials)")
     ap.add_argument("--limit", type=int, default=None, help="the first N tasks only")
-    ap.add_argument("--max-turns", type=int, default=SessionLimits.max_turns)
-    ap.add_argument("--max-errors", type=int, default=SessionLimits.max_errors)
+    ap.add_argument("--max-turns", type=int, default=None,
+                    help=f"default: the config's, else {SessionLimits.max_turns}")
+    ap.add_argument("--max-errors", type=int, default=None,
+                    help=f"default: the config's, else {SessionLimits.max_errors}")
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--resume", action="store_true", help="keep the episodes already in --out, run the rest")
-    args = ap.parse_args(argv)
-    if args.trials < 1 or (args.limit is not None and args.limit < 1):
-        ap.error("--trials and --limit must be >= 1")
+    ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="--model: config overrides")
+    args = ap.parse_intermixed_args(argv)
+    if args.trials < 1 or (args.limit is not None and args.limit < 1) or args.concurrency < 1:
+        ap.error("--trials, --limit and --concurrency must be >= 1")
+    if args.agent and (args.overrides or args.config or args.user or args.temperature or args.seed is not None):
+        ap.error("--config, key=value overrides, --user, --temperature and --seed apply to --model only")
 
     # -- input, checked before any episode runs
+    cfg = model_path = None
     try:
         tasks, tasks_from = _tasks(args)
-    except (TaskFileError, OSError) as e:
+        if args.model:
+            from rl.model_agent import model_weights
+            from rl.models import resolve_model
+
+            cfg = _model_config(args)
+            model_path = str(resolve_model(model_weights(args.model), asdict(cfg.model.tiny)))
+    except (TaskFileError, OSError, ConfigError, ModelNotFoundError) as e:
         print(f"rl.evaluate: {e}", file=sys.stderr)
         return 2
+    mode = cfg.env.mode if cfg else args.mode or "solo"
+    policy = cfg.env.policy if cfg else args.policy or "manual"
+    limits = (SessionLimits(cfg.env.max_turns, cfg.env.max_errors) if cfg else
+              SessionLimits(max_turns=args.max_turns or SessionLimits.max_turns,
+                            max_errors=args.max_errors or SessionLimits.max_errors))
     tasks = tasks[: args.limit] if args.limit else tasks
-    if args.mode == "solo":
+    if mode == "solo":
         tasks = [t for t in tasks if t.ticket]  # tau2's solo mode starts from the ticket
     out = Path(args.out)
     episodes_file = out / "episodes.jsonl"
@@ -108,34 +155,51 @@ def main(argv: list[str] | None = None) -> int:
     done = [EpisodeOutcome(**row) for row in read_jsonl(episodes_file)]
     finished = {(o.task_id, o.trial) for o in done}
     todo = [(t, k) for k in range(args.trials) for t in tasks if (t.id, k) not in finished]
-    session = TelecomSession(get_world(args.policy), SessionLimits(max_turns=args.max_turns,
-                                                                   max_errors=args.max_errors), user=ScriptedUser())
-    bar = tqdm(todo, desc=f"{args.agent} ({args.mode})", unit="episode", file=sys.stderr, disable=None)
+    name = args.agent or args.model
+    bar = tqdm(total=len(todo), desc=f"{name} ({mode})", unit="episode", file=sys.stderr, disable=None)
     try:
-        with open(episodes_file, "a") as fh:
-            for task, trial in bar:
-                outcome = run_episode(session, task, args.mode, args.agent, trial)
-                fh.write(json.dumps(outcome.row()) + "\n")
-                fh.flush()
-                done.append(outcome)
+        with open(episodes_file, "a") as fh, _player(args, cfg, model_path, mode, policy, limits) as (play, chunk):
+            for i in range(0, len(todo), chunk):
+                for outcome in play(todo[i:i + chunk]):
+                    fh.write(json.dumps(outcome.row()) + "\n")
+                    fh.flush()
+                    done.append(outcome)
+                    bar.update(1)
                 bar.set_postfix(pass1=f"{sum(o.success for o in done) / len(done):.3f}")
     except KeyboardInterrupt:
         print(f"\ninterrupted: {len(done)} episodes kept in {episodes_file} (--resume runs the rest)", file=sys.stderr)
+    bar.close()
 
     # -- report, and tau2's own format
     ids = {t.id for t in tasks}
     done = [o for o in done if o.task_id in ids]
-    report = build_report(done, {"agent": args.agent, "tasks_from": tasks_from, "mode": args.mode,
-                                 "trials": args.trials, "policy": args.policy})
+    user = (cfg.env.user if cfg else "scripted") if mode == "dual" else "none (solo)"
+    report = build_report(done, {"agent": name, "tasks_from": tasks_from, "mode": mode, "user": user,
+                                 "trials": args.trials, "policy": policy,
+                                 "temperature": args.temperature if args.model else None})
     write_report_files(report, out)
-    results = tau2_results({t.id: t for t in tasks}, done, agent=args.agent,
-                           user="scripted" if args.mode == "dual" else "none (solo)", policy=args.policy,
-                           trials=args.trials, max_steps=args.max_turns, max_errors=args.max_errors, seed=None)
+    results = tau2_results({t.id: t for t in tasks}, done, agent=name, user=user, policy=policy, trials=args.trials,
+                           max_steps=limits.max_turns, max_errors=limits.max_errors, seed=cfg.seed if cfg else None)
     results.save(out / "tau2_results.json")
     k = ", ".join(f"pass^{k} {v:.3f}" for k, v in report["pass_hat_k"].items())
-    print(f"{args.agent} on {tasks_from} ({report['tasks']} tasks, {args.mode}): {k}; average reward "
+    print(f"{name} on {tasks_from} ({report['tasks']} tasks, {mode}): {k}; average reward "
           f"{report['avg_reward']:.3f}; report: {out / 'report.md'}")
     return 0
+
+
+@contextmanager
+def _player(args, cfg: Config | None, model_path: str | None, mode: str, policy: str, limits: SessionLimits):
+    """(play, chunk): play([(task, trial), ...]) -> outcomes, `chunk` pairs at a time."""
+    if args.model:
+        from rl.model_agent import ModelAgent
+
+        with ModelAgent(cfg, model_path) as agent:
+            greedy = args.temperature == 0
+            yield (lambda pairs: agent.play([(t.model_dump(mode="json"), k) for t, k in pairs], greedy),
+                   args.concurrency)
+        return
+    session = TelecomSession(get_world(policy), limits, user=ScriptedUser())
+    yield (lambda pairs: [run_episode(session, t, mode, args.agent, k) for t, k in pairs]), 1
 
 
 if __name__ == "__main__":

@@ -383,3 +383,13 @@ def test_rollout_workers_sample_with_distinct_seeds():
 
     cfg = load_config(None, ["seed=7", "rollout.num_workers=3"])
     assert [RolloutSettings.from_config(cfg, "m", worker=i).seed for i in range(3)] == [7, 8, 9]
+
+
+def test_learner_warmup_becomes_deepspeeds_warmup_then_constant_schedule():
+    from actors.learner import LearnerSettings, deepspeed_config
+
+    ds = deepspeed_config(LearnerSettings.from_config(load_config(None, ["learner.lr=5e-4", "learner.warmup_steps=20"]),
+                                                      "model"), use_gpu=False)
+    assert ds["scheduler"] == {"type": "WarmupLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": 5e-4,
+                                                              "warmup_type": "linear", "warmup_num_steps": 20}}
+    assert "scheduler" not in deepspeed_config(LearnerSettings.from_config(load_config(None, []), "model"), False)

