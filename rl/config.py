@@ -204,6 +204,11 @@ class RewardConfig:
     judge_weight: float = 0.0  # weight of the LLM judge's NL-assertion score (needs judge.model)
     judge_votes: int = 1  # judge samples per assertion; the majority decides (ties: not met)
     judge_seed: int = 0  # seeds the order in which assertions are shown to the judge
+    # On-policy audit (rl/reward_audit.py, logged every step as reward/<rm|judge>_vs_verifier/...): warn when a
+    # component ranks the step's passed episodes above its failed ones (same task) less often than this, for
+    # audit_patience steps in a row. None = log the audit, never warn.
+    audit_min_agreement: Optional[float] = None
+    audit_patience: int = 3
 
 
 @dataclass
@@ -320,7 +325,7 @@ RULES: dict[type, dict[str, Check]] = {
                     "max_new_tokens": positive, "temperature": non_negative, "top_p": fraction,
                     "kv_cache_gib": positive, "gpu_memory_utilization": fraction, "engine": one_of(*ENGINES)},
     LearnerConfig: {"num_ranks": positive, "lr": positive, "weight_decay": non_negative, "grad_clip": positive,
-                    "micro_batch_size": positive, "timeout_s": optional(positive)},
+                    "warmup_steps": non_negative, "micro_batch_size": positive, "timeout_s": optional(positive)},
     AlgorithmConfig: {"name": one_of(*ADVANTAGE_ESTIMATORS), "group_size": positive,
                       "clip_eps": positive, "clip_eps_high": optional(positive), "kl_coef": non_negative,
                       "kl_kind": one_of(*KL_KINDS), "aggregation": one_of(*AGGREGATIONS),
@@ -330,7 +335,8 @@ RULES: dict[type, dict[str, Check]] = {
                    "action_weight": finite_non_negative, "malformed_call_penalty": finite_non_negative,
                    "max_penalty": finite_non_negative, "mixing": one_of(*MIXINGS), "rm_path": optional(non_empty),
                    "rm_weight": finite_non_negative, "rm_normalization": one_of(*RM_NORMALIZATIONS),
-                   "rm_max_len": optional(positive), "judge_weight": finite_non_negative, "judge_votes": positive},
+                   "rm_max_len": optional(positive), "judge_weight": finite_non_negative, "judge_votes": positive,
+                   "audit_min_agreement": optional(fraction), "audit_patience": positive},
     RewardModelConfig: {"base_model": non_empty, "eval_file": optional(non_empty), "out": optional(non_empty),
                         "epochs": positive, "lr": positive, "weight_decay": non_negative, "batch_size": positive,
                         "micro_batch_size": positive, "num_ranks": positive, "max_len": positive,

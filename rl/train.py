@@ -5,7 +5,8 @@
 
 One step, top to bottom (each line is one call into an actor):
   1. rollout   RolloutWorker.rollout    vLLM agent loop; each turn goes to an EnvWorker (tau2 session)
-  2. reward    RewardActor.score        tau2's verdict + partial credit + format penalty
+  2. reward    RewardActor.score        tau2's verdict + partial credit + format penalty (+ RM / judge, audited
+                                        against the verdict on these episodes: rl.reward_audit)
   3. advantage build_train_batch        GRPO / RLOO / REINFORCE++ / RFT (rl.algorithms) on the driver, pure torch
   4. train     LearnerGroup.train_step  DeepSpeed ZeRO-3 PPO-clip step on N ranks
   5. sync      LearnerGroup.state_dict_ref -> RolloutWorker.sync_weights (Ray object store)
@@ -31,6 +32,7 @@ from rl.config import AlgorithmConfig, Config, parse_cli
 from rl.contracts import EpisodeJob, Score, TrainBatch, Trajectory
 from rl.evaluation import heldout_metrics
 from rl.preflight import NotReady, check_gpus, preflight
+from rl.reward_audit import AuditMonitor, audit_step
 from rl.run_dir import RunDir
 from rl.runtime import actor_runtime_env, cluster_has_gpus, init_ray, split_tasks
 from rl.tensors import pad_rows
@@ -137,6 +139,7 @@ class Trainer:
                   file=sys.stderr)
         self.cursor = TaskCursor(sorted(self.tasks), cfg.seed)
         self.update_rng = random.Random(cfg.seed)  # mini-batch shuffles; its own stream so rollouts don't shift it
+        self.audit_monitor = AuditMonitor(cfg.reward.audit_min_agreement, cfg.reward.audit_patience)
 
         # -- cluster: one logical CPU per learner rank and rollout engine. On a 2-core laptop this oversubscribes
         # on purpose - the phases mostly take turns (rollout, then train) - rather than failing to schedule.
@@ -174,6 +177,8 @@ class Trainer:
             trajs = self.rollout(self.cursor.take(cfg.train.tasks_per_step), cfg.algorithm.group_size)
         with timer("reward"):
             scores = self.score(trajs)
+        audit = audit_step([t.group for t in trajs], [t.eval.success for t in trajs], [s.components for s in scores])
+        audit.update(self.audit_monitor.update(self.step + 1, audit))
         batch = build_train_batch(trajs, scores, cfg.algorithm)
         with timer("train"):
             learner_metrics = self.train(batch) if batch else {}
@@ -181,7 +186,8 @@ class Trainer:
             sync = self.sync_weights() if batch else {}
 
         self.step += 1
-        metrics = {**episode_metrics(trajs, scores), **_split_rollout_time(timer.seconds.pop("time/rollout"), trajs),
+        metrics = {**episode_metrics(trajs, scores), **audit,
+                   **_split_rollout_time(timer.seconds.pop("time/rollout"), trajs),
                    **timer.seconds, **{f"learner/{k}": v for k, v in learner_metrics.items()},
                    "train/sequences": len(batch) if batch else 0, "sync/bytes": sync.get("bytes", 0),
                    "rollout/restarts": self.rollout_restarts, "reward/restarts": self.reward_restarts}

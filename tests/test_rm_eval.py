@@ -252,3 +252,13 @@ def test_cli_scores_with_a_real_reward_model_folder(tmp_path, capsys):
     assert report["model"] == str(rm) and report["n_pairs"] == len(PAIRWISE + GROUPS)
     assert report["best_of_4"]["overall"]["n"] == 4
     assert 0.0 <= report["pairwise"]["overall"]["accuracy"] <= 1.0
+    # the same RM audited on a run's own episodes (rl.reward_audit), next to the static pairs
+    from tests.test_reward_audit import _run_dir
+
+    run = _run_dir(tmp_path, with_rm=False)
+    out = tmp_path / "o2"
+    assert main(["--pairs", str(pairs_file), "--rm", str(rm), "--rollouts", str(run), "--out", str(out)]) == 0
+    audit = json.loads((tmp_path / "o2" / "report.json").read_text())["on_policy"]
+    assert audit["scored_by"] == str(rm) and audit["episodes"] == 14
+    assert 0.0 <= audit["overall"]["reward/rm_vs_verifier/pairwise_acc"] <= 1.0
+    assert "On-policy audit" in (tmp_path / "o2" / "report.md").read_text()

@@ -21,7 +21,13 @@ Scoring, as in RewardBench (v1 for pairwise, v2 for best-of-4):
 Every distinct conversation is scored once (a group's chosen side is shared by all its pairs), every distinct
 pair judged once.
 
-Output in --out: report.json, report.md (section | subset | n | pairwise acc | best-of-4), report.png.
+On-policy audit (`--rollouts RUN_DIR ...`, with or without --pairs): the episodes of runs' trajectories.jsonl,
+scored by --rm (or, without --rm, by the rm / judge scores the run logged), against tau2's verdict on the same
+episodes: pairwise accuracy over (passed, failed) episodes of one task and step, best-of-group, Spearman with the
+checks score, within-group spread (rl/reward_audit.py; rl.train logs the same numbers every step).
+
+Output in --out: report.json, report.md (section | subset | n | pairwise acc | best-of-4), report.png; with
+--rollouts, report.json's "on_policy" and a table in report.md.
 """
 from __future__ import annotations
 
@@ -270,8 +276,10 @@ def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
 # ---------------------------------------------------------------------------------------------------- CLI
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m rl.rm.eval", description=__doc__.split("\n\n")[0])
-    p.add_argument("--pairs", action="append", required=True, metavar="FILE", help="pair JSONL (repeatable)")
-    who = p.add_mutually_exclusive_group(required=True)
+    p.add_argument("--pairs", action="append", default=[], metavar="FILE", help="pair JSONL (repeatable)")
+    p.add_argument("--rollouts", action="append", default=[], metavar="RUN_DIR",
+                   help="audit on a run's own episodes (its trajectories.jsonl; repeatable)")
+    who = p.add_mutually_exclusive_group()
     who.add_argument("--rm", metavar="PATH", help="trained reward model folder (python -m rl.rm.train)")
     who.add_argument("--judge-model", metavar="M", help="litellm model name of an OpenAI-compatible judge")
     who.add_argument("--judge-vllm", metavar="MODEL", help="local judge model: a folder, 'tiny' or 'smollm2-135m'")
@@ -323,12 +331,20 @@ def _judge_and_close(args) -> tuple[object, Callable[[], None]]:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if not args.pairs and not args.rollouts:
+        parser.error("give --pairs FILE and/or --rollouts RUN_DIR")
+    if args.pairs and not (args.rm or args.judge_model or args.judge_vllm):
+        parser.error("--pairs needs a scorer: --rm, --judge-model or --judge-vllm")
+    if args.rollouts and (args.judge_model or args.judge_vllm):
+        parser.error("--rollouts audits a reward model (--rm) or the scores the run logged, not a pairwise judge")
     if args.both_orders and args.rm:
         parser.error("--both-orders applies to judges (--judge-model / --judge-vllm), not to --rm")
     if args.judge_base_url and not args.judge_model:
         parser.error("--judge-base-url needs --judge-model")
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit must be >= 1, got {args.limit}")
+    if not args.pairs:
+        return _audit_only(args)
     from rl.rm.pairs.format import read_pairs
 
     pairs = []
@@ -342,11 +358,10 @@ def main(argv: list[str] | None = None) -> int:
     if not pairs:
         print(f"rm_eval: error: no pairs in {', '.join(args.pairs)}", file=sys.stderr)
         return 2
+    scorer = None
     if args.rm:
-        from rl.rm.model import RewardModelScorer
-
         try:
-            scorer = RewardModelScorer(args.rm, batch_size=args.batch_size)
+            scorer = _rm_scorer(args)
         except FileNotFoundError as e:
             print(f"rm_eval: error: {e}", file=sys.stderr)
             return 2
@@ -359,10 +374,91 @@ def main(argv: list[str] | None = None) -> int:
             close()
     report["pairs_files"] = [str(f) for f in args.pairs]
     report["limit"] = args.limit
+    if args.rollouts:
+        try:
+            report["on_policy"] = audit_rollouts(args.rollouts, scorer, batch=args.batch_size)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"rm_eval: error: {e}", file=sys.stderr)
+            return 2
     paths = write_report(report, args.out)
     print(markdown_table(report), end="")
+    if "on_policy" in report:
+        with open(paths["md"], "a") as fh:
+            fh.write(audit_table(report["on_policy"]))
+        print(audit_table(report["on_policy"]), end="")
     print(f"report: {paths['json']}  {paths['md']}  {paths['png']}")
     return 0
+
+
+def _rm_scorer(args):
+    from rl.rm.model import RewardModelScorer
+
+    return RewardModelScorer(args.rm, batch_size=args.batch_size)
+
+
+def _audit_only(args) -> int:
+    try:
+        audit = audit_rollouts(args.rollouts, _rm_scorer(args) if args.rm else None, batch=args.batch_size)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"rm_eval: error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps({"on_policy": audit}, indent=2) + "\n")
+    (out / "report.md").write_text(audit_table(audit))
+    print(audit_table(audit), end="")
+    print(f"report: {out / 'report.json'}  {out / 'report.md'}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ on-policy audit
+def audit_rollouts(run_dirs: list[str], scorer=None, batch: int = 8) -> dict:
+    """The on-policy audit (rl/reward_audit.py) over the episodes of runs' trajectories.jsonl: with `scorer`, its
+    scores replace the logged `rm` component (the audit is rank-based, so raw scores do). A group is one task's
+    episodes of one step of one run. Overall, and per step."""
+    from rl.contracts import EpisodeRecord
+    from rl.reward_audit import audit_step
+    from rl.run_dir import read_jsonl
+
+    records = []
+    for d in run_dirs:
+        path = Path(d) / "trajectories.jsonl" if Path(d).is_dir() else Path(d)
+        if not path.is_file():
+            raise FileNotFoundError(f"--rollouts {d}: no trajectories.jsonl there")
+        records += [(str(d), EpisodeRecord.from_row(row)) for row in read_jsonl(path)]
+    if not records:
+        raise ValueError(f"--rollouts {', '.join(run_dirs)}: no episodes")
+    components = [dict(r.components) for _, r in records]
+    if scorer is not None:
+        for s in _chunks(len(records), batch, "scoring episodes", True):
+            for c, v in zip(components[s:s + batch], scorer.score([r.messages for _, r in records[s:s + batch]])):
+                c["rm"] = float(v)
+    if not any(k in c for c in components for k in ("rm", "judge")):
+        raise ValueError("--rollouts: the runs logged no rm or judge score; give --rm PATH to score their episodes")
+    groups = [(d, r.step, r.group) for d, r in records]
+    verdicts = [bool(c.get("success", 0.0)) for c in components]
+    steps = sorted({r.step for _, r in records})
+    per_step = {}
+    for step in steps:
+        idx = [i for i, (_, r) in enumerate(records) if r.step == step]
+        per_step[str(step)] = audit_step([groups[i] for i in idx], [verdicts[i] for i in idx],
+                                         [components[i] for i in idx])
+    return {"runs": list(run_dirs), "episodes": len(records), "passed": sum(verdicts),
+            "scored_by": str(getattr(scorer, "path", "rm")) if scorer is not None else "the runs' logged scores",
+            "overall": audit_step(groups, verdicts, components), "per_step": per_step}
+
+
+def audit_table(audit: dict) -> str:
+    steps = list(audit["per_step"])
+    first, last = (audit["per_step"][steps[0]], audit["per_step"][steps[-1]]) if steps else ({}, {})
+    lines = ["", f"On-policy audit: {audit['episodes']} episodes of {', '.join(audit['runs'])} ({audit['passed']} "
+             f"passed tau2), scored by {audit['scored_by']}", "",
+             f"| statistic | all steps | step {steps[0] if steps else '-'} | step {steps[-1] if steps else '-'} |",
+             "|---|---|---|---|"]
+    for key, value in audit["overall"].items():
+        lines.append(f"| {key.removeprefix('reward/')} | {_fmt(value)} | {_fmt(first.get(key))} | "
+                     f"{_fmt(last.get(key))} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

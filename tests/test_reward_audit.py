@@ -1,0 +1,72 @@
+"""On-policy reward audit (rl/reward_audit.py) and its offline form (`rl.rm.eval --rollouts`)."""
+import json
+
+import pytest
+
+from rl.contracts import EpisodeRecord
+from rl.reward_audit import AuditMonitor, audit_component, audit_step, spearman
+from rl.rm.eval import main
+
+# Three tasks of one step. Task a: a success the component scores 0.9, failures at 0.2 and 0.9 (a tie with the
+# success). Task b: the component prefers the failure. Task c: nothing passed, so it has no pair and no best pick.
+GROUPS = ["a", "a", "a", "b", "b", "c", "c"]
+PASSED = [True, False, False, True, False, False, False]
+CHECKS = [1.0, 0.2, 0.1, 1.0, 0.3, 0.0, 0.1]
+RM = [0.9, 0.2, 0.9, 0.1, 0.5, 0.4, 0.4]
+
+
+def test_audit_by_hand():
+    a = audit_component(GROUPS, PASSED, CHECKS, RM)
+    assert a["pairwise_acc"] == pytest.approx((1 + 0.5 + 0) / 3) and a["pairs"] == 3
+    assert a["best_of_group"] == pytest.approx((0.5 + 0) / 2)  # a: the top is shared with a failure; b: a failure
+    assert a["group_std"] == pytest.approx((0.7 ** 2 * 2 / 9) ** 0.5 / 3 + 0.2 / 3)  # c's spread is 0
+    assert spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0) and spearman([1, 2, 3], [3, 2, 1]) == -1.0
+    assert spearman([1, 1, 1], [1, 2, 3]) is None and spearman([1, 2, 2, 3], [1, 2, 3, 4]) < 1
+    assert audit_component(["x", "x"], [False, False], [0, 0.5], [0.1, 0.2]).keys() == {"spearman_checks", "group_std"}
+
+
+def test_audit_step_names_components_and_skips_missing_ones():
+    components = [{"checks": c, "rm": r} for c, r in zip(CHECKS, RM)]
+    m = audit_step(GROUPS, PASSED, components)
+    assert m["reward/rm_vs_verifier/pairwise_acc"] == pytest.approx(0.5) and not any("judge" in k for k in m)
+    assert audit_step(GROUPS, PASSED, [{"checks": c} for c in CHECKS]) == {}
+
+
+def test_the_alarm_rings_after_patience_low_steps_and_resets(capsys):
+    monitor = AuditMonitor(min_agreement=0.6, patience=2)
+    key, alarm = "reward/rm_vs_verifier/pairwise_acc", "reward/rm_vs_verifier/alarm"
+    assert monitor.update(1, {key: 0.5}) == {alarm: 0.0}
+    assert monitor.update(2, {}) == {alarm: 0.0}  # no mixed group: neither counts nor resets
+    assert monitor.update(3, {key: 0.4}) == {alarm: 1.0}
+    assert "reward.audit_min_agreement=0.6" in capsys.readouterr().err
+    assert monitor.update(4, {key: 0.9}) == {alarm: 0.0}
+    assert AuditMonitor(None).update(1, {key: 0.0}) == {}
+
+
+def _run_dir(tmp_path, with_rm: bool):
+    run = tmp_path / ("run_rm" if with_rm else "run")
+    run.mkdir()
+    rows = []
+    for step in (1, 2):
+        for g, ok, c, r in zip(GROUPS, PASSED, CHECKS, RM):
+            comp = {"success": float(ok), "tau2": float(ok), "checks": c, **({"rm": r} if with_rm else {})}
+            rows.append(EpisodeRecord(step=step, task_id=g, group=ord(g), reward=c, components=comp,
+                                      messages=[{"role": "user", "content": f"ticket {g}"},
+                                                {"role": "assistant", "content": f"reply {r}"}]).to_row())
+    (run / "trajectories.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return run
+
+
+def test_offline_audit_of_a_runs_logged_scores(tmp_path, capsys):
+    out = tmp_path / "audit"
+    assert main(["--rollouts", str(_run_dir(tmp_path, with_rm=True)), "--out", str(out)]) == 0
+    audit = json.loads((out / "report.json").read_text())["on_policy"]
+    assert audit["episodes"] == 14 and audit["passed"] == 4 and set(audit["per_step"]) == {"1", "2"}
+    # the same episodes in both steps: each step and the pooled audit give the same agreement
+    assert audit["overall"]["reward/rm_vs_verifier/pairwise_acc"] == pytest.approx(0.5)
+    assert audit["per_step"]["2"]["reward/rm_vs_verifier/best_of_group"] == pytest.approx(0.25)
+    assert "| rm_vs_verifier/pairwise_acc | 0.500 |" in (out / "report.md").read_text()
+    assert main(["--rollouts", str(_run_dir(tmp_path, with_rm=False)), "--out", str(out)]) == 2
+    assert "--rm PATH" in capsys.readouterr().err
+    assert main(["--rollouts", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+    assert "no trajectories.jsonl" in capsys.readouterr().err
