@@ -2,6 +2,7 @@
 
     python -m rl.evaluate --model runs/learn_tiny --split test --trials 4 --out runs/eval/mine
     python -m rl.evaluate --model runs/demo/sft_model --split base --temperature 0.7 --trials 4 --out runs/eval/sft
+    python -m rl.evaluate --endpoint http://127.0.0.1:8000/v1 --served-model Qwen3-4B --split test --out runs/eval/q
     python -m rl.evaluate --agent expert --split test --trials 4 --out runs/eval/expert
     python -m rl.evaluate --agent oracle --tasks my_tasks.json --mode dual --limit 10 --out runs/eval/oracle
 
@@ -11,6 +12,9 @@ Agents:
            it finished (RUN_DIR/model) and its config.yaml; a model folder written by rl.train or rl.sft carries its
            config as telerl.yaml. `--config FILE` and key=value overrides change it (e.g. env.user=llm user_llm...).
            Greedy unless --temperature > 0.
+  --endpoint URL --served-model NAME   any OpenAI-compatible server: tools go out as OpenAI tools (--prompt full,
+           tau2's own prompt, by default), tool_calls come back; API key from $TELERL_AGENT_API_KEY. --concurrency
+           episodes run at once.
   --agent expert | oracle   the diagnosing expert (envs/tau2_telecom/expert.py: sees only the conversation) or each
            task's gold actions.
 
@@ -19,14 +23,18 @@ Output folder: episodes.jsonl (one row per (task, trial), written as each finish
 cause, turns / tool calls / generated tokens per episode), report.md, and tau2_results.json (tau2's `Results`:
 tau2's `compute_metrics` and viewer read it). Ctrl-C keeps what finished; `--resume` skips the (task, trial)
 pairs already in episodes.jsonl. Exit status 2 for unusable input (unknown split, broken task file, a model folder
-without weights, a bad config key, existing output without --resume), before any episode runs.
+without weights, a bad config key, an unreachable endpoint, existing output without --resume), before any episode
+runs.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -34,7 +42,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from envs.tau2_telecom import tau2_api as t2
-from envs.tau2_telecom.choices import MODES, POLICIES, SPLITS, USERS
+from envs.tau2_telecom.choices import MODES, POLICIES, PROMPTS, SPLITS, USERS
+from envs.tau2_telecom.endpoint import LLMEndpoint
 from envs.tau2_telecom.expert import play_expert
 from envs.tau2_telecom.oracle import play_oracle
 from envs.tau2_telecom.session import SessionLimits, TelecomSession
@@ -44,18 +53,21 @@ from envs.tau2_telecom.world import get_world
 from rl.config import Config, ConfigError, load_config
 from rl.eval_report import EpisodeOutcome, build_report, write_report_files
 from rl.models import ModelNotFoundError
+from rl.preflight import NotReady, check_endpoint
 from rl.run_dir import read_jsonl
 from rl.tau2_export import tau2_results
 
 SCRIPTED_AGENTS = {"expert": play_expert, "oracle": play_oracle}
+AGENT_API_KEY_ENV = "TELERL_AGENT_API_KEY"  # --endpoint's API key (never a flag: it would land in shell history)
 
 
-def run_episode(session: TelecomSession, task: t2.Task, mode: str, agent: str, trial: int) -> EpisodeOutcome:
-    """One episode of a scripted agent, scored by tau2. An exception inside the agent is recorded (agent_error),
-    never raised: the evaluation goes on."""
+def run_episode(session: TelecomSession, task: t2.Task, mode: str, play: Callable, trial: int) -> EpisodeOutcome:
+    """One episode of an agent that drives the session itself (`play(session, task, mode)`: a scripted agent or an
+    endpoint), scored by tau2. An exception inside the agent (an endpoint error) is recorded as agent_error, never
+    raised: the evaluation goes on."""
     try:
         session.reset(task, mode)
-        SCRIPTED_AGENTS[agent](session, task, mode)
+        play(session, task, mode)
         res = session.evaluate()
     except Exception as e:  # noqa: BLE001 - one broken episode must not end the evaluation
         detail = traceback.format_exception_only(type(e), e)[-1].strip()
@@ -100,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     who = ap.add_mutually_exclusive_group(required=True)
     who.add_argument("--model", help="RUN_DIR | MODEL_DIR | tiny | smollm2-135m: a policy on a vLLM engine")
     who.add_argument("--agent", choices=sorted(SCRIPTED_AGENTS), help="a scripted agent")
+    who.add_argument("--endpoint", metavar="URL", help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+    ap.add_argument("--served-model", metavar="NAME", help="--endpoint: the model name the server serves")
+    ap.add_argument("--prompt", choices=PROMPTS, default="full",
+                    help="--endpoint: the system prompt and tool schemas it gets (default: tau2's full prompt)")
+    ap.add_argument("--max-tokens", type=int, default=1024, help="--endpoint: completion tokens per turn")
     ap.add_argument("--config", metavar="FILE", help="--model: the telerl config (default: the model's own)")
     ap.add_argument("--mode", choices=MODES, default=None, help="default: the model's config, else solo")
     ap.add_argument("--policy", choices=POLICIES, default=None, help="default: the model's config, else manual")
@@ -119,12 +136,21 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_intermixed_args(argv)
     if args.trials < 1 or (args.limit is not None and args.limit < 1) or args.concurrency < 1:
         ap.error("--trials, --limit and --concurrency must be >= 1")
-    if args.agent and (args.overrides or args.config or args.user or args.temperature or args.seed is not None):
-        ap.error("--config, key=value overrides, --user, --temperature and --seed apply to --model only")
+    if not args.model and (args.overrides or args.config or args.user or args.seed is not None):
+        ap.error("--config, key=value overrides, --user and --seed apply to --model only")
+    if args.agent and args.temperature:
+        ap.error("--temperature applies to --model and --endpoint, not to a scripted agent")
+    if bool(args.endpoint) != bool(args.served_model):
+        ap.error("--endpoint and --served-model go together")
 
     # -- input, checked before any episode runs
     cfg = model_path = None
+    endpoint = (LLMEndpoint(model=f"openai/{args.served_model}", base_url=args.endpoint,
+                            api_key=os.environ.get(AGENT_API_KEY_ENV, "EMPTY"), temperature=args.temperature,
+                            max_tokens=args.max_tokens) if args.endpoint else None)
     try:
+        if endpoint:
+            check_endpoint("--endpoint", endpoint)
         tasks, tasks_from = _tasks(args)
         if args.model:
             from rl.model_agent import model_weights
@@ -132,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
 
             cfg = _model_config(args)
             model_path = str(resolve_model(model_weights(args.model), asdict(cfg.model.tiny)))
-    except (TaskFileError, OSError, ConfigError, ModelNotFoundError) as e:
+    except (TaskFileError, OSError, ConfigError, ModelNotFoundError, NotReady) as e:
         print(f"rl.evaluate: {e}", file=sys.stderr)
         return 2
     mode = cfg.env.mode if cfg else args.mode or "solo"
@@ -155,10 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     done = [EpisodeOutcome(**row) for row in read_jsonl(episodes_file)]
     finished = {(o.task_id, o.trial) for o in done}
     todo = [(t, k) for k in range(args.trials) for t in tasks if (t.id, k) not in finished]
-    name = args.agent or args.model
+    name = args.agent or args.model or f"{args.served_model} @ {args.endpoint}"
     bar = tqdm(total=len(todo), desc=f"{name} ({mode})", unit="episode", file=sys.stderr, disable=None)
     try:
-        with open(episodes_file, "a") as fh, _player(args, cfg, model_path, mode, policy, limits) as (play, chunk):
+        with (open(episodes_file, "a") as fh,
+              _player(args, cfg, model_path, endpoint, mode, policy, limits) as (play, chunk)):
             for i in range(0, len(todo), chunk):
                 for outcome in play(todo[i:i + chunk]):
                     fh.write(json.dumps(outcome.row()) + "\n")
@@ -176,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     user = (cfg.env.user if cfg else "scripted") if mode == "dual" else "none (solo)"
     report = build_report(done, {"agent": name, "tasks_from": tasks_from, "mode": mode, "user": user,
                                  "trials": args.trials, "policy": policy,
-                                 "temperature": args.temperature if args.model else None})
+                                 "temperature": None if args.agent else args.temperature})
     write_report_files(report, out)
     results = tau2_results({t.id: t for t in tasks}, done, agent=name, user=user, policy=policy, trials=args.trials,
                            max_steps=limits.max_turns, max_errors=limits.max_errors, seed=cfg.seed if cfg else None)
@@ -188,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 @contextmanager
-def _player(args, cfg: Config | None, model_path: str | None, mode: str, policy: str, limits: SessionLimits):
+def _player(args, cfg: Config | None, model_path: str | None, endpoint: LLMEndpoint | None, mode: str, policy: str,
+            limits: SessionLimits):
     """(play, chunk): play([(task, trial), ...]) -> outcomes, `chunk` pairs at a time."""
     if args.model:
         from rl.model_agent import ModelAgent
@@ -198,8 +226,20 @@ def _player(args, cfg: Config | None, model_path: str | None, mode: str, policy:
             yield (lambda pairs: agent.play([(t.model_dump(mode="json"), k) for t, k in pairs], greedy),
                    args.concurrency)
         return
-    session = TelecomSession(get_world(policy), limits, user=ScriptedUser())
-    yield (lambda pairs: [run_episode(session, t, mode, args.agent, k) for t, k in pairs]), 1
+    if args.agent:
+        session = TelecomSession(get_world(policy), limits, user=ScriptedUser())
+        yield (lambda pairs: [run_episode(session, t, mode, SCRIPTED_AGENTS[args.agent], k) for t, k in pairs]), 1
+        return
+    from rl.endpoint_agent import endpoint_player
+
+    play = endpoint_player(endpoint)
+
+    def one(pair):  # a session per episode: the endpoint's episodes run in threads
+        session = TelecomSession(get_world(policy), limits, user=ScriptedUser(), prompt=args.prompt)
+        return run_episode(session, pair[0], mode, play, pair[1])
+
+    with ThreadPoolExecutor(args.concurrency) as pool:
+        yield (lambda pairs: list(pool.map(one, pairs))), args.concurrency
 
 
 if __name__ == "__main__":

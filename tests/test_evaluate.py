@@ -82,3 +82,34 @@ def test_model_input_is_checked_before_anything_starts(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     with pytest.raises(SystemExit):  # sampling settings mean nothing to a scripted agent
         main(["--agent", "expert", "--split", "small", "--temperature", "0.7", "--out", str(tmp_path / "x")])
+
+
+def test_an_openai_endpoint_agent_through_real_http(tmp_path, capsys):
+    """An OpenAI-compatible server (a scripted stub) as the agent: tools go out as OpenAI tools, its tool_calls run in
+    the tau2 session, the results come back as tool messages answering its calls; tau2 scores the episode."""
+    from tests.openai_stub import ScriptedOpenAI
+
+    task = load_split("small")[0]
+    gold = [(a.name, a.arguments) for a in task.evaluation_criteria.actions]  # toggle_roaming on the phone
+    replies = [{"tool_calls": [("check_network_status", {})]}, {"tool_calls": gold}, {"tool_calls": [("done", {})]}]
+    out = tmp_path / "eval"
+    with ScriptedOpenAI(replies) as server:
+        assert main(["--endpoint", server.base_url, "--served-model", "stub", "--split", "small", "--limit", "1",
+                     "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["pass_hat_k"] == {"1": 1.0} and report["agent"] == f"stub @ {server.base_url}"
+    first, second = server.requests[0], server.requests[1]
+    assert {t["function"]["name"] for t in first["tools"]} >= {"toggle_roaming", "check_network_status", "done"}
+    call, result = second["messages"][-2], second["messages"][-1]
+    assert call["tool_calls"][0]["function"]["name"] == "check_network_status"
+    assert result["role"] == "tool" and result["tool_call_id"] == call["tool_calls"][0]["id"]
+    assert "Airplane Mode" in result["content"]
+    episode = json.loads((out / "episodes.jsonl").read_text())
+    assert episode["tool_calls"] == 2 and episode["success"]
+
+    # a server that is not there: one line before any episode
+    assert main(["--endpoint", "http://127.0.0.1:9/v1", "--served-model", "x", "--split", "small",
+                 "--out", str(tmp_path / "dead")]) == 2
+    assert "--endpoint" in capsys.readouterr().err.strip().splitlines()[-1]
+    with pytest.raises(SystemExit):
+        main(["--endpoint", "http://127.0.0.1:9/v1", "--split", "small", "--out", str(tmp_path / "x")])
