@@ -113,3 +113,20 @@ def test_an_openai_endpoint_agent_through_real_http(tmp_path, capsys):
     assert "--endpoint" in capsys.readouterr().err.strip().splitlines()[-1]
     with pytest.raises(SystemExit):
         main(["--endpoint", "http://127.0.0.1:9/v1", "--split", "small", "--out", str(tmp_path / "x")])
+
+
+def test_serve_builds_the_server_a_policy_was_trained_for(tmp_path, capsys):
+    from rl.models import resolve_model
+    from rl.serve import main as serve
+
+    tiny = str(resolve_model("tiny"))
+    assert serve([tiny, "--port", "8123", "--name", "pol", "--dry-run", "--", "--api-key", "k"]) == 0
+    cmd = capsys.readouterr().out.split()
+    assert cmd[cmd.index("--tool-call-parser") + 1] == "hermes" and "--enable-auto-tool-choice" in cmd
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "8123"
+    assert cmd[cmd.index("--chat-template") + 1].endswith("chat_template.jinja") and cmd[-2:] == ["--api-key", "k"]
+    run = tmp_path / "run"  # a run that never finished has nothing to serve
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 0\n")
+    (run / "meta.json").write_text("{}")
+    assert serve([str(run)]) == 2 and "rl.train --resume" in capsys.readouterr().err

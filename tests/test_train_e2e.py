@@ -9,6 +9,7 @@ import ray
 import torch
 
 from envs.tau2_telecom import tau2_api as t2
+from envs.tau2_telecom.tasks import load_split as t2_tasks
 from rl.config import load_config
 from rl.contracts import TrainBatch
 from tests.conftest import REPO_ROOT, cleanup_vllm_shm
@@ -146,3 +147,47 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
     assert sorted(e["trial"] for e in episodes) == [0, 0, 1, 1] and all(e["tokens"] > 0 for e in episodes)
     # tau2's message log (dual mode: the agent's greeting, then the customer), not the chat-template messages
     assert all(e["messages"][0]["role"] == "assistant" and e["messages"][1]["role"] == "user" for e in episodes)
+
+    # The same policy behind `rl.serve` (vLLM's OpenAI server, the training chat template, the hermes tool parser),
+    # played by `rl.evaluate --endpoint` with OpenAI tools: greedy, it replays the run's last held-out evaluation.
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    last_eval = {}
+    for line in (run_dir / "eval_trajectories.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if row["step"] == 3 and row["task_id"] not in last_eval:  # the greedy episode comes first
+            last_eval[row["task_id"]] = row
+    tasks_file = tmp_path / "heldout.json"
+    tasks_file.write_text(json.dumps([t.model_dump(mode="json") for t in t2_tasks("test") if t.id in last_eval]))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "rl.serve", str(run_dir), "--port", str(port), "--name", "pol"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            assert server.poll() is None, "rl.serve exited"
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "rl.serve did not come up in 600 s"
+                time.sleep(2)
+        out = tmp_path / "endpoint"
+        # the run's settings (configs/test_tiny.yaml): dual mode, compact prompt, 4 turns, 24 tokens a turn
+        assert evaluate(["--endpoint", f"http://127.0.0.1:{port}/v1", "--served-model", "pol", "--tasks",
+                         str(tasks_file), "--mode", "dual", "--prompt", "compact", "--max-turns", "4",
+                         "--max-tokens", "24", "--out", str(out)]) == 0
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    served = {e["task_id"]: e for e in map(json.loads, (out / "episodes.jsonl").read_text().splitlines())}
+    assert set(served) == set(last_eval)
+    for tid, row in last_eval.items():
+        assert (served[tid]["turns"], served[tid]["success"]) == (row["turns"], row["components"]["success"] == 1)
+    assert sum(e["tool_calls"] for e in served.values()) > 0  # tool calls came back through the server's parser
