@@ -121,9 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", choices=MODES, default=None, help="default: the model's config, else solo")
     ap.add_argument("--policy", choices=POLICIES, default=None, help="default: the model's config, else manual")
     ap.add_argument("--user", choices=USERS, default=None, help="--model: the customer (default: the config's)")
-    ap.add_argument("--temperature", type=float, default=0.0, help="--model: 0 = greedy (default)")
+    ap.add_argument("--temperature", type=float, default=0.0, help="--model, --endpoint: 0 = greedy (default)")
     ap.add_argument("--seed", type=int, default=None, help="--model: the sampling seed (default: the config's)")
-    ap.add_argument("--concurrency", type=int, default=16, help="--model: episodes in flight on the engine")
+    ap.add_argument("--concurrency", type=int, default=16, help="--model, --endpoint: episodes in flight at once")
     ap.add_argument("--trials", type=int, default=1, help="episodes per task (pass^1 .. pass^trials)")
     ap.add_argument("--limit", type=int, default=None, help="the first N tasks only")
     ap.add_argument("--max-turns", type=int, default=None,
