@@ -130,3 +130,22 @@ def test_serve_builds_the_server_a_policy_was_trained_for(tmp_path, capsys):
     (run / "config.yaml").write_text("seed: 0\n")
     (run / "meta.json").write_text("{}")
     assert serve([str(run)]) == 2 and "rl.train --resume" in capsys.readouterr().err
+
+
+def test_the_served_tool_parser_reads_what_the_training_template_writes():
+    """rl.serve's contract: vLLM's hermes parser turns the assistant text our chat template renders (what the policy
+    was trained to write) back into the same OpenAI tool calls."""
+    from transformers import AutoTokenizer
+    from vllm.tool_parsers.hermes_tool_parser import Hermes2ProToolParser
+
+    from rl.models import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("tiny"))
+    calls = [("check_network_status", {}), ("toggle_roaming", {"on": True})]
+    message = {"role": "assistant", "content": "Let me check.", "tool_calls": [
+        {"id": f"c{i}", "type": "function", "function": {"name": n, "arguments": a}} for i, (n, a) in enumerate(calls)]}
+    rendered = tok.apply_chat_template([{"role": "user", "content": "hi"}, message], tokenize=False)
+    written = rendered.split("<|im_start|>assistant\n")[-1].split("<|im_end|>")[0]
+    parsed = Hermes2ProToolParser(tok).extract_tool_calls(written, request=None)
+    assert parsed.tools_called and parsed.content.strip() == "Let me check."
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in parsed.tool_calls] == calls
