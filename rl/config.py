@@ -56,6 +56,7 @@ __all__ = [
     "RolloutConfig",
     "TrainConfig",
     "config_to_yaml",
+    "redacted_yaml",
     "load_config",
     "parse_cli",
     "validate",
@@ -660,6 +661,17 @@ def secrets_to_environment(items: list[str]) -> tuple[list[str], dict[str, str]]
 def config_to_yaml(cfg: Config) -> str:
     """YAML snapshot of a loaded config; ``load_config`` on it gives an equal Config."""
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def redacted_yaml(cfg: Config) -> str:
+    """config_to_yaml with every API key's value replaced by '***': what is written into run and model folders."""
+    lines = []
+    for line in config_to_yaml(cfg).splitlines():
+        key, sep, value = line.partition(":")
+        if is_secret_key(key.strip()) and value.strip() not in ("", "EMPTY", "''"):
+            line = f"{key}{sep} '***'"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 def parse_cli(argv: list[str] | None = None, description: str = "",

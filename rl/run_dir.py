@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from rl.config import Config, config_to_yaml, is_secret_key, redact_overrides
+from rl.config import Config, redact_overrides, redacted_yaml
 from rl.contracts import EpisodeRecord, Score, Trajectory
 
 
@@ -56,16 +56,6 @@ def git_revision() -> str:
         return "unknown"
 
 
-def _redacted_yaml(cfg: Config) -> str:
-    lines = []
-    for line in config_to_yaml(cfg).splitlines():
-        key, sep, value = line.partition(":")
-        if is_secret_key(key.strip()) and value.strip() not in ("", "EMPTY", "''"):
-            line = f"{key}{sep} '***'"
-        lines.append(line)
-    return "\n".join(lines) + "\n"
-
-
 class RunDir:
     def __init__(self, cfg: Config, resume: bool = False):
         self.path = Path(cfg.run_dir)
@@ -73,7 +63,7 @@ class RunDir:
             raise FileExistsError(f"{self.path} already holds a run; pass --resume to continue it, "
                                   f"or choose another run_dir=...")
         (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
-        (self.path / "config.yaml").write_text(_redacted_yaml(cfg))
+        (self.path / "config.yaml").write_text(redacted_yaml(cfg))
         meta = {"git": git_revision(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "host": platform.node(),
                 "argv": redact_overrides(sys.argv), "resumed": resume}
         with open(self.path / "meta.json", "a") as fh:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from rl.config import Config, config_to_yaml, parse_cli
+from rl.config import Config, parse_cli, redacted_yaml
 from rl.contracts import TrainBatch
 from rl.runtime import init_ray, split_tasks
 
@@ -186,7 +186,7 @@ def run_sft(cfg: Config, epochs: int, batch_size: int, lr: float | None, out: Pa
                 bar.set_postfix(nll_per_token=f"{nll_curve[-1]:.3f}", grad_norm=f"{m.get('grad_norm', 0):.2f}")
                 bar.update(1)
         bar.close()
-        learner.save_hf(str(out), {MODEL_CONFIG_FILE: config_to_yaml(cfg)})
+        learner.save_hf(str(out), {MODEL_CONFIG_FILE: redacted_yaml(cfg)})
     finally:
         learner.shutdown()
     return {"path": str(out), "conversations": len(data), "steps": len(nll_curve), "nll_first": nll_curve[0],

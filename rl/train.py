@@ -316,10 +316,10 @@ class Trainer:
     def export_model(self) -> None:
         """The trained policy as a plain HF folder, RUN_DIR/model, with the run's config beside it (telerl.yaml):
         what rl.evaluate, rl.sft and model.name take."""
-        from rl.config import config_to_yaml
+        from rl.config import redacted_yaml
         from rl.models import MODEL_CONFIG_FILE
 
-        self.learner.save_hf(str(self.run.path / "model"), {MODEL_CONFIG_FILE: config_to_yaml(self.cfg)})
+        self.learner.save_hf(str(self.run.path / "model"), {MODEL_CONFIG_FILE: redacted_yaml(self.cfg)})
 
     def close(self) -> None:
         from rl.report import write_report
@@ -424,8 +424,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         trainer.close()
-    print(f"run directory: {trainer.run.path}  (report: {trainer.run.path / 'report.png'}, policy: "
-          f"{trainer.run.path / 'model'})" if cfg.train.steps > 0 else f"run directory: {trainer.run.path}")
+    policy = f", policy: {trainer.run.path / 'model'}" if cfg.train.steps > 0 else ""
+    print(f"run directory: {trainer.run.path}  (report: {trainer.run.path / 'report.png'}{policy})")
     return 0
 
 

@@ -393,3 +393,12 @@ def test_learner_warmup_becomes_deepspeeds_warmup_then_constant_schedule():
     assert ds["scheduler"] == {"type": "WarmupLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": 5e-4,
                                                               "warmup_type": "linear", "warmup_num_steps": 20}}
     assert "scheduler" not in deepspeed_config(LearnerSettings.from_config(load_config(None, []), "model"), False)
+
+
+def test_redacted_yaml_hides_api_keys_and_still_loads(tmp_path):
+    from rl.config import redacted_yaml
+
+    text = redacted_yaml(load_config(None, ["user_llm.api_key=sk-secret", "judge.api_key=sk-other"]))
+    assert "sk-secret" not in text and "sk-other" not in text and text.count("'***'") == 2
+    (tmp_path / "telerl.yaml").write_text(text)
+    assert load_config(str(tmp_path / "telerl.yaml")).user_llm.api_key == "***"
