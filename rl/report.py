@@ -1,4 +1,5 @@
-"""report.png from metrics.jsonl: reward, training and held-out success, per-component rewards, step-time breakdown."""
+"""report.png from metrics.jsonl: reward, training and held-out success, per-component rewards (with the on-policy
+audit of learned / judged scores), step-time breakdown."""
 from __future__ import annotations
 
 import sys
@@ -38,6 +39,12 @@ def write_report(metrics: list[dict], path: str | Path) -> Path:
     ax = axes[1][0]
     for key in ("reward/env_assertions", "reward/actions", "reward/penalty"):
         ax.plot(steps, [m.get(key, 0) for m in metrics], marker=".", label=key.split("/")[1])
+    for name in ("rm", "judge"):  # the on-policy audit (rl/reward_audit.py): agreement with tau2's verdict
+        key = f"reward/{name}_vs_verifier/pairwise_acc"
+        audited = [m for m in metrics if key in m]
+        if audited:
+            ax.plot([m["step"] for m in audited], [m[key] for m in audited], linestyle="--", marker="x",
+                    label=f"{name} agrees with tau2 (pairs)")
     ax.set_title("reward components (left), tool calls per episode (right)")
     ax.legend(loc="upper left")
     calls = ax.twinx()  # repeated calls farming partial credit would show as a rise here

@@ -72,7 +72,7 @@ def test_report_and_sweep_read_heldout_success_from_metrics(tmp_path):
     rows = [{"step": 0, "eval/success": 0.1, "eval/tasks": 40},
             {"step": 1, "reward/mean": 0.2, "success_rate": 0.25, "episode/tool_calls": 9.0},
             {"step": 2, "reward/mean": 0.4, "success_rate": 0.5, "eval/success": 0.3, "eval/pass^2": 0.2,
-             "eval/pass^1": 0.35, "eval/tasks": 40}]
+             "eval/pass^1": 0.35, "eval/tasks": 40, "reward/rm_vs_verifier/pairwise_acc": 0.7}]
     assert write_report(rows, tmp_path / "report.png").stat().st_size > 10_000
     assert _heldout(rows) == {"heldout/success_before": 0.1, "heldout/success_after": 0.3}
     assert _heldout(rows[1:2]) == {}
