@@ -36,7 +36,6 @@ import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 
 from tqdm import tqdm
@@ -50,7 +49,7 @@ from envs.tau2_telecom.session import SessionLimits, TelecomSession
 from envs.tau2_telecom.tasks import TaskFileError, load_split, load_task_file
 from envs.tau2_telecom.users import ScriptedUser
 from envs.tau2_telecom.world import get_world
-from rl.config import Config, ConfigError, load_config
+from rl.config import Config, ConfigError
 from rl.eval_report import EpisodeOutcome, build_report, write_report_files
 from rl.models import ModelNotFoundError
 from rl.preflight import NotReady, check_endpoint
@@ -91,17 +90,14 @@ def _tasks(args) -> tuple[list[t2.Task], str]:
     return loaded.tasks, args.tasks
 
 
-def _model_config(args) -> Config:
-    """The policy's config (its run's, its folder's, or --config), then the flags given, then key=value overrides."""
-    from rl.model_agent import model_config_file
-
-    path = args.config or model_config_file(args.model)
+def _model_overrides(args) -> list[str]:
+    """--model: the flags given as config overrides, then the key=value ones (the policy's own config is the base)."""
     flags = {"env.mode": args.mode, "env.policy": args.policy, "env.user": args.user, "env.max_turns": args.max_turns,
              "env.max_errors": args.max_errors, "seed": args.seed}
     overrides = [f"{k}={v}" for k, v in flags.items() if v is not None]
     if args.temperature > 0:
         overrides.append(f"rollout.temperature={args.temperature}")
-    return load_config(str(path) if path else None, [*overrides, *args.overrides])
+    return [*overrides, *args.overrides]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,11 +149,9 @@ def main(argv: list[str] | None = None) -> int:
             check_endpoint("--endpoint", endpoint)
         tasks, tasks_from = _tasks(args)
         if args.model:
-            from rl.model_agent import model_weights
-            from rl.models import resolve_model
+            from rl.model_agent import load_policy
 
-            cfg = _model_config(args)
-            model_path = str(resolve_model(model_weights(args.model), asdict(cfg.model.tiny)))
+            cfg, model_path = load_policy(args.model, args.config, _model_overrides(args))
     except (TaskFileError, OSError, ConfigError, ModelNotFoundError, NotReady) as e:
         print(f"rl.evaluate: {e}", file=sys.stderr)
         return 2

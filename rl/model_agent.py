@@ -43,6 +43,19 @@ def model_weights(model: str) -> str:
     return str(path) if path.is_dir() else model
 
 
+def load_policy(model: str, config: str | None = None, overrides: list[str] = ()) -> tuple[Config, str]:
+    """(config, model folder) of a policy: its own config (or `config`) with `overrides`, and its weights as a local
+    folder. Raises ConfigError, FileNotFoundError or ModelNotFoundError naming what is wrong."""
+    from dataclasses import asdict
+
+    from rl.config import load_config
+    from rl.models import resolve_model
+
+    path = config or model_config_file(model)
+    cfg = load_config(str(path) if path else None, list(overrides))
+    return cfg, str(resolve_model(model_weights(model), asdict(cfg.model.tiny)))
+
+
 def outcome(traj: Trajectory, trial: int) -> EpisodeOutcome:
     e = traj.eval
     return EpisodeOutcome(traj.task_id, trial, e.reward, e.success, e.termination, failure=e.failure, note=e.note,

@@ -15,10 +15,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
-from rl.config import Config, ConfigError, load_config
+from rl.config import Config, ConfigError
 
 
 def serve_command(model_dir: str, cfg: Config, host: str, port: int, name: str, on_gpu: bool,
@@ -53,13 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="print the server command instead of running it")
     args = ap.parse_args(argv)
 
-    from rl.model_agent import model_config_file, model_weights
-    from rl.models import ModelNotFoundError, resolve_model
+    from rl.model_agent import load_policy
+    from rl.models import ModelNotFoundError
 
     try:
-        path = args.config or model_config_file(args.model)
-        cfg = load_config(str(path) if path else None)
-        model_dir = str(resolve_model(model_weights(args.model), asdict(cfg.model.tiny)))
+        cfg, model_dir = load_policy(args.model, args.config)
     except (ConfigError, FileNotFoundError, ModelNotFoundError) as e:
         print(f"rl.serve: {e}", file=sys.stderr)
         return 2
