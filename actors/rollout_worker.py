@@ -34,6 +34,7 @@ class RolloutSettings:
     max_new_tokens: int = 256  # per assistant turn
     temperature: float = 1.0
     top_p: float = 1.0
+    min_p: float = 0.0
     kv_cache_gib: float = 1.0  # CPU only: KV cache bytes are fixed up front
     gpu_memory_utilization: float = 0.5  # GPU only
     engine: str = "auto"  # auto | async | in_process (RolloutConfig.engine)
@@ -46,7 +47,7 @@ class RolloutSettings:
         seed + worker index, so that workers never draw the same random stream."""
         r = cfg.rollout
         return cls(model_path=model_path, mode=cfg.env.mode, max_model_len=r.max_model_len,
-                   max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
+                   max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, min_p=r.min_p,
                    kv_cache_gib=r.kv_cache_gib, gpu_memory_utilization=r.gpu_memory_utilization, engine=r.engine,
                    seed=cfg.seed + worker)
 
@@ -104,7 +105,7 @@ class RolloutWorkerImpl:
         from vllm import SamplingParams
 
         s = self.settings
-        args = dict(max_tokens=max_tokens, temperature=s.temperature, top_p=s.top_p, logprobs=0,
+        args = dict(max_tokens=max_tokens, temperature=s.temperature, top_p=s.top_p, min_p=s.min_p, logprobs=0,
                     stop_token_ids=[self.eos_id], skip_special_tokens=False, detokenize=False)
         args.update(over)
         return SamplingParams(**args)

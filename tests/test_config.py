@@ -187,7 +187,9 @@ def test_bad_choice_names_key_and_allowed_values(tmp_path):
         ("reward.task_weight=.inf", "reward.task_weight", "finite value >= 0"),
         ("rollout.top_p=1.5", "rollout.top_p", "(0, 1]"),
         ("rollout.gpu_memory_utilization=0", "rollout.gpu_memory_utilization", "(0, 1]"),
-        ("rollout.top_p=0.9", "algorithm.recompute_old_logprobs", "rollout.top_p < 1"),
+        ("rollout.top_p=0.9", "algorithm.recompute_old_logprobs", "rollout.top_p = 0.9"),
+        ("rollout.min_p=1", "rollout.min_p", "[0, 1)"),
+        ("rollout.min_p=0.1", "algorithm.recompute_old_logprobs", "rollout.min_p = 0.1"),
     ],
 )
 def test_bad_values_rejected(override, key, fragment):

@@ -1,6 +1,7 @@
 """rl.evaluate: tau2's pass^k over trials, resumable episodes, and results in tau2's own format that tau2's
 compute_metrics reads to the same numbers."""
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -149,3 +150,21 @@ def test_the_served_tool_parser_reads_what_the_training_template_writes():
     parsed = Hermes2ProToolParser(tok).extract_tool_calls(written, request=None)
     assert parsed.tools_called and parsed.content.strip() == "Let me check."
     assert [(c.function.name, json.loads(c.function.arguments)) for c in parsed.tool_calls] == calls
+
+
+def test_an_episode_cut_by_the_context_limit_says_so():
+    from envs.tau2_telecom.session import EvalResult
+    from rl.contracts import Trajectory
+    from rl.model_agent import outcome
+
+    unfinished = EvalResult(task_id="t1", reward=0.0, success=False, termination=None, reward_basis=[],
+                            env_assertions=[], actions=[], communicate=[], nl_assertions=None, db_match=None,
+                            turns=0, tool_errors=0, rejected_calls=0,
+                            note="episode ended by nothing (still running): tau2 scores it 0")
+    traj = Trajectory(task_id="t1", group=0, messages=[], eval=unfinished, token_ids=list(range(4090)),
+                      loss_mask=[0] * 4090, turns=0, truncated=True)
+    row = outcome(traj, trial=2, max_model_len=4096)
+    assert (row.trial, row.success, row.failure) == (2, False, "context_overflow")
+    assert "4090 tokens after 0 turns" in row.note and "rollout.max_model_len = 4096" in row.note
+    finished = replace(traj, truncated=False, eval=replace(unfinished, termination="agent_stop", note=None))
+    assert outcome(finished, trial=0, max_model_len=4096).failure is None
