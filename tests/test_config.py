@@ -404,3 +404,13 @@ def test_redacted_yaml_hides_api_keys_and_still_loads(tmp_path):
     assert "sk-secret" not in text and "sk-other" not in text and text.count("'***'") == 2
     (tmp_path / "telerl.yaml").write_text(text)
     assert load_config(str(tmp_path / "telerl.yaml")).user_llm.api_key == "***"
+
+
+def test_an_integer_for_an_optional_float_key_loads_without_a_warning():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # omegaconf warns about the implicit int -> float conversion
+        cfg = load_config(None, ["reward.timeout_s=5", "rollout.timeout_s=null", "learner.timeout_s=60"])
+    assert (cfg.reward.timeout_s, cfg.rollout.timeout_s, cfg.learner.timeout_s) == (5.0, None, 60.0)
+    assert isinstance(cfg.reward.timeout_s, float)
