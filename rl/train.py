@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from rl import algorithms
-from rl.actor_calls import ActorSlot, call_with_replacement, wait
+from rl.actor_calls import ActorFailed, ActorSlot, call_with_replacement, wait
 from rl.config import AlgorithmConfig, Config, parse_cli
 from rl.contracts import EpisodeJob, Score, TrainBatch, Trajectory
 from rl.evaluation import heldout_metrics
@@ -428,8 +428,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"held-out success ({where}): {before:.2f}")
         if cfg.train.steps > 0:
             trainer.export_model()
-    except EpisodeFailures as e:  # the reason, not a traceback: the run's logs up to this step are complete
-        print(f"rl.train: stopped: {e}", file=sys.stderr)
+    except (EpisodeFailures, ActorFailed) as e:  # the reason, not a traceback: the logs up to this step are complete
+        print(f"rl.train: stopped: {e}; `--resume` continues from the last checkpoint", file=sys.stderr)
         return 1
     finally:
         trainer.close()
