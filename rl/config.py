@@ -350,7 +350,7 @@ RULES: dict[type, dict[str, Check]] = {
                    "rm_weight": finite_non_negative, "rm_normalization": one_of(*RM_NORMALIZATIONS),
                    "rm_max_len": optional(positive), "judge_weight": finite_non_negative, "judge_votes": positive,
                    "audit_min_agreement": optional(fraction), "audit_patience": positive,
-                    "timeout_s": optional(positive)},
+                   "timeout_s": optional(positive)},
     RewardModelConfig: {"base_model": non_empty, "eval_file": optional(non_empty), "out": optional(non_empty),
                         "epochs": positive, "lr": positive, "weight_decay": non_negative, "batch_size": positive,
                         "micro_batch_size": positive, "num_ranks": positive, "max_len": positive,
