@@ -19,113 +19,18 @@ The result is a HF folder for model.name.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from tqdm import tqdm
 
 from rl.config import Config, parse_cli, redacted_yaml
 from rl.contracts import TrainBatch
-from rl.runtime import init_ray, split_tasks
-
-
-def encode_conversation(tokenizer, messages: list[dict], tools: list[dict] | None) -> tuple[list[int], list[int]]:
-    """(token ids, loss mask) of a conversation; mask is 1 on each assistant turn's content + end-of-turn token.
-    Built turn by turn the way a rollout assembles tokens (the template is prefix-stable), so SFT and RL
-    see the same token layout."""
-    def render(msgs, gen):
-        return tokenizer.apply_chat_template(msgs, tools=tools, add_generation_prompt=gen, tokenize=False)
-
-    def encode(text):
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    ids, mask, done_text = [], [], ""
-    for i, m in enumerate(messages):
-        if m["role"] != "assistant":
-            continue
-        prefix = render(messages[:i], True)
-        if not prefix.startswith(done_text):
-            raise ValueError("chat template is not prefix-stable")
-        chunk = encode(prefix[len(done_text):])
-        turn = encode(m["content"]) + [tokenizer.eos_token_id]
-        ids += chunk + turn
-        mask += [0] * len(chunk) + [1] * len(turn)
-        done_text = prefix + m["content"] + tokenizer.eos_token
-    return ids, mask
-
-
-TEACHERS = ("expert", "oracle")
-
-
-@dataclass
-class Demonstrations:
-    """Conversations to imitate, each with the tool schemas its prompt was rendered with."""
-
-    conversations: list[tuple[list[dict], list[dict]]] = field(default_factory=list)  # (messages, tools)
-    considered: int = 0  # episodes looked at
-    failed: int = 0  # played or logged episodes that tau2's evaluator did not pass (left out)
-
-    def add(self, other: Demonstrations) -> None:
-        self.conversations += other.conversations
-        self.considered += other.considered
-        self.failed += other.failed
-
-
-def teacher_demonstrations(cfg: Config, teacher: str) -> Demonstrations:
-    """`teacher` plays every training task once through the real environment; the passed episodes are kept."""
-    from envs.tau2_telecom.expert import play_expert
-    from envs.tau2_telecom.oracle import play_oracle
-    from envs.tau2_telecom.session import SessionLimits, TelecomSession
-    from envs.tau2_telecom.tau2_api import Task
-    from envs.tau2_telecom.users import ScriptedUser
-    from envs.tau2_telecom.world import get_world
-
-    if teacher not in TEACHERS:
-        raise ValueError(f"sft: unknown teacher {teacher!r}; expected one of {', '.join(TEACHERS)}")
-    play = play_expert if teacher == "expert" else play_oracle
-    world = get_world(cfg.env.policy)
-    session = TelecomSession(world, SessionLimits(max_turns=100), user=ScriptedUser(), prompt=cfg.env.prompt)
-    out = Demonstrations()
-    for task in split_tasks(cfg).train.values():
-        episode = play(session, Task.model_validate(task), cfg.env.mode)
-        out.considered += 1
-        if session.evaluate().success:  # only demonstrations the evaluator confirms
-            out.conversations.append((episode.chat_messages(), episode.first.tools))
-        else:
-            out.failed += 1
-    return out
-
-
-def rollout_demonstrations(cfg: Config, run_dirs: list[str]) -> Demonstrations:
-    """A policy's own successful episodes (tau2's verdict, components.success) on the training tasks, from runs'
-    trajectories.jsonl; each distinct conversation once."""
-    from envs.tau2_telecom.world import get_world
-    from rl.contracts import EpisodeRecord
-    from rl.run_dir import read_jsonl
-
-    train_ids = set(split_tasks(cfg).train)
-    tools = get_world(cfg.env.policy).prompt_tools(cfg.env.mode, cfg.env.prompt)
-    out, seen = Demonstrations(), set()
-    for run_dir in run_dirs:
-        path = Path(run_dir) / "trajectories.jsonl" if Path(run_dir).is_dir() else Path(run_dir)
-        if not path.is_file():
-            raise ValueError(f"sft: --from-rollouts {run_dir}: no trajectories.jsonl there")
-        for row in read_jsonl(path):
-            record = EpisodeRecord.from_row(row)
-            if record.task_id not in train_ids:
-                continue  # held-out tasks (e.g. a run's evaluation episodes) never become training data
-            out.considered += 1
-            key = json.dumps(record.messages, sort_keys=True)
-            if record.components.get("success", 0.0) < 1.0 - 1e-6:
-                out.failed += 1
-            elif key not in seen:
-                seen.add(key)
-                out.conversations.append((record.messages, tools))
-    return out
+from rl.demonstrations import TEACHERS, demonstration_rows
+from rl.runtime import init_ray
 
 
 def run_sft(cfg: Config, epochs: int, batch_size: int, lr: float | None, out: Path, limit: int | None = None,
@@ -137,31 +42,8 @@ def run_sft(cfg: Config, epochs: int, batch_size: int, lr: float | None, out: Pa
     from actors.learner import LearnerGroup, LearnerSettings
     from rl.models import MODEL_CONFIG_FILE, resolve_model
 
-    if not teacher and not rollouts:
-        raise ValueError("sft: nothing to learn from: give a teacher (--teacher) or runs (--from-rollouts)")
-    demos = Demonstrations()
-    if teacher:
-        demos.add(teacher_demonstrations(cfg, teacher))
-    if rollouts:
-        demos.add(rollout_demonstrations(cfg, rollouts))
-    source = " + ".join(([teacher] if teacher else []) + (["rollouts"] if rollouts else []))
-    if not demos.conversations:
-        raise ValueError(f"sft: no passed {source} episode among {demos.considered} on the training tasks "
-                         f"({cfg.env.tasks_file or 'split ' + cfg.env.split}, mode {cfg.env.mode})")
     base = resolve_model(cfg.model.name, asdict(cfg.model.tiny))
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    data = [encode_conversation(tokenizer, messages, tools) for messages, tools in demos.conversations]
-    too_long = sum(len(ids) > cfg.rollout.max_model_len for ids, _ in data)
-    data = [d for d in data if len(d[0]) <= cfg.rollout.max_model_len]
-    if limit is not None:  # drawn from those that fit, so --limit N trains on N whenever N fit
-        random.Random(cfg.seed).shuffle(data)
-        data = data[:limit]
-    print(f"sft: {len(data)} {source} conversations ({demos.failed} of {demos.considered} episodes failed tau2's "
-          f"evaluator, {too_long} longer than rollout.max_model_len dropped), "
-          f"mean {sum(len(i) for i, _ in data) / max(1, len(data)):.0f} tokens", file=sys.stderr)
-    if not data:
-        raise ValueError(f"sft: no {source} conversation fits rollout.max_model_len={cfg.rollout.max_model_len}; "
-                         "raise it or try env.prompt=compact")
+    data = demonstration_rows(cfg, AutoTokenizer.from_pretrained(base), teacher, rollouts, limit)
     steps = epochs * ((len(data) + batch_size - 1) // batch_size)
     # A warm-up then linear decay to 0: a constant lr high enough to fit a small model in few steps leaves it noisy.
     settings = replace(LearnerSettings.from_config(cfg, str(base)), lr=lr or cfg.learner.lr * 10, kl_coef=0.0,
@@ -214,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         teacher = None if args.teacher == "none" else args.teacher
         result = run_sft(cfg, args.epochs, args.batch_size, args.lr, out, args.limit, teacher, args.from_rollouts)
     except ValueError as e:
-        print(e, file=sys.stderr)
+        print(f"sft: {e}", file=sys.stderr)
         return 1
     finally:
         ray.shutdown()

@@ -113,8 +113,8 @@ def test_sft_demonstrations_and_rl_training_tasks_share_one_hold_out():
     """env.split=base holds tau2's test split; with train.eval_split=test neither rl.train nor rl.sft may learn
     from those tasks."""
     from rl.config import load_config
+    from rl.demonstrations import teacher_demonstrations
     from rl.runtime import load_tasks, split_tasks
-    from rl.sft import teacher_demonstrations
 
     cfg = load_config(None, ["env.split=base", "env.max_faults=2", "env.prompt=minimal", "train.eval_split=test",
                              "train.eval_tasks=40"])

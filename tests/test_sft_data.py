@@ -5,7 +5,8 @@ import json
 import pytest
 
 from rl.config import load_config
-from rl.sft import rollout_demonstrations, run_sft, teacher_demonstrations
+from rl.demonstrations import rollout_demonstrations, teacher_demonstrations
+from rl.sft import run_sft
 
 
 def _cfg(tmp_path, *overrides):
