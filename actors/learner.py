@@ -36,6 +36,11 @@ if TYPE_CHECKING:
 _WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5")
 
 
+class LearnerFailed(RuntimeError):
+    """A rank died, raised, or did not answer within the timeout. The others may be stuck in a collective: the
+    group is unusable (shutdown, then a new group from the last checkpoint)."""
+
+
 @dataclass(frozen=True)
 class LearnerSettings:
     """Plain data (travels to the actors)."""
@@ -56,6 +61,7 @@ class LearnerSettings:
     lr_schedule_steps: int = 0      # > 0: linear warm-up (5 %) then linear decay to 0 at this step (SFT); 0: constant
     warmup_steps: int = 0           # without lr_schedule_steps: linear warm-up over these steps, then constant (RL)
     temperature: float = 1.0        # the sampler's: logits / temperature, as vLLM's processed logprobs
+    demo_coef: float = 0.0          # weight of the NLL per token of the demonstrations passed to train_step
 
     @classmethod
     def from_config(cls, cfg: Config, model_path: str) -> LearnerSettings:
@@ -65,7 +71,7 @@ class LearnerSettings:
                    warmup_steps=lc.warmup_steps,
                    micro_batch_size=lc.micro_batch_size, gradient_checkpointing=lc.gradient_checkpointing,
                    offload=lc.offload, kl_coef=a.kl_coef, kl_kind=a.kl_kind, clip_eps=a.clip_eps,
-                   clip_eps_high=a.clip_eps_high, aggregation=a.aggregation, seed=cfg.seed,
+                   clip_eps_high=a.clip_eps_high, aggregation=a.aggregation, seed=cfg.seed, demo_coef=a.demo_coef,
                    # the PPO ratio compares the sampler's logprobs with ours: both of pi(.)^(1/T), renormalised
                    temperature=cfg.rollout.temperature or 1.0)
 
@@ -184,30 +190,29 @@ class LearnerRank:
 
     # ---- training ---------------------------------------------------------------------------------------------
 
-    def train_step(self, batch: TrainBatch) -> dict:
+    def train_step(self, batch: TrainBatch, demo: TrainBatch | None = None) -> dict:
         """One optimizer step on this rank's share. LearnerGroup sets batch.totals over ALL ranks (aggregation
         units, longest sequence) so that every micro loss gets its exact weight in the batch objective; called
-        directly with no totals, a rank uses its own share's."""
+        directly with no totals, a rank uses its own share's. demo: demonstrations whose mean NLL per token, times
+        settings.demo_coef, joins the same step's loss (InstructGPT's PPO-ptx)."""
         s, t0 = self.settings, time.perf_counter()
         W = self.world_size
         micro = self._micro_batches(batch, train=True)
+        demo_micro = self._micro_batches(demo, train=False) if demo is not None else []
         n_tokens = sum(int(m["loss_mask"].sum()) for m in micro)
-        if batch.totals is not None:
-            totals = batch.totals
-        else:  # this share is all there is on every rank
-            own = BatchTotals.of(batch.input_ids, batch.loss_mask)
-            totals = replace(own, tokens=own.tokens * W, sequences=own.sequences * W)
+        totals, demo_totals = self._totals(batch), self._totals(demo) if demo is not None else None
         total_units, total_tokens = max(totals.units(s.aggregation), 1), max(totals.tokens, 1)
 
         # DeepSpeed averages gradients over ranks, hence the W factor: micro batch m gets weight
         # W * units_m / total (units: its loss tokens or its sequences, as aggregate() counts them), and
         # backward() is told not to divide by the accumulation steps as well.
-        self.engine.set_train_batch_size(len(micro) * s.micro_batch_size * W)
+        last = len(micro) + len(demo_micro) - 1
+        self.engine.set_train_batch_size((last + 1) * s.micro_batch_size * W)
         sums = dict.fromkeys(("loss", "pg_loss", "kl", "clip_fraction", "approx_kl"), 0.0)
         for i, m in enumerate(micro):
             # Explicit boundary: the engine's own micro-step counter assumes a fixed accumulation count, but ours
             # changes with every batch.
-            self.engine.set_gradient_accumulation_boundary(i == len(micro) - 1)
+            self.engine.set_gradient_accumulation_boundary(i == last)
             m = {k: v.to(self.engine.device) if torch.is_tensor(v) else v for k, v in m.items()}
             mask = m["loss_mask"]
             logp = self._logprobs(self.engine, m, needed=mask > 0)
@@ -231,6 +236,19 @@ class LearnerRank:
                             ("clip_fraction", stats["clip_fraction"], tokens / total_tokens),
                             ("approx_kl", stats["approx_kl"], tokens / total_tokens)):
                 sums[k] += v * w * W
+        if demo_micro:
+            sums["demo_nll"] = 0.0
+        for i, m in enumerate(demo_micro, start=len(micro)):
+            self.engine.set_gradient_accumulation_boundary(i == last)
+            m = {k: v.to(self.engine.device) if torch.is_tensor(v) else v for k, v in m.items()}
+            mask = m["loss_mask"]
+            # Untempered, as rl.sft fits them: the anchor is the warm start's own objective.
+            logp = self._logprobs(self.engine, m, needed=mask > 0, tempered=False)
+            nll = -(logp * mask).sum() / max(demo_totals.tokens, 1)  # this micro batch's part of the batch mean
+            self.engine.backward(nll * (s.demo_coef * W), scale_wrt_gas=False)
+            self.engine.step()
+            sums["demo_nll"] += nll.item() * W
+            sums["loss"] += s.demo_coef * nll.item() * W
         grad_norm = self.engine.get_global_grad_norm()
         return {**sums, "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
                 "tokens": float(n_tokens), "lr": float(self.engine.get_lr()[0]), "seconds": time.perf_counter() - t0}
@@ -268,28 +286,37 @@ class LearnerRank:
             micro.append(m)
         return micro
 
+    def _totals(self, share: TrainBatch) -> BatchTotals:
+        """The whole batch's totals: set by LearnerGroup, or (called directly) this share on every rank."""
+        if share.totals is not None:
+            return share.totals
+        own = BatchTotals.of(share.input_ids, share.loss_mask)
+        return replace(own, tokens=own.tokens * self.world_size, sequences=own.sequences * self.world_size)
+
     def _tempered(self, logits: torch.Tensor) -> torch.Tensor:
         """logits / the sampling temperature; at 1 the tensor itself (a (B, T, V) copy is worth avoiding)."""
         t = self.settings.temperature
         return logits if t == 1.0 else logits / t
 
-    def _logprobs(self, engine, m: dict, needed: torch.Tensor | None = None) -> torch.Tensor:
+    def _logprobs(self, engine, m: dict, needed: torch.Tensor | None = None, tempered: bool = True) -> torch.Tensor:
         """(B, T) logprob of each token given its prefix; with `needed` (B, T bool) only those tokens are
         computed and the rest are 0. Agent episodes are mostly prompt and observations: computing the
         lm_head only where the loss is (HF's logits_to_keep) saves most of the memory - a 4.4k-token episode
-        of a 49k-vocabulary model has 0.9 GB of fp32 logits, and as much again for their gradient."""
+        of a 49k-vocabulary model has 0.9 GB of fp32 logits, and as much again for their gradient. tempered: divide
+        the logits by the sampling temperature (the policy the sampler drew from)."""
+        temper = self._tempered if tempered else (lambda x: x)
         dev = engine.device
         ids, attn = m["input_ids"].to(dev), m["attention_mask"].to(dev)
         if needed is None:
             out = engine(input_ids=ids, attention_mask=attn, use_cache=False)
             # log_softmax in fp32 even when the model runs in bf16: ratios exp(logp - old) are sensitive to it.
-            return token_logprobs(self._tempered(out.logits.float()), ids)
+            return token_logprobs(temper(out.logits.float()), ids)
         # Token t is predicted at position t-1; keep the positions any row of the micro batch needs.
         pos = needed[:, 1:].to(dev).any(0).nonzero().squeeze(-1)
         if pos.numel() == 0:
             pos = torch.zeros(1, dtype=torch.long, device=dev)  # padding micro batch: still run the collectives
         out = engine(input_ids=ids, attention_mask=attn, use_cache=False, logits_to_keep=pos)
-        logits = self._tempered(out.logits.float())  # (B, K, V)
+        logits = temper(out.logits.float())  # (B, K, V)
         targets = ids[:, pos + 1]
         lp = logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
         return torch.zeros(ids.shape, dtype=lp.dtype, device=dev).index_copy(1, pos + 1, lp)
@@ -399,25 +426,24 @@ class LearnerGroup:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             done, _ = ray.wait(list(pending), num_returns=1, timeout=left)
             if not done:
-                raise TimeoutError(f"learner ranks {sorted(pending.values())} did not answer within {timeout_s:.0f}s "
-                                   "(a ZeRO-3 collective waiting on a lost rank?)")
+                raise LearnerFailed(f"learner ranks {sorted(pending.values())} did not answer within {timeout_s:.0f}s "
+                                    "(a ZeRO-3 collective waiting on a lost rank?)")
             rank = pending.pop(done[0])
             try:
                 ray.get(done[0])
             except Exception as e:
-                raise RuntimeError(f"learner rank {rank} {what}: {e}") from e
+                raise LearnerFailed(f"learner rank {rank} {what}: {e}") from e
         return ray.get(refs)
 
     # ---- calls ----------------------------------------------------------------------------------------------
 
-    def train_step(self, batch: TrainBatch) -> dict:
+    def train_step(self, batch: TrainBatch, demo: TrainBatch | None = None) -> dict:
+        """One optimizer step on the batch (plus, with `demo`, settings.demo_coef x the demonstrations' NLL)."""
         if batch.old_logprobs is None or batch.advantages is None:
             raise ValueError("train_step needs old_logprobs and advantages in the batch")
-        shares, _ = self._split(batch)
-        totals = BatchTotals.of(batch.input_ids, batch.loss_mask)
-        for share in shares:
-            share.totals = totals
-        results = self._call("train_step", shares)
+        shares = self._shares_with_totals(batch)
+        demo_shares = self._shares_with_totals(demo) if demo is not None else [None] * self.num_ranks
+        results = self._call("train_step", list(zip(shares, demo_shares)), spread=True)
         out = {k: sum(r[k] for r in results) / len(results) for k in results[0]}
         out["tokens"] = sum(r["tokens"] for r in results)
         out["seconds"] = max(r["seconds"] for r in results)
@@ -435,7 +461,7 @@ class LearnerGroup:
         # rank 0 without fetching keeps the weights out of the driver.
         self._collect(refs[1:], self.timeout_s, "failed in gather_state_dict", first_rank=1)
         if not ray.wait(refs[:1], timeout=self.timeout_s, fetch_local=False)[0]:
-            raise TimeoutError(f"learner rank 0 did not finish gather_state_dict within {self.timeout_s}s")
+            raise LearnerFailed(f"learner rank 0 did not finish gather_state_dict within {self.timeout_s}s")
         return refs[0]
 
     def save_checkpoint(self, path: str, client_state: dict | None = None) -> None:
@@ -463,6 +489,14 @@ class LearnerGroup:
         # After a failure the other ranks may be stuck mid-collective: the group is unusable (shutdown + rebuild,
         # e.g. from the last checkpoint).
         return self._collect(refs, self.timeout_s, f"failed in {method}")
+
+    def _shares_with_totals(self, batch: TrainBatch) -> list[TrainBatch]:
+        """One share per rank, each told the whole batch's totals (every micro loss's weight depends on them)."""
+        shares, _ = self._split(batch)
+        totals = BatchTotals.of(batch.input_ids, batch.loss_mask)
+        for share in shares:
+            share.totals = totals
+        return shares
 
     def _split(self, batch: TrainBatch) -> tuple[list[TrainBatch], int]:
         """Contiguous, equal-sized shares. The sequence count is padded up to a multiple of num_ranks with

@@ -164,6 +164,9 @@ class LearnerConfig:
     # A learner call (train step, weight gather, checkpoint) running longer than this fails with the rank's name
     # instead of hanging the driver (a dead or stuck rank); None = wait forever.
     timeout_s: Optional[float] = 3600.0
+    # After a rank died or timed out, the driver builds a new group from the last checkpoint and repeats the steps
+    # since (their logs rewound); this many times per run, then the run stops naming the rank.
+    max_restarts: int = 2
 
 
 @dataclass
@@ -183,6 +186,13 @@ class AlgorithmConfig:
     # update_epochs * num_minibatches; the clip ratio is always taken against the sampler's logprobs.
     update_epochs: int = 1  # passes over the step's episodes
     num_minibatches: int = 1  # each pass is shuffled and split into this many optimizer steps
+    # InstructGPT's PPO-ptx: every optimizer step adds demo_coef x the NLL per token of demo_batch demonstrations
+    # (the expert's passed episodes on the training tasks, demo_limit of them drawn as `rl.sft --limit` draws them:
+    # with the same seed and config, the SFT's own set), so that RL moves decisions without unlearning the tool-call
+    # format and argument copying the warm start learned. 0 = off.
+    demo_coef: float = 0.0
+    demo_batch: int = 4  # demonstrations per optimizer step (cycled through in a seeded order)
+    demo_limit: Optional[int] = 100  # None: every passed demonstration that fits rollout.max_model_len
 
 
 @dataclass
@@ -338,11 +348,13 @@ RULES: dict[type, dict[str, Check]] = {
                     "kv_cache_gib": positive, "gpu_memory_utilization": fraction, "engine": one_of(*ENGINES),
                     "timeout_s": optional(positive)},
     LearnerConfig: {"num_ranks": positive, "lr": positive, "weight_decay": non_negative, "grad_clip": positive,
-                    "warmup_steps": non_negative, "micro_batch_size": positive, "timeout_s": optional(positive)},
+                    "warmup_steps": non_negative, "micro_batch_size": positive, "timeout_s": optional(positive),
+                    "max_restarts": non_negative},
     AlgorithmConfig: {"name": one_of(*ADVANTAGE_ESTIMATORS), "group_size": positive,
                       "clip_eps": positive, "clip_eps_high": optional(positive), "kl_coef": non_negative,
                       "kl_kind": one_of(*KL_KINDS), "aggregation": one_of(*AGGREGATIONS),
-                      "update_epochs": positive, "num_minibatches": positive},
+                      "update_epochs": positive, "num_minibatches": positive, "demo_coef": finite_non_negative,
+                      "demo_batch": positive, "demo_limit": optional(positive)},
     # weights finite and >= 0: a NaN or negative one would break the gated mixing's guarantee
     RewardConfig: {"task_weight": finite_non_negative, "env_assertion_weight": finite_non_negative,
                    "action_weight": finite_non_negative, "malformed_call_penalty": finite_non_negative,

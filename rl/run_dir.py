@@ -68,20 +68,30 @@ class RunDir:
                 "argv": redact_overrides(sys.argv), "resumed": resume}
         with open(self.path / "meta.json", "a") as fh:
             fh.write(json.dumps(meta) + "\n")
-        from torch.utils.tensorboard import SummaryWriter
-
-        kept = self._rewind() if resume else None
-        # purge_step: TensorBoard hides the events a resumed run writes again (those after the checkpoint)
-        self.tb = SummaryWriter(str(self.path / "tb"), purge_step=None if kept is None else kept + 1)
+        self.tb = self._tensorboard(self._rewind_logs() if resume else None)
 
     LOGS = ("metrics.jsonl", "trajectories.jsonl", "eval_trajectories.jsonl")
 
-    def _rewind(self) -> int:
+    def _tensorboard(self, kept: int | None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step: TensorBoard hides the events a resumed run writes again (those after the checkpoint)
+        return SummaryWriter(str(self.path / "tb"), purge_step=None if kept is None else kept + 1)
+
+    def rewind(self) -> int:
+        """Back to the latest complete checkpoint in a live run (the learner was rebuilt from it): logs as on resume."""
+        kept = self._rewind_logs()
+        self.tb.close()
+        self.tb = self._tensorboard(kept)
+        return kept
+
+    def _rewind_logs(self) -> int:
         """On resume, keep exactly the rows the checkpoint's weights stand for: every step up to the latest complete
-        checkpoint's (none without one), so the steps the run repeats are logged once. Each file is rewritten
-        atomically, and a torn last line (a kill mid-write) goes with it. Returns the step kept."""
+        checkpoint's, so the steps the run repeats are logged once; step 0 (the starting weights' evaluation) always
+        stays. Each file is rewritten atomically, and a torn last line (a kill mid-write) goes with it. Returns the
+        step kept."""
         found = self.latest_checkpoint()
-        step = found[0] if found else -1
+        step = found[0] if found else 0
         for name in self.LOGS:
             path = self.path / name
             if not path.exists():

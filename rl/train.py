@@ -8,7 +8,8 @@ One step, top to bottom (each line is one call into an actor):
   2. reward    RewardActor.score        tau2's verdict + partial credit + format penalty (+ RM / judge, audited
                                         against the verdict on these episodes: rl.reward_audit)
   3. advantage build_train_batch        GRPO / RLOO / REINFORCE++ / RFT (rl.algorithms) on the driver, pure torch
-  4. train     LearnerGroup.train_step  DeepSpeed ZeRO-3 PPO-clip step on N ranks
+  4. train     LearnerGroup.train_step  DeepSpeed ZeRO-3 PPO-clip step on N ranks (+ the demonstrations' NLL term
+                                        when algorithm.demo_coef > 0: rl.demonstrations)
   5. sync      LearnerGroup.state_dict_ref -> RolloutWorker.sync_weights (Ray object store)
 Held-out evaluation (train.eval_tasks > 0) runs before step 1, every train.eval_every steps and after the last step;
 its eval/... metrics (rl.evaluation) go into that step's metrics row (step 0 for "before").
@@ -21,50 +22,24 @@ import sys
 import time
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import ray
 import torch
 from tqdm import tqdm
 
+from actors.learner import LearnerFailed
 from rl import algorithms
 from rl.actor_calls import ActorFailed, ActorSlot, call_with_replacement, wait
 from rl.config import AlgorithmConfig, Config, parse_cli
 from rl.contracts import EpisodeJob, Score, TrainBatch, Trajectory
+from rl.cursor import ShuffledCursor
 from rl.evaluation import heldout_metrics
 from rl.preflight import NotReady, check_gpus, preflight
 from rl.reward_audit import AuditMonitor, audit_step
 from rl.run_dir import RunDir
 from rl.runtime import actor_runtime_env, cluster_has_gpus, init_ray, split_tasks
 from rl.tensors import pad_rows
-
-
-@dataclass
-class TaskCursor:
-    """Deterministic walk over the training tasks: shuffled per epoch, resumable from (epoch, index)."""
-
-    ids: list[str]
-    seed: int
-    epoch: int = 0
-    index: int = 0
-
-    def _order(self) -> list[str]:
-        order = list(self.ids)
-        random.Random(self.seed * 100003 + self.epoch).shuffle(order)
-        return order
-
-    def take(self, n: int) -> list[str]:
-        out = []
-        while len(out) < n:
-            order = self._order()
-            out.append(order[self.index])
-            self.index += 1
-            if self.index == len(order):
-                self.epoch, self.index = self.epoch + 1, 0
-        return out
-
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index}
 
 
 class StepTimer:
@@ -120,7 +95,6 @@ def minibatches(n: int, update_epochs: int, num_minibatches: int, rng: random.Ra
 class Trainer:
     def __init__(self, cfg: Config, resume: bool = False):
         from actors.env_worker import EnvPool, EnvSettings
-        from actors.learner import LearnerGroup, LearnerSettings
         from actors.reward_actor import RewardActor
         from actors.rollout_worker import RolloutSettings, RolloutWorker
         from rl.models import resolve_model
@@ -131,6 +105,7 @@ class Trainer:
         self.tasks, self.eval_tasks = tasks.train, tasks.heldout
         preflight(cfg, self.tasks)
         self.model_path = str(resolve_model(cfg.model.name, asdict(cfg.model.tiny)))
+        self.demos = load_demonstrations(cfg, self.model_path) if cfg.algorithm.demo_coef > 0 else []
         self.run = RunDir(cfg, resume=resume)
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
@@ -138,8 +113,9 @@ class Trainer:
             print(f"training tasks: {len(self.tasks)} ({tasks.left_out} tasks of train.eval_split="
                   f"{cfg.train.eval_split!r} left out of env.split={cfg.env.split!r}: they are held out)",
                   file=sys.stderr)
-        self.cursor = TaskCursor(sorted(self.tasks), cfg.seed)
+        self.cursor = ShuffledCursor(sorted(self.tasks), cfg.seed)
         self.update_rng = random.Random(cfg.seed)  # mini-batch shuffles; its own stream so rollouts don't shift it
+        self.demo_cursor = ShuffledCursor(list(range(len(self.demos))), cfg.seed + 1)
         self.audit_monitor = AuditMonitor(cfg.reward.audit_min_agreement, cfg.reward.audit_patience)
 
         # -- cluster: one logical CPU per learner rank and rollout engine. On a 2-core laptop this oversubscribes
@@ -170,16 +146,17 @@ class Trainer:
         engines_started = [w.start.remote() for w in self.rollout_workers]  # concurrently with the learner's start
         self.reward_slot = ActorSlot(RewardActor.remote(cfg.reward, cfg.judge),
                                      build=lambda: RewardActor.remote(cfg.reward, cfg.judge))
-        self.learner = LearnerGroup(LearnerSettings.from_config(cfg, self.model_path),
-                                    num_ranks=cfg.learner.num_ranks, use_gpu=use_gpu, timeout_s=cfg.learner.timeout_s)
+        self.use_gpu, self.learner_restarts = use_gpu, 0
+        self.learner = self._build_learner()
         self._wait(engines_started, "the rollout workers (engine start)")
         self.step = 0
         if resume:
             self._resume()
 
     # ------------------------------------------------------------------ step
-    def train_step(self) -> dict:
-        """One step: rollout -> reward -> advantages -> train -> sync, then logs and (maybe) a checkpoint."""
+    def train_step(self) -> dict | None:
+        """One step: rollout -> reward -> advantages -> train -> sync, then logs and (maybe) a checkpoint. None when
+        a learner rank failed: the run went back to its last checkpoint (recover_learner) and self.step with it."""
         cfg, timer = self.cfg, StepTimer()
         with timer("rollout"):
             trajs = self.rollout(self.cursor.take(cfg.train.tasks_per_step), cfg.algorithm.group_size)
@@ -188,17 +165,22 @@ class Trainer:
         audit = audit_step([t.group for t in trajs], [t.eval.success for t in trajs], [s.components for s in scores])
         audit.update(self.audit_monitor.update(self.step + 1, audit))
         batch = build_train_batch(trajs, scores, cfg.algorithm)
-        with timer("train"):
-            learner_metrics = self.train(batch) if batch else {}
-        with timer("sync"):
-            sync = self.sync_weights() if batch else {}
+        try:
+            with timer("train"):
+                learner_metrics = self.train(batch) if batch else {}
+            with timer("sync"):
+                sync = self.sync_weights() if batch else {}
+        except LearnerFailed as e:
+            self.recover_learner(e)
+            return None
 
         self.step += 1
         metrics = {**episode_metrics(trajs, scores), **audit,
                    **_split_rollout_time(timer.seconds.pop("time/rollout"), trajs),
                    **timer.seconds, **{f"learner/{k}": v for k, v in learner_metrics.items()},
                    "train/sequences": len(batch) if batch else 0, "sync/bytes": sync.get("bytes", 0),
-                   "rollout/restarts": self.rollout_restarts, "reward/restarts": self.reward_restarts}
+                   "rollout/restarts": self.rollout_restarts, "reward/restarts": self.reward_restarts,
+                   "learner/restarts": self.learner_restarts}
         metrics["time/step"] = sum(v for k, v in metrics.items() if k.startswith("time/"))
         if self.eval_due():
             t0 = time.perf_counter()
@@ -208,7 +190,11 @@ class Trainer:
         self.run.log_trajectories(self.step, trajs, scores)
         check_failures(trajs, self.step, cfg.train.max_failed_episodes)  # after logging: the reasons are kept
         if self.step % cfg.train.checkpoint_every == 0 or self.step == cfg.train.steps:
-            self.save_checkpoint()
+            try:
+                self.save_checkpoint()
+            except LearnerFailed as e:
+                self.recover_learner(e)
+                return None
         return metrics
 
     def rollout(self, task_ids: list[str], group_size: int, greedy: bool = False) -> list[Trajectory]:
@@ -257,11 +243,18 @@ class Trainer:
         parts = minibatches(len(batch), algo.update_epochs, algo.num_minibatches, self.update_rng)
         if algo.kl_coef > 0 and algo.update_epochs > 1:  # the reference forward once, not once per update
             batch.ref_logprobs = self.learner.logprobs(batch, reference=True)
-        results = [self.learner.train_step(batch.select(part)) for part in parts]
+        results = [self.learner.train_step(batch.select(part), self.demo_batch()) for part in parts]
         out = {k: sum(r[k] for r in results) / len(results) for k in results[0]}
         out.update(tokens=sum(r["tokens"] for r in results), seconds=sum(r["seconds"] for r in results),
                    updates=len(results))
         return out
+
+    def demo_batch(self) -> TrainBatch | None:
+        """The next algorithm.demo_batch demonstrations for one optimizer step; None when the term is off."""
+        if not self.demos:
+            return None
+        rows = [self.demos[i] for i in self.demo_cursor.take(self.cfg.algorithm.demo_batch)]
+        return TrainBatch(input_ids=[ids for ids, _ in rows], loss_mask=[mask for _, mask in rows])
 
     def sync_weights(self) -> dict:
         ref = self.learner.state_dict_ref()
@@ -273,7 +266,8 @@ class Trainer:
 
     # ----------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> None:
-        state = {"step": self.step, "cursor": self.cursor.state(), "python_rng": random.getstate(),
+        state = {"step": self.step, "cursor": self.cursor.state(), "demo_cursor": self.demo_cursor.state(),
+                 "python_rng": random.getstate(),
                  "update_rng": self.update_rng.getstate(),
                  "torch_rng": torch.get_rng_state().tolist()}
         self.learner.save_checkpoint(str(self.run.begin_checkpoint(self.step)), state)
@@ -284,19 +278,54 @@ class Trainer:
         if found is None:
             print(f"--resume: no checkpoint in {self.run.path}/checkpoints; starting from step 0", file=sys.stderr)
             return
-        step, path = found
-        state = self.learner.load_checkpoint(str(path))
+        self._restore(found[1])
+        print(f"resumed from {found[1]} (step {self.step})", file=sys.stderr)
+
+    def _restore(self, checkpoint) -> None:
+        """Learner, driver state and engines as they were at `checkpoint` (None: at the start of the run)."""
+        if checkpoint is None:
+            state = {"step": 0, "cursor": {"epoch": 0, "index": 0}, "demo_cursor": {"epoch": 0, "index": 0}}
+            random.seed(self.cfg.seed)
+            torch.manual_seed(self.cfg.seed)
+            self.update_rng = random.Random(self.cfg.seed)
+        else:
+            state = self.learner.load_checkpoint(str(checkpoint))
+            random.setstate(_as_rng_state(state["python_rng"]))
+            if "update_rng" in state:  # checkpoints written before mini-batches existed have none
+                self.update_rng.setstate(_as_rng_state(state["update_rng"]))
+            torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
         self.step = state["step"]
-        self.cursor.epoch, self.cursor.index = state["cursor"]["epoch"], state["cursor"]["index"]
-        random.setstate(_as_rng_state(state["python_rng"]))
-        if "update_rng" in state:  # checkpoints written before mini-batches existed have none
-            self.update_rng.setstate(_as_rng_state(state["update_rng"]))
-        torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
-        # The engines start from the base model; give them the checkpoint's weights.
+        self.cursor.restore(state["cursor"])
+        if "demo_cursor" in state:  # checkpoints written before the demonstration term have none
+            self.demo_cursor.restore(state["demo_cursor"])
+        # The engines hold newer weights (or, after a --resume, the base model's): give them the learner's.
         ref = self.learner.state_dict_ref()
         self._wait([w.sync_weights.remote(ref, self.step) for w in self.rollout_workers],
                    "the rollout workers (weight sync)")
-        print(f"resumed from {path} (step {step})", file=sys.stderr)
+
+    def _build_learner(self):
+        from actors.learner import LearnerGroup, LearnerSettings
+
+        lc = self.cfg.learner
+        return LearnerGroup(LearnerSettings.from_config(self.cfg, self.model_path), num_ranks=lc.num_ranks,
+                            use_gpu=self.use_gpu, timeout_s=lc.timeout_s)
+
+    def recover_learner(self, error: LearnerFailed) -> None:
+        """A rank died, raised or hung, so the group is lost: a new one from the last checkpoint (from the start
+        without one), with the driver's state and logs rewound to that step, so the steps since are run again and
+        logged once. After learner.max_restarts rebuilds the run stops (ActorFailed) with the rank's error."""
+        reason = str(error).strip().splitlines()[0]
+        self.learner.shutdown()
+        limit = self.cfg.learner.max_restarts
+        if self.learner_restarts >= limit:
+            raise ActorFailed(f"{reason} (learner.max_restarts = {limit} rebuilds used)") from error
+        self.learner_restarts += 1
+        found = self.run.latest_checkpoint()
+        print(f"{reason}; rebuilding the learner ({self.learner_restarts} of learner.max_restarts = {limit}) from "
+              f"{found[1] if found else 'the start'} and repeating the steps since", file=sys.stderr)
+        self.learner = self._build_learner()
+        self.run.rewind()
+        self._restore(found[1] if found else None)
 
     # ------------------------------------------------------------- evaluate
     def eval_due(self) -> bool:
@@ -315,7 +344,7 @@ class Trainer:
 
     def evaluate_start(self) -> None:
         """Held-out metrics of the starting weights as step 0's row; a resumed run keeps the ones it has."""
-        if self.eval_tasks and self.step == 0:
+        if self.eval_tasks and self.step == 0 and self.heldout_before() is None:
             self.run.log_metrics(0, self.evaluate())
 
     def heldout_before(self) -> float | None:
@@ -344,6 +373,20 @@ class Trainer:
                 pass
         self.learner.shutdown()
         self.env.shutdown()
+
+
+def load_demonstrations(cfg: Config, model_path: str) -> list[tuple[list[int], list[int]]]:
+    """The demonstration term's (token ids, loss mask) rows: the expert's passed episodes on the training tasks,
+    algorithm.demo_limit of them, encoded with the policy's tokenizer; drawn exactly as `rl.sft --limit` draws."""
+    from transformers import AutoTokenizer
+
+    from rl.demonstrations import demonstration_rows
+
+    try:
+        return demonstration_rows(cfg, AutoTokenizer.from_pretrained(model_path), "expert",
+                                  limit=cfg.algorithm.demo_limit)
+    except ValueError as e:
+        raise NotReady(f"algorithm.demo_coef={cfg.algorithm.demo_coef:g}: {e}") from None
 
 
 def _verifier_score(t: Trajectory) -> Score:
@@ -407,16 +450,19 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         trainer = Trainer(cfg, resume=args.resume)
-    except (NotReady, ModelNotFoundError) as e:  # a setting that cannot work: one line, nothing started or written
+    except (NotReady, ModelNotFoundError, LearnerFailed) as e:  # a setting that cannot work: one line
         print(f"rl.train: {e}", file=sys.stderr)
         return 2
     try:
         trainer.evaluate_start()
-        bar = tqdm(range(trainer.step, cfg.train.steps), initial=trainer.step, total=cfg.train.steps,
-                   desc="train", unit="step", file=sys.stderr)
+        bar = tqdm(initial=trainer.step, total=cfg.train.steps, desc="train", unit="step", file=sys.stderr)
         after = None
-        for _ in bar:
+        while trainer.step < cfg.train.steps:
             m = trainer.train_step()
+            bar.n = trainer.step  # back to the checkpoint's step after a learner failure (m is None then)
+            bar.refresh()
+            if m is None:
+                continue
             after = m.get("eval/success", after)
             shown = {"heldout": f"{after:.2f}"} if after is not None else {}
             bar.set_postfix(reward=f"{m['reward/mean']:.2f}", success=f"{m['success_rate']:.2f}",
@@ -428,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"held-out success ({where}): {before:.2f}")
         if cfg.train.steps > 0:
             trainer.export_model()
-    except (EpisodeFailures, ActorFailed) as e:  # the reason, not a traceback: the logs up to this step are complete
+    except (EpisodeFailures, ActorFailed, LearnerFailed) as e:  # the reason, not a traceback: the logs are complete
         print(f"rl.train: stopped: {e}; `--resume` continues from the last checkpoint", file=sys.stderr)
         return 1
     finally:

@@ -190,6 +190,9 @@ def test_bad_choice_names_key_and_allowed_values(tmp_path):
         ("rollout.top_p=0.9", "algorithm.recompute_old_logprobs", "rollout.top_p = 0.9"),
         ("rollout.min_p=1", "rollout.min_p", "[0, 1)"),
         ("rollout.min_p=0.1", "algorithm.recompute_old_logprobs", "rollout.min_p = 0.1"),
+        ("algorithm.demo_coef=-1", "algorithm.demo_coef", "finite value >= 0"),
+        ("algorithm.demo_batch=0", "algorithm.demo_batch", "> 0"),
+        ("algorithm.demo_limit=0", "algorithm.demo_limit", "> 0"),
     ],
 )
 def test_bad_values_rejected(override, key, fragment):

@@ -70,6 +70,17 @@ def hf_logprobs(model, batch):
                 for ids in batch.input_ids]
 
 
+def padded(rows, dtype=torch.long):
+    return torch.nn.utils.rnn.pad_sequence([torch.tensor(r, dtype=dtype) for r in rows], batch_first=True)
+
+
+def hf_batch_logprobs(model, batch, temperature=1.0):
+    """(B, T) logprobs of the right-padded batch from a plain HF forward (what a ZeRO-3 step must agree with)."""
+    ids = padded(batch.input_ids)
+    attn = padded([[1] * len(r) for r in batch.input_ids])
+    return token_logprobs(model(ids, attention_mask=attn).logits / temperature, ids)
+
+
 def hf_model(model_path, state_dict=None):
     from transformers import AutoModelForCausalLM
 
@@ -118,18 +129,9 @@ class TestZero3Group:
         before clipping) is still exactly the gradient of the token mean over the whole batch."""
         batch = on_policy(group, make_batch(n, seed=10 + n))
         model = hf_model(model_path, gathered(group)).train()
-        ids = torch.nn.utils.rnn.pad_sequence([torch.tensor(r) for r in batch.input_ids], batch_first=True)
-
-        def pad(key):
-            rows = getattr(batch, key)
-            return torch.nn.utils.rnn.pad_sequence([torch.tensor(r, dtype=torch.float32) for r in rows],
-                                                   batch_first=True)
-
-        attn = pad("loss_mask").new_zeros(ids.shape)
-        for i, r in enumerate(batch.input_ids):
-            attn[i, :len(r)] = 1
-        logp = token_logprobs(model(ids, attention_mask=attn.long()).logits, ids)
-        loss, _ = policy_loss(logp, pad("old_logprobs"), pad("advantages"), pad("loss_mask"))
+        logp = hf_batch_logprobs(model, batch)
+        loss, _ = policy_loss(logp, *(padded(getattr(batch, k), torch.float32)
+                                      for k in ("old_logprobs", "advantages", "loss_mask")))
         loss.backward()
         expected = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
 
@@ -194,12 +196,14 @@ def test_kl_to_reference_starts_at_zero_and_grows(ray_cluster, model_path):
         group.shutdown()
 
 
-def test_sampling_temperature_and_sft_lr_schedule(ray_cluster, model_path):
-    """One group for two settings (a group costs ~20 s to start). temperature: logprobs are those of
+def test_sampling_temperature_sft_lr_schedule_and_demonstration_term(ray_cluster, model_path):
+    """One group for three settings (a group costs ~20 s to start). temperature: logprobs are those of
     softmax(logits / T), what vLLM's processed logprobs give at that temperature, so PPO ratios start at 1.
-    lr_schedule_steps (rl.sft): DeepSpeed's scheduler really drives the optimizer's lr: up to the peak, then down."""
-    group = LearnerGroup(LearnerSettings(model_path=str(model_path), lr=1e-3, micro_batch_size=4, lr_schedule_steps=4,
-                                         temperature=0.5), num_ranks=2, timeout_s=TIMEOUT)
+    lr_schedule_steps (rl.sft): DeepSpeed's scheduler really drives the optimizer's lr: up to the peak, then down.
+    demo_coef: a step with demonstrations follows the gradient of the policy loss + demo_coef x their mean NLL per
+    token, the NLL untempered (rl.sft's objective) while the policy loss is tempered."""
+    group = LearnerGroup(LearnerSettings(model_path=str(model_path), lr=1e-3, micro_batch_size=2, lr_schedule_steps=4,
+                                         temperature=0.5, demo_coef=0.5), num_ranks=2, timeout_s=TIMEOUT)
     try:
         batch = make_batch(4, seed=4)
         model = hf_model(model_path)
@@ -216,6 +220,22 @@ def test_sampling_temperature_and_sft_lr_schedule(ray_cluster, model_path):
         peak = lrs.index(max(lrs))  # measured: [0, 5e-4, 1e-3, 5e-4] (DeepSpeed warms up over >= 2 steps)
         assert lrs[peak] == pytest.approx(1e-3) and 0 < peak < len(lrs) - 1, lrs
         assert lrs[:peak + 1] == sorted(lrs[:peak + 1]) and lrs[peak:] == sorted(lrs[peak:], reverse=True), lrs
+
+        # 3 episodes and 3 demonstrations of other lengths on 2 ranks with micro batches of 2: both get padded
+        batch, demo = on_policy(group, make_batch(3, seed=5)), make_batch(3, seed=6, lo=30, hi=60)
+        model = hf_model(model_path, gathered(group)).train()
+        pg, _ = policy_loss(hf_batch_logprobs(model, batch, temperature=0.5),
+                            *(padded(getattr(batch, k), torch.float32) for k in ("old_logprobs", "advantages",
+                                                                                   "loss_mask")))
+        demo_mask = padded(demo.loss_mask, torch.float32)
+        nll = -(hf_batch_logprobs(model, demo) * demo_mask).sum() / demo_mask.sum()
+        (pg + 0.5 * nll).backward()
+        expected = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+        m = group.train_step(batch, demo)
+        assert m["grad_norm"] == pytest.approx(float(expected), rel=1e-4)
+        assert m["demo_nll"] == pytest.approx(nll.item(), rel=1e-5)
+        assert m["loss"] == pytest.approx((pg + 0.5 * nll).item(), abs=1e-5)
+        assert "demo_nll" not in steps[0]  # no demonstrations, no term
     finally:
         group.shutdown()
 

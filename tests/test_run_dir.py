@@ -96,11 +96,17 @@ def test_resume_keeps_exactly_the_rows_up_to_the_checkpoint(tmp_path, capsys):
     resumed.log_metrics(4, {"reward/mean": 0.4})  # the repeated step is logged once
     assert [r["step"] for r in resumed.metrics()] == [0, 1, 2, 3, 4]
     resumed.close()
-    # Without any checkpoint a resume starts from step 0, so nothing logged before stands.
+    # Without any checkpoint a resume starts from step 0: only the starting weights' evaluation (step 0) stands.
     cfg2 = load_config(None, [f"run_dir={tmp_path}/run2"])
     first = RunDir(cfg2)
     first.log_metrics(0, {"eval/success": 0.1})
+    first.log_metrics(1, {"reward/mean": 0.2})
     first.close()
     again = RunDir(cfg2, resume=True)
-    assert again.metrics() == []
+    assert again.metrics() == [{"step": 0, "eval/success": 0.1}]
+    # A live run rewinds the same way when its learner is rebuilt (rl.train's recover_learner).
+    again.log_metrics(1, {"reward/mean": 0.3})
+    assert again.rewind() == 0 and again.metrics() == [{"step": 0, "eval/success": 0.1}]
+    again.log_metrics(1, {"reward/mean": 0.4})
     again.close()
+    assert [r["step"] for r in read_jsonl(tmp_path / "run2" / "metrics.jsonl")] == [0, 1]

@@ -6,6 +6,7 @@ import pytest
 from envs.tau2_telecom.session import EvalResult
 from rl.config import AlgorithmConfig
 from rl.contracts import Score, Trajectory
+from rl.cursor import ShuffledCursor
 from rl.train import EpisodeFailures, build_train_batch, check_failures, episode_metrics, minibatches
 
 
@@ -70,6 +71,17 @@ def test_minibatches_cover_every_sequence_once_per_epoch_in_fresh_orders():
     # fewer sequences than mini-batches: one sequence each, no empty optimizer step
     assert sorted(len(p) for p in minibatches(3, 1, 8, random.Random(0))) == [1, 1, 1]
     assert minibatches(5, 1, 1, random.Random(0))[0] != [] and len(minibatches(5, 2, 1, random.Random(0))) == 2
+
+
+def test_shuffled_cursor_gives_each_item_once_per_pass_and_resumes_where_it_stopped():
+    cursor = ShuffledCursor(list(range(5)), seed=3)
+    first, second = cursor.take(5), cursor.take(5)
+    assert sorted(first) == sorted(second) == list(range(5)) and first != second  # a fresh order each pass
+    cursor = ShuffledCursor(list(range(5)), seed=3)
+    head = cursor.take(3)
+    resumed = ShuffledCursor(list(range(5)), seed=3)
+    resumed.restore(cursor.state())
+    assert head + resumed.take(7) == first + second  # across the pass boundary too
 
 
 def test_a_minibatch_keeps_its_rows_aligned():

