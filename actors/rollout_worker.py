@@ -15,7 +15,7 @@ import asyncio
 import os
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import ray
@@ -23,7 +23,17 @@ import ray
 from rl.contracts import EpisodeJob, EpisodeTimings, Trajectory
 
 if TYPE_CHECKING:
+    from envs.tau2_telecom.session import EvalResult
     from rl.config import Config
+
+
+def context_overflow(result: EvalResult, tokens: int, turns: int, max_model_len: int) -> EvalResult:
+    """The verdict on an episode cut off by the context limit: tau2 scores an unfinished session 0, and the logs say
+    why (termination "context_overflow") instead of "ended by nothing (still running)". Not a `failure`: the length
+    is the policy's own doing, so it never counts towards train.max_failed_episodes."""
+    return replace(result, termination="context_overflow",
+                   note=f"the conversation ({tokens} tokens after {turns} turns) filled rollout.max_model_len = "
+                        f"{max_model_len} before it ended: tau2 scores it 0")
 
 
 @dataclass(frozen=True)
@@ -204,6 +214,8 @@ class RolloutWorkerImpl:
             lps += [0.0] * len(obs_ids)
         t0 = time.perf_counter()
         result = (await self._env("evaluate_many", [sid]))[0]
+        if truncated:
+            result = context_overflow(result, len(ids), turns, s.max_model_len)
         tau2_log = self.env.log(sid)["trajectory"] if s.tau2_messages else None
         await self._env("close_many", [sid])
         timings.env_s += time.perf_counter() - t0

@@ -59,14 +59,12 @@ def load_policy(model: str, config: str | None = None, overrides: list[str] = ()
     return cfg, str(resolve_model(model_weights(model), asdict(cfg.model.tiny)))
 
 
-def outcome(traj: Trajectory, trial: int, max_model_len: int) -> EpisodeOutcome:
+def outcome(traj: Trajectory, trial: int) -> EpisodeOutcome:
     e = traj.eval
-    failure, note = e.failure, e.note
-    if traj.truncated and failure is None:  # the session never ended: say why, not "still running"
-        failure = "context_overflow"
-        note = (f"the conversation ({len(traj.token_ids)} tokens after {traj.turns} turns) filled "
-                f"rollout.max_model_len = {max_model_len} before it ended: tau2 scores it 0")
-    return EpisodeOutcome(traj.task_id, trial, e.reward, e.success, e.termination, failure=failure, note=note,
+    # rl.evaluate counts an episode the context limit cut off among its failures by cause (the rollout worker's note
+    # says how long it was)
+    failure = e.failure or ("context_overflow" if e.termination == "context_overflow" else None)
+    return EpisodeOutcome(traj.task_id, trial, e.reward, e.success, e.termination, failure=failure, note=e.note,
                           turns=traj.turns, tool_calls=traj.tool_calls, tokens=traj.generated_tokens,
                           messages=traj.tau2_messages)
 
@@ -101,7 +99,7 @@ class ModelAgent:
         import ray
 
         trajs = ray.get(self.worker.rollout.remote([EpisodeJob(task, g) for g, (task, _) in enumerate(jobs)], greedy))
-        return [outcome(t, jobs[t.group][1], self.cfg.rollout.max_model_len) for t in trajs]
+        return [outcome(t, jobs[t.group][1]) for t in trajs]
 
     def __exit__(self, *exc) -> None:
         import ray

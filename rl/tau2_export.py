@@ -15,8 +15,10 @@ def tau2_results(tasks: dict[str, t2.Task], outcomes: list[EpisodeOutcome], *, a
     """One SimulationRun per outcome (its tau2 messages, reward and termination); the tasks that were run."""
     now = time.strftime("%Y-%m-%dT%H:%M:%S")
     sims = []
+    known = {r.value for r in t2.TerminationReason}
     for o in outcomes:
-        termination = t2.TerminationReason(o.termination) if o.termination else t2.TerminationReason.AGENT_ERROR
+        # tau2 has no reason for an episode that never ended (ours: context_overflow): agent_error; the note says why
+        termination = t2.TerminationReason(o.termination if o.termination in known else "agent_error")
         sims.append(t2.SimulationRun(
             id=f"{o.task_id}#{o.trial}", task_id=o.task_id, start_time=now, end_time=now, duration=0.0,
             termination_reason=termination, agent_cost=0.0, user_cost=0.0, trial=o.trial, seed=seed,

@@ -37,13 +37,15 @@ def test_mixed_outcomes_give_tau2s_pass_hat_k():
     tasks = {t.id: t for t in load_split("test")[:3]}
     a, b, c = tasks
     wins = {a: [1, 1, 1], b: [1, 0, 1], c: [0, 0, 1]}  # pass^1 = (1 + 2/3 + 1/3) / 3, pass^3 = 1/3
-    outcomes = [EpisodeOutcome(tid, k, float(w), bool(w), "agent_stop", messages=[])
+    outcomes = [EpisodeOutcome(tid, k, float(w), bool(w), "agent_stop" if w else "context_overflow", messages=[])
                 for tid, ws in wins.items() for k, w in enumerate(ws)]
     report = build_report(outcomes)
     assert report["pass_hat_k"]["1"] == pytest.approx(2 / 3) and report["pass_hat_k"]["3"] == pytest.approx(1 / 3)
     results = tau2_results(tasks, outcomes, agent="x", user="none", policy="manual", trials=3, max_steps=30,
                            max_errors=10, seed=0)
     m = t2.compute_metrics(results)
+    # tau2 has no reason for an episode that never ended: it is exported as its agent_error
+    assert {s.termination_reason.value for s in results.simulations} == {"agent_stop", "agent_error"}
     assert {str(k): v for k, v in m.pass_hat_ks.items()} == pytest.approx(report["pass_hat_k"])
     assert m.avg_reward == pytest.approx(report["avg_reward"])
 
@@ -153,18 +155,21 @@ def test_the_served_tool_parser_reads_what_the_training_template_writes():
 
 
 def test_an_episode_cut_by_the_context_limit_says_so():
+    from actors.rollout_worker import context_overflow
     from envs.tau2_telecom.session import EvalResult
-    from rl.contracts import Trajectory
+    from rl.contracts import EpisodeRecord, Score, Trajectory
     from rl.model_agent import outcome
 
     unfinished = EvalResult(task_id="t1", reward=0.0, success=False, termination=None, reward_basis=[],
                             env_assertions=[], actions=[], communicate=[], nl_assertions=None, db_match=None,
                             turns=0, tool_errors=0, rejected_calls=0,
                             note="episode ended by nothing (still running): tau2 scores it 0")
-    traj = Trajectory(task_id="t1", group=0, messages=[], eval=unfinished, token_ids=list(range(4090)),
-                      loss_mask=[0] * 4090, turns=0, truncated=True)
-    row = outcome(traj, trial=2, max_model_len=4096)
+    traj = Trajectory(task_id="t1", group=0, messages=[], eval=context_overflow(unfinished, 4090, 0, 4096),
+                      token_ids=list(range(4090)), loss_mask=[0] * 4090, turns=0, truncated=True)
+    row = outcome(traj, trial=2)  # rl.evaluate: a failure by cause
     assert (row.trial, row.success, row.failure) == (2, False, "context_overflow")
     assert "4090 tokens after 0 turns" in row.note and "rollout.max_model_len = 4096" in row.note
+    record = EpisodeRecord.of(3, traj, Score(0.0, {}))  # rl.train's trajectories.jsonl: the reason, not a failure
+    assert (record.termination, record.failure) == ("context_overflow", None) and "4090 tokens" in record.note
     finished = replace(traj, truncated=False, eval=replace(unfinished, termination="agent_stop", note=None))
-    assert outcome(finished, trial=0, max_model_len=4096).failure is None
+    assert outcome(finished, trial=0).failure is None
