@@ -3,13 +3,14 @@
 About 2 minutes on the 2-core machine (3.5 under load), nearly all of it two group start-ups (Ray worker start +
 importing transformers/DeepSpeed on both ranks at once); the steps themselves take well under a second."""
 import math
+import time
 from dataclasses import replace
 
 import pytest
 import ray
 import torch
 
-from actors.learner import LearnerGroup, LearnerSettings
+from actors.learner import LearnerFailed, LearnerGroup, LearnerRank, LearnerSettings
 from rl.algorithms import policy_loss, token_logprobs
 from rl.contracts import TrainBatch
 from rl.runtime import init_ray
@@ -243,3 +244,31 @@ def test_sampling_temperature_sft_lr_schedule_and_demonstration_term(ray_cluster
 def test_a_rank_that_fails_to_start_is_named(ray_cluster, tmp_path):
     with pytest.raises(RuntimeError, match=r"(?s)learner rank \d failed to start: .*not a HF model folder"):
         LearnerGroup(LearnerSettings(model_path=str(tmp_path / "missing")), num_ranks=2, init_timeout_s=120)
+
+
+class _RankThatHangs(LearnerRank):
+    """Rank 1 never answers a train step (a stuck collective, a hung device): the others wait on it in ZeRO-3."""
+
+    def train_step(self, batch, demo=None):
+        if self.rank == 1:
+            time.sleep(3600)
+        return super().train_step(batch, demo)
+
+
+class _GroupWithAHangingRank(LearnerGroup):
+    actor_class = ray.remote(_RankThatHangs)
+
+
+def test_a_hung_rank_fails_the_call_within_the_timeout(ray_cluster, model_path):
+    """The driver's learner calls end after learner.timeout_s with the ranks named (rl.train then rebuilds the group
+    from the last checkpoint), instead of waiting forever."""
+    group = _GroupWithAHangingRank(LearnerSettings(model_path=str(model_path), micro_batch_size=2), num_ranks=2,
+                                   timeout_s=15)
+    try:
+        batch = on_policy(group, make_batch(4, seed=7))
+        t0 = time.monotonic()
+        with pytest.raises(LearnerFailed, match=r"learner ranks \[0, 1\] did not answer within 15s"):
+            group.train_step(batch)
+        assert time.monotonic() - t0 < 60
+    finally:
+        group.shutdown()
