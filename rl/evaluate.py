@@ -49,6 +49,7 @@ from envs.tau2_telecom.session import SessionLimits, TelecomSession
 from envs.tau2_telecom.tasks import TaskFileError, load_split, load_task_file
 from envs.tau2_telecom.users import ScriptedUser
 from envs.tau2_telecom.world import get_world
+from rl.actor_calls import ActorFailed
 from rl.config import Config, ConfigError
 from rl.eval_report import EpisodeOutcome, build_report, write_report_files
 from rl.models import ModelNotFoundError
@@ -189,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
                 bar.set_postfix(pass1=f"{sum(o.success for o in done) / len(done):.3f}")
     except KeyboardInterrupt:
         print(f"\ninterrupted: {len(done)} episodes kept in {episodes_file} (--resume runs the rest)", file=sys.stderr)
+    except ActorFailed as e:  # a dead or hung engine: one line, and what finished is kept
+        bar.close()
+        print(f"rl.evaluate: stopped: {e}; {len(done)} episodes kept in {episodes_file} (--resume runs the rest)",
+              file=sys.stderr)
+        return 1
     bar.close()
 
     # -- report, and tau2's own format

@@ -14,6 +14,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from rl.actor_calls import wait
 from rl.config import Config
 from rl.contracts import EpisodeJob, Trajectory
 from rl.eval_report import EpisodeOutcome
@@ -77,8 +78,6 @@ class ModelAgent:
         self.env = self.worker = None
 
     def __enter__(self) -> ModelAgent:
-        import ray
-
         from actors.env_worker import EnvPool, EnvSettings
         from actors.rollout_worker import RolloutSettings, RolloutWorker
         from rl.runtime import actor_runtime_env, cluster_has_gpus, init_ray
@@ -91,14 +90,14 @@ class ModelAgent:
         self.worker = RolloutWorker.options(**res, runtime_env=actor_runtime_env()).remote(
             replace(RolloutSettings.from_config(cfg, self.model_path), tau2_messages=True), self.env.workers,
             env_settings, "eval")
-        ray.get(self.worker.start.remote())
+        wait(self.worker.start.remote(), cfg.rollout.timeout_s, "the rollout worker (engine start)",
+             "rollout.timeout_s")
         return self
 
     def play(self, jobs: list[tuple[dict, int]], greedy: bool) -> list[EpisodeOutcome]:
         """One episode per (task dict, trial), run concurrently on the engine."""
-        import ray
-
-        trajs = ray.get(self.worker.rollout.remote([EpisodeJob(task, g) for g, (task, _) in enumerate(jobs)], greedy))
+        episodes = self.worker.rollout.remote([EpisodeJob(task, g) for g, (task, _) in enumerate(jobs)], greedy)
+        trajs = wait(episodes, self.cfg.rollout.timeout_s, "the rollout worker", "rollout.timeout_s")
         return [outcome(t, jobs[t.group][1]) for t in trajs]
 
     def __exit__(self, *exc) -> None:

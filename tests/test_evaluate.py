@@ -173,3 +173,29 @@ def test_an_episode_cut_by_the_context_limit_says_so():
     assert (record.termination, record.failure) == ("context_overflow", None) and "4090 tokens" in record.note
     finished = replace(traj, truncated=False, eval=replace(unfinished, termination="agent_stop", note=None))
     assert outcome(finished, trial=0).failure is None
+
+
+def test_a_dead_or_hung_engine_stops_with_one_line_and_keeps_the_finished_episodes(tmp_path, capsys, monkeypatch):
+    from contextlib import contextmanager
+
+    import rl.evaluate
+    from rl.actor_calls import ActorFailed
+
+    calls = []
+
+    @contextmanager
+    def player(*_):
+        def play(chunk):  # the first episode finishes, then the engine stops answering
+            calls.append(chunk)
+            if len(calls) > 1:
+                raise ActorFailed("the rollout worker did not answer within rollout.timeout_s = 5 s")
+            (task, trial), = chunk
+            return [EpisodeOutcome(task.id, trial, 1.0, True, "agent_stop", messages=[])]
+        yield play, 1
+
+    monkeypatch.setattr(rl.evaluate, "_player", player)
+    out = tmp_path / "eval"
+    assert main(["--agent", "oracle", "--split", "small", "--limit", "3", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "rl.evaluate: stopped: the rollout worker did not answer within rollout.timeout_s = 5 s" in err
+    assert "1 episodes kept" in err and len((out / "episodes.jsonl").read_text().splitlines()) == 1
