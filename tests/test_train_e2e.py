@@ -204,7 +204,8 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
     served = {e["task_id"]: e for e in map(json.loads, (out / "episodes.jsonl").read_text().splitlines())}
     assert set(served) == set(last_eval)
     def customer(messages: list[dict]) -> list[str]:  # kept verbatim by tau2's log and by the chat messages alike
-        return [m["content"] for m in messages if m["role"] == "user"]
+        # (tau2's log also holds the customer's phone actions: user messages with tool calls and no text)
+        return [m["content"] for m in messages if m["role"] == "user" and m.get("content")]
 
     for tid, row in last_eval.items():
         assert (served[tid]["turns"], served[tid]["success"]) == (row["turns"], row["components"]["success"] == 1)
