@@ -3,12 +3,16 @@ the tool-call parser that reads what that template writes (hermes: `<tool_call>{
 </tool_call>`), so that clients - `rl.evaluate --endpoint`, tau2-bench's own runner, any OpenAI SDK - get
 `tool_calls` back.
 
-    python -m rl.serve runs/learn_tiny [--port 8000] [--host 127.0.0.1] [--name NAME] [-- more vLLM server flags]
+    python -m rl.serve runs/learn_tiny [--port 8000] [--host 127.0.0.1] [--name NAME] [key=value ...]
+                       [-- more vLLM server flags]
 
 RUN_DIR means the policy the run exported when it finished (RUN_DIR/model) and its config; a model folder written by
 rl.train or rl.sft brings its config as telerl.yaml (`--config` gives another). The context length, and on CPU the
-KV-cache size and float32 weights, come from the config's rollout section, as in training. Bound to 127.0.0.1
-unless --host says otherwise: the server has no authentication.
+KV-cache size and float32 weights, come from the config's rollout section, as in training; `key=value` overrides
+change them. tau2-bench's own runner sends tau2's full prompt (~10k tokens in the tiny tokenizer), longer than the
+laptop configs' 4096: `rollout.max_model_len=16384 -- --hf-overrides '{"max_position_embeddings": 16384}'` (RoPE
+models have no position table, so vLLM's length check is the only limit; past the length it was trained on, a model
+answers worse). Bound to 127.0.0.1 unless --host says otherwise: the server has no authentication.
 """
 from __future__ import annotations
 
@@ -46,17 +50,19 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", help="RUN_DIR | MODEL_DIR | tiny | smollm2-135m")
     ap.add_argument("--config", metavar="FILE", help="default: the model's own (config.yaml / telerl.yaml)")
+    ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides, e.g. "
+                    "rollout.max_model_len=16384")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--name", default=None, help="the served model name (default: the folder's name)")
     ap.add_argument("--dry-run", action="store_true", help="print the server command instead of running it")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)
 
     from rl.model_agent import load_policy
     from rl.models import ModelNotFoundError
 
     try:
-        cfg, model_dir = load_policy(args.model, args.config)
+        cfg, model_dir = load_policy(args.model, args.config, args.overrides)
     except (ConfigError, FileNotFoundError, ModelNotFoundError) as e:
         print(f"rl.serve: {e}", file=sys.stderr)
         return 2

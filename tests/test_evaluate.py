@@ -128,6 +128,12 @@ def test_serve_builds_the_server_a_policy_was_trained_for(tmp_path, capsys):
     assert cmd[cmd.index("--tool-call-parser") + 1] == "hermes" and "--enable-auto-tool-choice" in cmd
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "8123"
     assert cmd[cmd.index("--chat-template") + 1].endswith("chat_template.jinja") and cmd[-2:] == ["--api-key", "k"]
+    assert cmd[cmd.index("--max-model-len") + 1] == "4096"  # the config's, unless overridden (tau2's long prompt)
+    assert serve([tiny, "rollout.max_model_len=16384", "--dry-run"]) == 0
+    cmd = capsys.readouterr().out.split()
+    assert cmd[cmd.index("--max-model-len") + 1] == "16384"
+    assert serve([tiny, "rollout.max_model_lenn=1", "--dry-run"]) == 2
+    assert "rollout.max_model_lenn" in capsys.readouterr().err
     run = tmp_path / "run"  # a run that never finished has nothing to serve
     run.mkdir()
     (run / "config.yaml").write_text("seed: 0\n")

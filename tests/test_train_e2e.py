@@ -165,11 +165,13 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
 
     # The same policy behind `rl.serve` (vLLM's OpenAI server, the training chat template, the hermes tool parser),
     # played by `rl.evaluate --endpoint` with OpenAI tools: greedy, it replays the run's last held-out evaluation.
+    import os
     import socket
     import subprocess
     import sys
     import time
     import urllib.request
+    from pathlib import Path
 
     last_eval = {}
     for line in (run_dir / "eval_trajectories.jsonl").read_text().splitlines():
@@ -181,7 +183,10 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "rl.serve", str(run_dir), "--port", str(port), "--name", "pol"],
+    # a 16k context for tau2's own runner below (its full prompt); RoPE, so only the config's limit stands in the way
+    server = subprocess.Popen([sys.executable, "-m", "rl.serve", str(run_dir), "--port", str(port), "--name", "pol",
+                               "rollout.max_model_len=16384", "--", "--hf-overrides",
+                               '{"max_position_embeddings": 16384}'],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 600
@@ -198,9 +203,35 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
         assert evaluate(["--endpoint", f"http://127.0.0.1:{port}/v1", "--served-model", "pol", "--tasks",
                          str(tasks_file), "--mode", "dual", "--prompt", "compact", "--max-turns", "4",
                          "--max-tokens", "24", "--out", str(out)]) == 0
+
+        # tau2-bench's own runner (its CLI: its LLMAgent, tau2's full prompt, its orchestrator and evaluator) with the
+        # served policy as the agent and a scripted customer behind tau2's UserSimulator (a stub LLM over HTTP)
+        from tests.openai_stub import ScriptedOpenAI
+
+        script = [{"content": "My phone has no service."}, {"content": "I did that."}, {"content": "###STOP###"}]
+        tau2_tasks = sorted(last_eval)[:2]
+        with ScriptedOpenAI(script * 2) as customer_llm:
+            tau2_cli = subprocess.run(
+                [str(Path(sys.executable).parent / "tau2"), "run", "--domain", "telecom", "--agent", "llm_agent",
+                 "--agent-llm", "openai/pol", "--agent-llm-args", json.dumps(
+                     {"base_url": f"http://127.0.0.1:{port}/v1", "api_key": "none", "temperature": 0.0,
+                      "max_tokens": 24}),
+                 "--user", "user_simulator", "--user-llm", "openai/stub", "--user-llm-args", json.dumps(
+                     {"base_url": customer_llm.base_url, "api_key": "none"}),
+                 "--task-split-name", "test", "--task-ids", *tau2_tasks, "--num-trials", "1", "--max-steps", "8",
+                 "--results-dir", str(tmp_path), "--save-to", "tau2_runner", "--log-level", "ERROR"],
+                capture_output=True, text=True, timeout=600, env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
     finally:
         server.terminate()
         server.wait(timeout=60)
+    assert tau2_cli.returncode == 0, tau2_cli.stderr[-3000:]
+    runner = t2.Results.load(tmp_path / "tau2_runner.json")
+    assert sorted(sim.task_id for sim in runner.simulations) == tau2_tasks
+    for sim in runner.simulations:  # the policy answered each customer turn, through vLLM's OpenAI server
+        agent_turns = [m for m in sim.messages if m.role == "assistant"]
+        assert len(agent_turns) >= 2 and all(m.content or m.tool_calls for m in agent_turns)
+        assert sim.termination_reason in ("user_stop", "max_steps", "too_many_errors") and sim.reward_info is not None
+    assert set(t2.compute_metrics(runner).pass_hat_ks) == {1}
     served = {e["task_id"]: e for e in map(json.loads, (out / "episodes.jsonl").read_text().splitlines())}
     assert set(served) == set(last_eval)
     def customer(messages: list[dict]) -> list[str]:  # kept verbatim by tau2's log and by the chat messages alike
