@@ -62,6 +62,7 @@ class LearnerSettings:
     warmup_steps: int = 0           # without lr_schedule_steps: linear warm-up over these steps, then constant (RL)
     temperature: float = 1.0        # the sampler's: logits / temperature, as vLLM's processed logprobs
     demo_coef: float = 0.0          # weight of the NLL per token of the demonstrations passed to train_step
+    shared_prefix: bool = False     # a micro batch's common token prefix runs once (see _logits); exact either way
 
     @classmethod
     def from_config(cls, cfg: Config, model_path: str) -> LearnerSettings:
@@ -72,6 +73,8 @@ class LearnerSettings:
                    micro_batch_size=lc.micro_batch_size, gradient_checkpointing=lc.gradient_checkpointing,
                    offload=lc.offload, kl_coef=a.kl_coef, kl_kind=a.kl_kind, clip_eps=a.clip_eps,
                    clip_eps_high=a.clip_eps_high, aggregation=a.aggregation, seed=cfg.seed, demo_coef=a.demo_coef,
+                   # HF turns the key/value cache off under gradient checkpointing, and sharing rides on the cache
+                   shared_prefix=lc.shared_prefix and not lc.gradient_checkpointing,
                    # the PPO ratio compares the sampler's logprobs with ours: both of pi(.)^(1/T), renormalised
                    temperature=cfg.rollout.temperature or 1.0)
 
@@ -276,6 +279,8 @@ class LearnerRank:
             part = batch.rows(slice(start, start + mbs))
             ids, attn = pad_with_attention(part.input_ids)
             m = {"input_ids": ids, "attention_mask": attn, "lengths": [len(r) for r in part.input_ids]}
+            if self.settings.shared_prefix:
+                m["prefix_len"] = shared_prefix_len(part.input_ids)
             if train:
                 for k in ("loss_mask", "old_logprobs", "advantages"):
                     m[k] = pad_rows(getattr(part, k), 0, torch.float32)
@@ -308,18 +313,55 @@ class LearnerRank:
         dev = engine.device
         ids, attn = m["input_ids"].to(dev), m["attention_mask"].to(dev)
         if needed is None:
-            out = engine(input_ids=ids, attention_mask=attn, use_cache=False)
+            logits = self._logits(engine, ids, attn, None, m.get("prefix_len"))
             # log_softmax in fp32 even when the model runs in bf16: ratios exp(logp - old) are sensitive to it.
-            return token_logprobs(temper(out.logits.float()), ids)
+            return token_logprobs(temper(logits.float()), ids)
         # Token t is predicted at position t-1; keep the positions any row of the micro batch needs.
         pos = needed[:, 1:].to(dev).any(0).nonzero().squeeze(-1)
         if pos.numel() == 0:
             pos = torch.zeros(1, dtype=torch.long, device=dev)  # padding micro batch: still run the collectives
-        out = engine(input_ids=ids, attention_mask=attn, use_cache=False, logits_to_keep=pos)
-        logits = temper(out.logits.float())  # (B, K, V)
+        logits = temper(self._logits(engine, ids, attn, pos, m.get("prefix_len")).float())  # (B, K, V)
         targets = ids[:, pos + 1]
         lp = logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
         return torch.zeros(ids.shape, dtype=lp.dtype, device=dev).index_copy(1, pos + 1, lp)
+
+    @staticmethod
+    def _logits(engine, ids: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor | None,
+                prefix_len: int | None) -> torch.Tensor:
+        """(B, K, V) logits at positions `pos` (sorted; None = every position).
+
+        prefix_len None: one forward of the (B, T) batch. Otherwise (learner.shared_prefix) the rows' common first
+        prefix_len tokens run once, as a batch of one, and the B continuations run on top of its key/value states
+        (repeated B times, so the gradient of every continuation flows back into the one prefix): for a GRPO group
+        whose episodes share a 1-3k-token prompt, that is G - 1 prompts fewer to run forward and backward. Exact: the
+        continuations see the same keys and values, at the same positions, as in the full batch. Every micro batch
+        runs exactly two forwards in this mode (a throwaway one-token prefix when nothing is shared) because under
+        ZeRO-3 each forward, and each backward through it, is a sequence of collectives, and all ranks must make
+        the same ones."""
+        if prefix_len is None:
+            return engine(input_ids=ids, attention_mask=attn, use_cache=False,
+                          **({} if pos is None else {"logits_to_keep": pos})).logits
+        B, T = ids.shape
+        P = prefix_len
+        pos = torch.arange(T, device=ids.device) if pos is None else pos
+        head, tail = pos[pos < P], pos[pos >= P] - P  # positions in the prefix, in the continuations
+        one = torch.zeros(1, dtype=torch.long, device=ids.device)  # a position to keep when a part needs none
+        if P == 0:  # nothing shared: a one-token stand-in, joined to the output with weight 0 so that its backward
+            # runs too (ZeRO-3 gathers each layer again for every forward it went through)
+            stand_in = engine(input_ids=ids[:1, :1], use_cache=False, logits_to_keep=one).logits
+            rest = engine(input_ids=ids, attention_mask=attn, use_cache=False, logits_to_keep=pos).logits
+            return rest + 0.0 * stand_in.sum()
+        prefix = engine(input_ids=ids[:1, :P], use_cache=True, logits_to_keep=head if len(head) else one)
+        cache = prefix.past_key_values
+        cache.batch_repeat_interleave(B)
+        rest = engine(input_ids=ids[:, P:], attention_mask=attn, past_key_values=cache, use_cache=True,
+                      logits_to_keep=tail if len(tail) else one)
+        # A part no position needs still joins with weight 0: its backward must run on this rank as on the others.
+        if not len(head):
+            return rest.logits + 0.0 * prefix.logits.sum()
+        if not len(tail):
+            return prefix.logits.expand(B, -1, -1) + 0.0 * rest.logits.sum()
+        return torch.cat([prefix.logits.expand(B, -1, -1), rest.logits], dim=1)
 
     # ---- weights and checkpoints (all collective) ---------------------------------------------------------------
 
@@ -365,8 +407,8 @@ class LearnerRank:
                 shutil.copy2(f, out / f.name)
 
     def stats(self) -> dict:
-        return {"rank": self.rank, "rss_mb": _rss_mb(), "global_steps": self.engine.global_steps,
-                "reference_model": self.ref is not None}
+        return {"rank": self.rank, "rss_mb": _rss_mb(), "peak_rss_mb": _peak_rss_mb(),
+                "global_steps": self.engine.global_steps, "reference_model": self.ref is not None}
 
 
 LearnerActor = ray.remote(LearnerRank)
@@ -520,6 +562,19 @@ class LearnerGroup:
         return [padded.rows(slice(r * per_rank, (r + 1) * per_rank)) for r in range(self.num_ranks)], n
 
 
+def shared_prefix_len(rows: list[list[int]], min_len: int = 16) -> int:
+    """Tokens every row starts with, leaving each row at least one token of its own; 0 when fewer than min_len
+    (too short to be worth a second forward) or for a single row."""
+    if len(rows) < 2:
+        return 0
+    limit = min(len(r) for r in rows) - 1
+    first = rows[0]
+    n = 0
+    while n < limit and all(r[n] == first[n] for r in rows):
+        n += 1
+    return n if n >= min_len else 0
+
+
 def _reserve(bundle: dict, n: int, timeout_s: float):
     pg = placement_group([dict(bundle) for _ in range(n)], strategy="PACK")
     ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
@@ -532,6 +587,12 @@ def _reserve(bundle: dict, n: int, timeout_s: float):
 
 def _hf_name(name: str) -> str:
     return name.removeprefix("module.")
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def _rss_mb() -> float:

@@ -160,6 +160,10 @@ class LearnerConfig:
     warmup_steps: int = 0
     micro_batch_size: int = 4  # sequences per forward/backward per rank
     gradient_checkpointing: bool = False
+    # The sequences of a micro batch that start alike (a GRPO group's prompt) run their common prefix once, its
+    # key/value states shared by the continuations (exact; off under gradient_checkpointing, which drops the cache).
+    # A group gains most when it fits one micro batch: micro_batch_size >= algorithm.group_size.
+    shared_prefix: bool = True
     offload: bool = False  # ZeRO-3 CPU offload (GPU runs)
     # A learner call (train step, weight gather, checkpoint) running longer than this fails with the rank's name
     # instead of hanging the driver (a dead or stuck rank); None = wait forever.
@@ -263,6 +267,9 @@ class TrainConfig:
     eval_every: int = 0  # steps between held-out evaluations (also before step 1 and after the last); 0 = only those
     eval_trials: int = 0  # sampled episodes per held-out task for tau2's pass^1..pass^k; 0 = greedy success only
     keep_checkpoints: int = 2  # newest kept on disk
+    # Train on these training tasks only (rl.sft's demonstrations too): e.g. a few tasks, to see that RL can fit
+    # them at all. An id that is not a training task of this config is an error. None = every training task.
+    task_ids: Optional[list[str]] = None
     # Episodes of one step that may fail for reasons not the agent's (tau2's evaluator raised, the customer simulator
     # failed) before the run stops with the reason; None = stop only when every episode of a step failed.
     max_failed_episodes: Optional[int] = None
@@ -370,7 +377,8 @@ RULES: dict[type, dict[str, Check]] = {
     TrainConfig: {"steps": non_negative, "tasks_per_step": positive, "checkpoint_every": positive,
                   "eval_split": one_of(*SPLITS), "eval_tasks": non_negative, "eval_every": non_negative,
                   "eval_trials": non_negative,
-                  "keep_checkpoints": positive, "max_failed_episodes": optional(non_negative)},
+                  "keep_checkpoints": positive, "max_failed_episodes": optional(non_negative),
+                  "task_ids": optional(lambda v: None if len(v) else "a non-empty list of task ids")},
 }
 
 

@@ -75,6 +75,7 @@ def build_train_batch(trajs: list[Trajectory], scores: list[Score], algo: Algori
             and (algo.kl_coef > 0 or bool(adv[i].abs().sum() > 0))]
     if not kept:
         return None
+    kept.sort(key=lambda i: trajs[i].group)  # a group's episodes side by side (stable: episode order within it)
     return TrainBatch(input_ids=[trajs[i].token_ids for i in kept], loss_mask=[trajs[i].loss_mask for i in kept],
                       old_logprobs=[trajs[i].logprobs for i in kept],
                       advantages=[adv[i, : len(trajs[i].token_ids)].tolist() for i in kept])
@@ -82,13 +83,14 @@ def build_train_batch(trajs: list[Trajectory], scores: list[Score], algo: Algori
 
 def minibatches(n: int, update_epochs: int, num_minibatches: int, rng: random.Random) -> list[list[int]]:
     """PPO's reuse of one rollout batch of n sequences: update_epochs passes, each a fresh shuffle cut into
-    num_minibatches near-equal parts (fewer when n is smaller); one optimizer step per part."""
+    num_minibatches near-equal parts (fewer when n is smaller); one optimizer step per part. A part lists its
+    sequences in batch order, so a group's episodes stay side by side (learner.shared_prefix shares their prompt)."""
     parts = min(num_minibatches, n)
     out = []
     for _ in range(update_epochs):
         order = list(range(n))
         rng.shuffle(order)
-        out += [order[k * n // parts:(k + 1) * n // parts] for k in range(parts)]
+        out += [sorted(order[k * n // parts:(k + 1) * n // parts]) for k in range(parts)]
     return out
 
 
@@ -101,7 +103,10 @@ class Trainer:
 
         # -- tasks, model and readiness checks (before anything is written or started), run directory, seeds
         self.cfg = cfg
-        tasks = split_tasks(cfg)
+        try:
+            tasks = split_tasks(cfg)
+        except ValueError as e:  # no task left, an unknown train.task_ids entry: a setting that cannot work
+            raise NotReady(str(e)) from None
         self.tasks, self.eval_tasks = tasks.train, tasks.heldout
         preflight(cfg, self.tasks)
         self.model_path = str(resolve_model(cfg.model.name, asdict(cfg.model.tiny)))

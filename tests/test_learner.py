@@ -10,7 +10,7 @@ import pytest
 import ray
 import torch
 
-from actors.learner import LearnerFailed, LearnerGroup, LearnerRank, LearnerSettings
+from actors.learner import LearnerFailed, LearnerGroup, LearnerRank, LearnerSettings, shared_prefix_len
 from rl.algorithms import policy_loss, token_logprobs
 from rl.contracts import TrainBatch
 from rl.runtime import init_ray
@@ -237,6 +237,77 @@ def test_sampling_temperature_sft_lr_schedule_and_demonstration_term(ray_cluster
         assert m["demo_nll"] == pytest.approx(nll.item(), rel=1e-5)
         assert m["loss"] == pytest.approx((pg + 0.5 * nll).item(), abs=1e-5)
         assert "demo_nll" not in steps[0]  # no demonstrations, no term
+    finally:
+        group.shutdown()
+
+
+def grouped_batch(seed):
+    """12 episodes, 6 per rank, micro batches of 4 then 2. Rank 0: a GRPO group of 4 sharing a 30-token prompt
+    (continuations of 3-25 tokens, some loss inside the prompt's last turn too), then 2 sharing 25 tokens. Rank 1: 3
+    sharing 30 tokens and one that shares only their first 20 (another ticket after the same system prompt), then 2
+    that differ from their first token (nothing to share)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def tokens(n):
+        return torch.randint(1, VOCAB, (n,), generator=g).tolist()
+
+    def episode(prompt, loss_from):
+        tail = tokens(int(torch.randint(3, 26, (), generator=g)))
+        ids = prompt + tail
+        mask = [0] * loss_from + [1] * (len(ids) - loss_from)
+        adv = float(torch.randn((), generator=g))
+        return ids, mask, [adv * x for x in mask]
+
+    p0, p1, p2 = tokens(30), tokens(25), tokens(30)
+    other = p2[:20] + tokens(10)
+    rows = ([episode(p0, 26) for _ in range(4)] + [episode(p1, 25) for _ in range(2)]
+            + [episode(p2, 30) for _ in range(3)] + [episode(other, 30)]
+            + [episode([1 + i] + tokens(29), 30) for i in range(2)])
+    ids, mask, adv = map(list, zip(*rows))
+    return TrainBatch(input_ids=ids, loss_mask=mask, advantages=adv)
+
+
+def test_shared_prefix_len():
+    assert shared_prefix_len([[1] * 40, [1] * 30 + [2] * 10]) == 30
+    assert shared_prefix_len([[1] * 40, [1] * 40]) == 39  # each row keeps a token of its own
+    assert shared_prefix_len([[1] * 40, [1] * 10 + [2] * 30]) == 0  # too short to share
+    assert shared_prefix_len([[1] * 40]) == 0
+    batch = grouped_batch(0)
+    assert [shared_prefix_len(batch.input_ids[a:b]) for a, b in ((0, 4), (4, 6), (6, 10), (10, 12))] == [30, 25, 20, 0]
+
+
+def test_shared_prefix_step_equals_the_unshared_computation(ray_cluster, model_path):
+    """learner.shared_prefix: each micro batch's common prefix runs once and its continuations on top of its cached
+    keys and values. Logprobs, reference logprobs, the loss and the gradient are those of plain HF forwards of the
+    full padded sequences, on 2 ranks whose micro batches share different prefixes (one shares nothing)."""
+    group = LearnerGroup(LearnerSettings(model_path=str(model_path), lr=1e-3, micro_batch_size=4, kl_coef=0.1,
+                                         shared_prefix=True), num_ranks=2, timeout_s=TIMEOUT)
+    try:
+        batch = grouped_batch(0)
+        model = hf_model(model_path)
+        want = hf_logprobs(model, batch)
+        for reference in (False, True):
+            got = group.logprobs(batch, reference=reference)
+            # the reference's: where the KL term needs them (loss tokens)
+            keep = batch.loss_mask if reference else [[1] * len(r) for r in batch.input_ids]
+            assert max(abs(a - b) for r1, r2, k in zip(got, want, keep) for a, b, x in zip(r1, r2, k) if x) < 1e-5
+        group.train_step(on_policy(group, batch))  # the policy moves away from the reference: KL > 0 below
+
+        batch = on_policy(group, grouped_batch(1))
+        model = hf_model(model_path, gathered(group)).train()
+        ref = hf_model(model_path)
+        with torch.no_grad():
+            ref_logp = hf_batch_logprobs(ref, batch)
+        loss, stats = policy_loss(hf_batch_logprobs(model, batch),
+                                  *(padded(getattr(batch, k), torch.float32)
+                                    for k in ("old_logprobs", "advantages", "loss_mask")),
+                                  ref_logp=ref_logp, kl_coef=0.1)
+        loss.backward()
+        expected = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+        m = group.train_step(batch)
+        assert m["kl"] == pytest.approx(stats["kl"], rel=1e-5) and m["kl"] > 0
+        assert m["loss"] == pytest.approx(loss.item(), rel=1e-5)
+        assert m["grad_norm"] == pytest.approx(float(expected), rel=1e-5)
     finally:
         group.shutdown()
 

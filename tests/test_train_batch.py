@@ -32,6 +32,11 @@ def test_group_advantages_rows_and_alignment():
         assert all(a == 0.0 for a, m in zip(adv, mask) if not m)  # advantages only where the loss is
     assert batch.advantages[0][-1] == pytest.approx(1.0, abs=1e-4)
     assert batch.advantages[1][-1] == pytest.approx(-1.0, abs=1e-4)
+    # episodes arriving interleaved (as they finish) leave grouped: a group's prompt is shared by the learner
+    mixed = [_traj(1, 2), _traj(0, 3), _traj(1, 4), _traj(0, 5)]
+    batch = build_train_batch(mixed, [Score(1.0, {}), Score(1.0, {}), Score(0.0, {}), Score(0.0, {})],
+                              AlgorithmConfig(name="grpo"))
+    assert batch.input_ids == [mixed[1].token_ids, mixed[3].token_ids, mixed[0].token_ids, mixed[2].token_ids]
 
 
 def test_nothing_to_train_is_none_and_kl_keeps_zero_advantage_rows():
@@ -68,6 +73,7 @@ def test_minibatches_cover_every_sequence_once_per_epoch_in_fresh_orders():
     epochs = [sum(parts[e * 4:(e + 1) * 4], []) for e in range(3)]
     assert all(sorted(e) == list(range(10)) for e in epochs)
     assert len({tuple(e) for e in epochs}) == 3  # reshuffled every pass
+    assert all(p == sorted(p) for p in parts)  # in batch order inside a part: a group's episodes stay together
     # fewer sequences than mini-batches: one sequence each, no empty optimizer step
     assert sorted(len(p) for p in minibatches(3, 1, 8, random.Random(0))) == [1, 1, 1]
     assert minibatches(5, 1, 1, random.Random(0))[0] != [] and len(minibatches(5, 2, 1, random.Random(0))) == 2
