@@ -94,8 +94,10 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
     assert len(evals) == 2 * (2 * (1 + 2)) and {e["task_id"] for e in evals} == set(trainer.eval_tasks)
     rows = rows[1:]
     for key in ("reward/mean", "success_rate", "reward/tau2", "reward/env_assertions", "time/generate",
-                "time/env", "time/reward", "time/train", "time/sync", "learner/loss", "episode/tool_calls"):
+                "time/env", "time/reward", "time/train", "time/sync", "episode/tool_calls"):
         assert key in rows[0], key
+    # a step whose groups all tied trains nothing (vLLM's sampling under load can make step 1 one of those)
+    assert all("learner/loss" in r for r in rows if r["train/sequences"]) and any(r["train/sequences"] for r in rows)
     assert (run_dir / "checkpoints" / "latest").read_text() == "2"
     assert (run_dir / "report.png").stat().st_size > 10_000
     assert (run_dir / "config.yaml").exists() and list((run_dir / "tb").iterdir())
