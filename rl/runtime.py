@@ -81,8 +81,15 @@ def split_tasks(cfg: Config) -> TaskSplit:
     from rl.evaluation import hold_out
 
     train = load_tasks(cfg)
-    if not cfg.train.eval_tasks:
-        return TaskSplit(train, {}, 0)
-    where = f"train.eval_split={cfg.train.eval_split!r}"
-    kept, heldout, left_out = hold_out(train, load_tasks(cfg, cfg.train.eval_split), cfg.train.eval_tasks, where)
-    return TaskSplit(kept, heldout, left_out)
+    heldout, left_out = {}, 0
+    if cfg.train.eval_tasks:
+        where = f"train.eval_split={cfg.train.eval_split!r}"
+        train, heldout, left_out = hold_out(train, load_tasks(cfg, cfg.train.eval_split), cfg.train.eval_tasks, where)
+    if cfg.train.task_ids:
+        missing = [tid for tid in cfg.train.task_ids if tid not in train]
+        if missing:
+            raise ValueError(f"train.task_ids: {len(missing)} of {len(cfg.train.task_ids)} are not training tasks of "
+                             f"this config (not in env.split / env.tasks_file, over env.max_faults, or held out), "
+                             f"e.g. {missing[0]!r}")
+        train = {tid: train[tid] for tid in cfg.train.task_ids}
+    return TaskSplit(train, heldout, left_out)

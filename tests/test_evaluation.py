@@ -1,5 +1,6 @@
 """Held-out evaluation: tau2's pass^k, the fixed task sample, hold-out of the evaluation split, eval/... metrics, and
 the report and sweep reading them from metrics.jsonl."""
+from dataclasses import replace
 from math import comb
 
 import pytest
@@ -125,3 +126,13 @@ def test_sft_demonstrations_and_rl_training_tasks_share_one_hold_out():
     demos = teacher_demonstrations(cfg, "expert")
     assert demos.considered == 15 and len(demos.conversations) == 15
     assert split_tasks(load_config(None, ["env.split=base", "train.eval_tasks=0"])).heldout == {}
+
+    # train.task_ids: a fixed few of the training tasks (demonstrations from them only); a held-out id is refused
+    some = sorted(tasks.train)[:3]
+    few = load_config(None, ["env.split=base", "env.max_faults=2", "env.prompt=minimal", "train.eval_split=test",
+                             "train.eval_tasks=40", f"train.task_ids=[{','.join(repr(t) for t in some)}]"])
+    assert sorted(split_tasks(few).train) == some and split_tasks(few).heldout == tasks.heldout
+    assert teacher_demonstrations(few, "expert").considered == 3
+    held = sorted(test_ids)[0]
+    with pytest.raises(ValueError, match=r"train.task_ids: 1 of 2 are not training tasks .*held out"):
+        split_tasks(replace(few, train=replace(few.train, task_ids=[some[0], held])))
