@@ -1,13 +1,15 @@
 """Learner benchmark: shared-prefix group training (learner.shared_prefix) against the full sequences, side by side.
 
-    python -m bench.bench_learner [--model smollm2-135m] [--prefix 1024] [--continuation 256] [--group 8]
-                                  [--rounds 3] [--out bench_results/learner.json]
+    python -m bench.bench_learner [--model smollm2-135m] [--prefix 256] [--continuation 64] [--group 8]
+                                  [--ranks 1] [--rounds 2] [--out bench_results/learner.json]
 
-Two 2-rank ZeRO-3 LearnerGroups (the production learner) of the same model, one with learner.shared_prefix on, one
-off, take the same batches: two GRPO groups of `--group` episodes, each group a shared prompt of `--prefix` tokens
-then continuations of about `--continuation` tokens (lengths spread +-25 %), the loss on the continuations. A group
-is one micro batch on one rank (micro_batch_size = group), as rl.train places a group when micro_batch_size >=
-group_size. Per round and arm: the old-logprob pass (LearnerGroup.logprobs) and one optimizer step (train_step).
+Two ZeRO-3 LearnerGroups (the production learner) of the same model, one with learner.shared_prefix on, one off,
+take the same batches: two GRPO groups of `--group` episodes, each group a shared prompt of `--prefix` tokens then
+continuations of about `--continuation` tokens (lengths spread +-25 %), the loss on the continuations; the laptop
+config's proportion (a 3.5k-token prompt in 4.5k-token episodes) at a size 2 cores get through in minutes. A group is
+one micro batch (micro_batch_size = group), as rl.train places it when micro_batch_size >= group_size; one rank per
+arm by default, so that both arms' activations fit in 24 GB. Per round and arm: the old-logprob pass
+(LearnerGroup.logprobs) and one optimizer step (train_step).
 Arms alternate (A B A B ...) so machine noise hits both; medians over rounds; the ratio shared / full is what to read.
 Peak resident memory of the ranks is reported per arm.
 """
@@ -50,10 +52,11 @@ def timed(fn, *args):
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m", help="tiny | smollm2-135m | a local HF folder")
-    ap.add_argument("--prefix", type=int, default=1024, help="shared prompt tokens per group")
-    ap.add_argument("--continuation", type=int, default=256, help="mean tokens after the prompt per episode")
+    ap.add_argument("--prefix", type=int, default=256, help="shared prompt tokens per group")
+    ap.add_argument("--continuation", type=int, default=64, help="mean tokens after the prompt per episode")
     ap.add_argument("--group", type=int, default=8, help="episodes per group (= micro_batch_size)")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--ranks", type=int, default=1, help="ZeRO-3 ranks per arm")
+    ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", default="bench_results/learner.json")
     args = ap.parse_args(argv)
 
@@ -61,13 +64,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     path = str(resolve_model(args.model))
     vocab = AutoConfig.from_pretrained(path).vocab_size
-    # 4 logical CPUs: both groups' ranks are placed at once (they take turns, never run together)
-    init_ray(None, 4, log_to_driver=False)
+    # logical CPUs for both arms' ranks at once (the arms take turns, never run together)
+    init_ray(None, 2 * args.ranks, log_to_driver=False)
     arms = {}
     try:
         for name, shared in (("full", False), ("shared", True)):
             settings = LearnerSettings(model_path=path, lr=1e-6, micro_batch_size=args.group, shared_prefix=shared)
-            arms[name] = LearnerGroup(settings, num_ranks=2, timeout_s=3600)
+            arms[name] = LearnerGroup(settings, num_ranks=args.ranks, timeout_s=3600)
         times = {name: {"logprobs": [], "train_step": []} for name in arms}
         for r in range(args.rounds + 1):  # round 0 warms up (first-call costs), not counted
             batch = grpo_batch(2, args.group, args.prefix, args.continuation, vocab, seed=r)
@@ -87,14 +90,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     med = {name: {k: statistics.median(v) for k, v in t.items()} for name, t in times.items()}
     report = {"model": args.model, "prefix": args.prefix, "continuation": args.continuation, "group": args.group,
-              "rounds": args.rounds, "seconds": med, "rank_rss_mb": rss,
+              "ranks": args.ranks, "rounds": args.rounds, "seconds": med, "rank_rss_mb": rss,
               "ratio": {k: med["shared"][k] / med["full"][k] for k in ("logprobs", "train_step")}}
     return finish(report, args.out, show)
 
 
 def show(r: dict) -> None:
     print(f"\n{r['model']}: 2 groups x {r['group']} episodes, {r['prefix']}-token shared prompt, "
-          f"~{r['continuation']} tokens after it; medians of {r['rounds']} rounds")
+          f"~{r['continuation']} tokens after it, {r['ranks']} rank(s) per arm; medians of {r['rounds']} rounds")
     print("| pass | full sequences | shared prefix | ratio |\n| --- | --- | --- | --- |")
     for k in ("logprobs", "train_step"):
         print(f"| {k} | {r['seconds']['full'][k]:.1f} s | {r['seconds']['shared'][k]:.1f} s | {r['ratio'][k]:.2f} |")
