@@ -11,9 +11,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class ScriptedOpenAI:
-    def __init__(self, replies: list[dict]):
-        """replies: each {"content": str} or {"tool_calls": [(name, args_dict), ...]}; the last one repeats."""
-        self.replies = list(replies)
+    def __init__(self, replies: list[dict], per_conversation: bool = False):
+        """replies: each {"content": str} or {"tool_calls": [(name, args_dict), ...]}; the last one repeats.
+        per_conversation: every conversation plays the script from its start (the reply is picked by how many
+        assistant turns the request already holds), so concurrent conversations cannot take each other's replies."""
+        self.replies, self.per_conversation = list(replies), per_conversation
         self.requests: list[dict] = []
         stub = self
 
@@ -24,7 +26,11 @@ class ScriptedOpenAI:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 stub.requests.append(body)
-                reply = stub.replies.pop(0) if len(stub.replies) > 1 else stub.replies[0]
+                if stub.per_conversation:
+                    turn = sum(m.get("role") == "assistant" for m in body.get("messages", []))
+                    reply = stub.replies[min(turn, len(stub.replies) - 1)]
+                else:
+                    reply = stub.replies.pop(0) if len(stub.replies) > 1 else stub.replies[0]
                 msg = {"role": "assistant", "content": reply.get("content")}
                 if "tool_calls" in reply:
                     msg["tool_calls"] = [

@@ -189,11 +189,11 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
     server = subprocess.Popen([sys.executable, "-m", "rl.serve", str(run_dir), "--port", str(port), "--name", "pol",
                                "rollout.max_model_len=16384", "--", "--hf-overrides",
                                '{"max_position_embeddings": 16384}'],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=(serve_log := open(tmp_path / "serve.log", "w")), stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 600
         while True:
-            assert server.poll() is None, "rl.serve exited"
+            assert server.poll() is None, "rl.serve exited: " + (tmp_path / "serve.log").read_text()[-3000:]
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5)
                 break
@@ -207,32 +207,43 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
                          "--max-tokens", "24", "--out", str(out)]) == 0
 
         # tau2-bench's own runner (its CLI: its LLMAgent, tau2's full prompt, its orchestrator and evaluator) with the
-        # served policy as the agent and a scripted customer behind tau2's UserSimulator (a stub LLM over HTTP)
+        # served policy as the agent and a scripted customer behind tau2's UserSimulator (a stub LLM over HTTP; tau2
+        # runs the tasks concurrently, so each conversation plays the script from its start). tau2's runner raises on
+        # an empty or blank reply (AssistantMessage.validate), and this policy, facing tau2's full prompt (unlike
+        # anything it trained on), may end its turn at once: vLLM's min_tokens (extra_body) keeps its replies
+        # non-empty, and --skip-failed-samples records a reply tau2 still rejects as a failed episode.
         from tests.openai_stub import ScriptedOpenAI
 
         script = [{"content": "My phone has no service."}, {"content": "I did that."}, {"content": "###STOP###"}]
         tau2_tasks = sorted(last_eval)[:2]
-        with ScriptedOpenAI(script * 2) as customer_llm:
+        with ScriptedOpenAI(script, per_conversation=True) as customer_llm:
             tau2_cli = subprocess.run(
                 [str(Path(sys.executable).parent / "tau2"), "run", "--domain", "telecom", "--agent", "llm_agent",
                  "--agent-llm", "openai/pol", "--agent-llm-args", json.dumps(
                      {"base_url": f"http://127.0.0.1:{port}/v1", "api_key": "none", "temperature": 0.0,
-                      "max_tokens": 24}),
+                      "max_tokens": 24, "extra_body": {"min_tokens": 8}}),
                  "--user", "user_simulator", "--user-llm", "openai/stub", "--user-llm-args", json.dumps(
                      {"base_url": customer_llm.base_url, "api_key": "none"}),
                  "--task-split-name", "test", "--task-ids", *tau2_tasks, "--num-trials", "1", "--max-steps", "8",
-                 "--results-dir", str(tmp_path), "--save-to", "tau2_runner", "--log-level", "ERROR"],
+                 "--results-dir", str(tmp_path), "--save-to", "tau2_runner", "--log-level", "ERROR",
+                 "--skip-failed-samples"],
                 capture_output=True, text=True, timeout=600, env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
     finally:
         server.terminate()
         server.wait(timeout=60)
-    assert tau2_cli.returncode == 0, tau2_cli.stderr[-3000:]
+        serve_log.close()
+    assert tau2_cli.returncode == 0, tau2_cli.stdout[-2000:] + tau2_cli.stderr[-3000:]
     runner = t2.Results.load(tmp_path / "tau2_runner.json")
     assert sorted(sim.task_id for sim in runner.simulations) == tau2_tasks
-    for sim in runner.simulations:  # the policy answered each customer turn, through vLLM's OpenAI server
+    played = [sim for sim in runner.simulations if not sim.skipped]
+    assert played, "tau2's runner rejected every reply of the served policy"
+    for sim in played:
+        # After tau2's fixed greeting, the served policy answered the customer (a reply with litellm's raw response).
+        # How the episode ended is the policy's business: a tiny policy may mix text and a call, repeat itself (tau2's
+        # stuck-agent judge) or transfer, and tau2 scores every ending.
         agent_turns = [m for m in sim.messages if m.role == "assistant"]
-        assert len(agent_turns) >= 2 and all(m.content or m.tool_calls for m in agent_turns)
-        assert sim.termination_reason in ("user_stop", "max_steps", "too_many_errors") and sim.reward_info is not None
+        assert len(agent_turns) >= 2 and all(m.raw_data for m in agent_turns[1:]), sim.termination_reason
+        assert sim.reward_info is not None and sim.reward_info.reward in (0.0, 1.0)
     assert set(t2.compute_metrics(runner).pass_hat_ks) == {1}
     served = {e["task_id"]: e for e in map(json.loads, (out / "episodes.jsonl").read_text().splitlines())}
     assert set(served) == set(last_eval)
