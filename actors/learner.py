@@ -259,13 +259,15 @@ class LearnerRank:
     @torch.no_grad()
     def logprobs(self, batch: TrainBatch, reference: bool = False) -> list[list[float]]:
         """Per-token logprobs of the current policy (or the frozen reference), aligned with input_ids (position 0
-        is 0). The reference's are computed where the KL term needs them (loss-mask tokens); other positions may
-        hold 0."""
+        is 0). With a loss mask they are computed where some row of the micro batch has loss (all the PPO ratio
+        and the KL term read) and the other positions hold 0: an agent episode is mostly prompt and observations,
+        and the lm_head and log-softmax at every position would cost more than the rest of the pass. Without a
+        loss mask, every position."""
         if reference and self.ref is None:
             raise ValueError("no reference model: algorithm.kl_coef is 0")
         out = []
         for m in self._micro_batches(batch, train=False):
-            needed = m["loss_mask"] > 0 if reference and "loss_mask" in m else None  # the KL term's tokens only
+            needed = m["loss_mask"] > 0 if "loss_mask" in m else None
             logp = self._logprobs(self.ref if reference else self.engine, m, needed=needed).cpu()
             out += [row[:n].tolist() for row, n in zip(logp, m["lengths"])]
         return out

@@ -105,10 +105,17 @@ class TestZero3Group:
     def test_logprobs_match_hf_before_training(self, group, model_path):
         assert [(s["global_steps"], s["reference_model"]) for s in group.stats()] == [(0, False)] * 2
         batch = make_batch(5, seed=0)
-        ours, ref = group.logprobs(batch), hf_logprobs(hf_model(model_path), batch)
+        ref = hf_logprobs(hf_model(model_path), batch)
+        ours = group.logprobs(replace(batch, loss_mask=None))  # no loss mask: every position
         assert [len(r) for r in ours] == [len(r) for r in batch.input_ids]
         assert max(abs(a - b) for r1, r2 in zip(ours, ref) for a, b in zip(r1, r2)) < 1e-5
         assert all(r[0] == 0.0 for r in ours)
+        # with one, the positions some row of the micro batch has loss at (what the PPO ratio reads); the rest hold
+        # 0, as token 1 does here (every prompt is 5-10 tokens long)
+        masked = group.logprobs(batch)
+        assert all(abs(got - want) < 1e-5 for r1, r2, mask in zip(masked, ours, batch.loss_mask)
+                   for got, want, m in zip(r1, r2, mask) if m)
+        assert all(r[1] == 0.0 for r in masked) and all(r[1] != 0.0 for r in ours)
 
     def test_two_train_steps_change_the_weights(self, group):
         before = gathered(group)
@@ -211,7 +218,7 @@ def test_sampling_temperature_sft_lr_schedule_and_demonstration_term(ray_cluster
         with torch.no_grad():
             want = [token_logprobs(model(torch.tensor([ids])).logits / 0.5, torch.tensor([ids]))[0].tolist()
                     for ids in batch.input_ids]
-        got = group.logprobs(batch)
+        got = group.logprobs(replace(batch, loss_mask=None))
         assert max(abs(a - b) for r1, r2 in zip(got, want) for a, b in zip(r1, r2)) < 1e-5
         assert max(abs(a - b) for r1, r2 in zip(got, hf_logprobs(model, batch)) for a, b in zip(r1, r2)) > 0.1
         steps = [group.train_step(on_policy(group, batch)) for _ in range(4)]
@@ -286,10 +293,10 @@ def test_shared_prefix_step_equals_the_unshared_computation(ray_cluster, model_p
         batch = grouped_batch(0)
         model = hf_model(model_path)
         want = hf_logprobs(model, batch)
-        for reference in (False, True):
-            got = group.logprobs(batch, reference=reference)
-            # the reference's: where the KL term needs them (loss tokens)
-            keep = batch.loss_mask if reference else [[1] * len(r) for r in batch.input_ids]
+        everywhere = [[1] * len(r) for r in batch.input_ids]
+        for reference, loss_mask in ((False, None), (False, batch.loss_mask), (True, batch.loss_mask)):
+            got = group.logprobs(replace(batch, loss_mask=loss_mask), reference=reference)
+            keep = loss_mask or everywhere  # with a loss mask, computed on its tokens only
             assert max(abs(a - b) for r1, r2, k in zip(got, want, keep) for a, b, x in zip(r1, r2, k) if x) < 1e-5
         group.train_step(on_policy(group, batch))  # the policy moves away from the reference: KL > 0 below
 
