@@ -1,12 +1,14 @@
 """Bradley-Terry reward model training on preference pairs, on the policy learner's DeepSpeed ZeRO-3 ranks.
 
-    python -m rl.rm.train --config configs/rm_tiny.yaml rm.train_file=pairs/train.jsonl [rm.eval_file=...]
+    python -m rl.rm.train --config configs/rm_tiny.yaml rm.train_file=pairs/train.jsonl [rm.eval_file=...] [--resume]
 
 Pairs are OpenRLHF-layout JSONL (rl/rm/pairs makes them from tau2's verifier and from TeleQnA). Each side is
 the chat template over prompt + side, cut from the start to rm.max_len tokens (rl/rm/model.py). The run
 directory gets the config snapshot, metrics.jsonl + TensorBoard (loss, accuracy, reward margin per step), the
 trained RM (an HF sequence-classification folder + telerl_rm.json with its score statistics) and, with
-rm.eval_file, the RewardBench-style report of rl.rm.eval on held-out pairs.
+rm.eval_file, the RewardBench-style report of rl.rm.eval on held-out pairs. With rm.checkpoint_every, the ranks'
+shards (weights and optimizer) are saved every that many steps; --resume continues an interrupted run from the newest
+one, on the same batches in the same order as a run that was never interrupted.
 """
 from __future__ import annotations
 
@@ -31,8 +33,9 @@ def encode_pairs(tokenizer, pairs, max_len: int) -> list[tuple[list[int], list[i
              float(p.margin or 0.0)) for p in pairs]
 
 
-def train_reward_model(cfg: Config) -> Path:
-    """Trains, saves and (with rm.eval_file) evaluates; returns the RM folder."""
+def train_reward_model(cfg: Config, resume: bool = False) -> Path:
+    """Trains, saves and (with rm.eval_file) evaluates; returns the RM folder. resume: continue the run in
+    cfg.run_dir from its newest checkpoint (from the start when it has none)."""
     import torch
     from transformers import AutoTokenizer
 
@@ -48,7 +51,7 @@ def train_reward_model(cfg: Config) -> Path:
     pairs = read_pairs(rm.train_file)
     if not pairs:
         raise ConfigError(f"config key 'rm.train_file': {rm.train_file} holds no pairs")
-    run = RunDir(cfg)
+    run = RunDir(cfg, resume=resume)  # on resume, the metrics of steps after the checkpoint are dropped
     out = Path(rm.out or Path(cfg.run_dir) / "rm")
     base = str(resolve_model(rm.base_model))
     tokenizer = AutoTokenizer.from_pretrained(base)
@@ -60,19 +63,31 @@ def train_reward_model(cfg: Config) -> Path:
     group = RewardModelGroup(RewardModelSettings.from_rm_config(rm, base, cfg.seed), num_ranks=rm.num_ranks,
                              use_gpu=use_gpu)
     try:
-        steps_per_epoch = -(-len(encoded) // rm.batch_size)
-        bar = tqdm(total=rm.epochs * steps_per_epoch, desc="rm_train", unit="step", file=sys.stderr)
+        done = 0
+        found = run.latest_checkpoint() if resume else None
+        if found is not None:
+            done = group.load_checkpoint(str(found[1]))["step"]
+            print(f"resumed from {found[1]} (step {done})", file=sys.stderr)
+        elif resume:
+            print(f"--resume: no checkpoint in {run.path}/checkpoints; starting from step 0", file=sys.stderr)
+        total = rm.epochs * -(-len(encoded) // rm.batch_size)
+        bar = tqdm(total=total, initial=done, desc="rm_train", unit="step", file=sys.stderr)
         step = 0
         for epoch in range(rm.epochs):
             order = list(range(len(encoded)))
-            rng.shuffle(order)
+            rng.shuffle(order)  # every epoch's shuffle is drawn, resumed or not: the batches stay those of one run
             for start in range(0, len(order), rm.batch_size):
+                step += 1
+                if step <= done:
+                    continue
                 batch = [encoded[i] for i in order[start:start + rm.batch_size]]
                 m = group.train_step(batch)
-                step += 1
                 run.log_metrics(step, {"epoch": epoch, **{f"rm/{k}": v for k, v in m.items()}})
                 bar.update()
                 bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.2f}")
+                if rm.checkpoint_every and step % rm.checkpoint_every == 0 and step < total:
+                    group.save_checkpoint(str(run.begin_checkpoint(step)), {"step": step})
+                    run.commit_checkpoint(step, rm.keep_checkpoints)
         bar.close()
         sample = rng.sample(encoded, min(len(encoded), _STATS_SAMPLE // 2))
         scores = group.scores([side for c, r, _ in sample for side in (c, r)])
@@ -89,11 +104,18 @@ def train_reward_model(cfg: Config) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, _ = parse_cli(argv, description=__doc__)
+    def flags(parser):
+        parser.add_argument("--resume", action="store_true",
+                            help="continue the run in run_dir from its newest checkpoint (rm.checkpoint_every)")
+
+    cfg, args = parse_cli(argv, description=__doc__, add_arguments=flags)
     try:
-        train_reward_model(cfg)
+        train_reward_model(cfg, resume=args.resume)
     except ConfigError as e:
         print(f"rl.rm.train: config error: {e}", file=sys.stderr)
+        return 2
+    except FileExistsError as e:  # run_dir holds a run and --resume was not given
+        print(f"rl.rm.train: {e}", file=sys.stderr)
         return 2
     return 0
 
