@@ -71,6 +71,10 @@ def test_rm_trained_on_train_tasks_is_reported_on_unseen_tasks(trained_rm):
     # Held-out verifier-labelled pairs: the learned score must beat chance (0.5; a tie counts as wrong).
     assert tau2["accuracy"] > 0.6, tau2
     print(json.dumps({k: v["accuracy"] for k, v in tau2["subsets"].items()}, indent=1))
+    # the pairs whose sides look alike (41 of the 155: wrong arguments, wrong orders, a transfer in an action's place)
+    matched = report["surface_matched"]["sections"]["tau2-telecom"]
+    assert matched["n"] == 41 and set(matched["subsets"]) <= kinds
+    print("surface-matched:", matched["accuracy"], {k: v["accuracy"] for k, v in matched["subsets"].items()})
 
 
 def test_grpo_step_with_the_trained_rm_under_gated_mixing(trained_rm):
@@ -95,3 +99,59 @@ def test_grpo_step_with_the_trained_rm_under_gated_mixing(trained_rm):
         for b in episodes:
             if a["group"] == b["group"] and a["components"]["checks"] < b["components"]["checks"] - 1e-9:
                 assert a["reward"] < b["reward"]  # the RM never reorders verified outcomes
+
+
+def test_rm_training_resumes_from_its_checkpoint_as_if_never_stopped(tmp_path, monkeypatch):
+    """rm.checkpoint_every + `rl.rm.train --resume`: a run killed in step 5 of 6 and resumed logs every step once and
+    ends with the weights and score statistics of a run that was never stopped (the same batches in the same order,
+    the optimizer's state restored from the ranks' shards)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from actors.rm_learner import RewardModelGroup
+    from envs.tau2_telecom.tasks import load_split
+    from rl.rm.model import RM_META
+    from rl.rm.pairs.format import write_pairs
+    from rl.rm.pairs.perturbations import oracle_perturbation_pairs
+    from rl.rm.train import main as rm_train
+
+    pairs = oracle_perturbation_pairs(load_split("train")[:8], mode="solo", seed=0)[:24]
+    assert len(pairs) == 24
+    write_pairs(tmp_path / "pairs.jsonl", pairs)
+
+    def args(run: str) -> list[str]:  # 24 pairs, 4 a step: 6 steps, a checkpoint after steps 2 and 4
+        return ["--config", f"{REPO_ROOT}/configs/rm_tiny.yaml", f"run_dir={tmp_path / run}",
+                f"rm.train_file={tmp_path / 'pairs.jsonl'}", "rm.epochs=1", "rm.batch_size=4", "rm.micro_batch_size=2",
+                "rm.checkpoint_every=2", "rm.max_len=256"]
+
+    try:
+        assert rm_train(args("straight")) == 0
+        ray.shutdown()
+        real_step, calls = RewardModelGroup.train_step, []
+
+        def killed_in_step_5(self, batch):
+            calls.append(len(batch))
+            if len(calls) == 5:
+                raise RuntimeError("killed")
+            return real_step(self, batch)
+
+        monkeypatch.setattr(RewardModelGroup, "train_step", killed_in_step_5)
+        with pytest.raises(RuntimeError, match="killed"):
+            rm_train(args("stopped"))
+        ray.shutdown()
+        monkeypatch.undo()
+        assert (tmp_path / "stopped" / "checkpoints" / "latest").read_text() == "4"
+        assert rm_train(args("stopped")) == 2  # a run is there: refused without --resume, nothing touched
+        assert rm_train(args("stopped") + ["--resume"]) == 0
+    finally:
+        ray.shutdown()
+
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    rows = [json.loads(line) for line in (stopped / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    want = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert [r["rm/loss"] for r in rows] == pytest.approx([r["rm/loss"] for r in want], rel=1e-5)
+    a, b = load_file(straight / "rm" / "model.safetensors"), load_file(stopped / "rm" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    meta_a, meta_b = (json.loads((d / "rm" / RM_META).read_text()) for d in (straight, stopped))
+    assert (meta_a["mean"], meta_a["std"]) == pytest.approx((meta_b["mean"], meta_b["std"]), abs=1e-5)

@@ -100,6 +100,47 @@ GROUPS = (_group("G1", 5, [(5, "k"), (3, "k"), (1, "k")])       # tied at the to
           + _group("G5", 9, [(1, "k"), (2, "k")]))              # only 2 rejected: not a best-of-4 item
 
 
+class TurnCounter:
+    """A score that learned the surface: fewer assistant turns is better (what "missing action" pairs cannot catch,
+    and most other perturbations reward)."""
+
+    path = "turn-counter"
+
+    def score(self, conversations):
+        return [-sum(m["role"] == "assistant" for m in c) for c in conversations]
+
+
+class ReadsTheLine:
+    """A score that reads the task: the customer's line is L1001."""
+
+    path = "reads-the-line"
+
+    def score(self, conversations):
+        return [0.0 if any("L1002" in m["content"] for m in c) else 1.0 for c in conversations]
+
+
+def test_surface_matched_pairs_separate_a_surface_score_from_one_that_reads_the_task():
+    call = '<tool_call>\n{"name": "enable_roaming", "arguments": {"line_id": "%s"}}\n</tool_call>'
+    ask = [{"role": "user", "content": "Roaming does not work."}]
+
+    def pair(chosen, rejected, subset):
+        return Pair(prompt=ask, chosen=chosen, rejected=rejected, subset=subset, section="tau2-telecom",
+                    group=subset + str(len(rejected)))
+
+    right = [{"role": "assistant", "content": call % "L1001"}, {"role": "assistant", "content": "Done."}]
+    wrong_line = [{"role": "assistant", "content": call % "L1002"}, {"role": "assistant", "content": "Done."}]
+    transfer = [{"role": "assistant", "content": call % "L1001"}, {"role": "assistant", "content": "Transferring."},
+                {"role": "assistant", "content": "YOU ARE BEING TRANSFERRED TO A HUMAN AGENT. PLEASE HOLD ON."}]
+    pairs = [pair(right, wrong_line, "wrong_argument"), pair(right, transfer, "premature_transfer")]
+    report = evaluate_rm(pairs, TurnCounter())
+    assert report["pairwise"]["overall"]["all_pairs"] == 0.5  # the transfer (one more turn) loses, the tie is wrong
+    matched = report["surface_matched"]
+    assert matched["overall"]["n"] == 1 and matched["overall"]["all_pairs"] == 0.0
+    assert set(matched["sections"]["tau2-telecom"]["subsets"]) == {"wrong_argument"}
+    assert "| surface-matched |" in markdown_table(report)
+    assert evaluate_rm(pairs, ReadsTheLine())["surface_matched"]["overall"]["all_pairs"] == 1.0
+
+
 def test_best_of_4_tie_splitting_and_subsets_only_for_unmixed_groups():
     scorer = _scorer_for(GROUPS)
     report = evaluate_rm(GROUPS, scorer)

@@ -20,6 +20,10 @@ Scoring, as in RewardBench (v1 for pairwise, v2 for best-of-4):
   overall, and per subset only for the groups whose three rejected sides all belong to that subset.
 Every distinct conversation is scored once (a group's chosen side is shared by all its pairs), every distinct
 pair judged once.
+* surface-matched pairs: the same accuracy over the pairs whose two sides look alike on the surface - as many turns
+  of each role, as many tool calls, and text lengths within 10 % (a wrong argument, a right action on the wrong line,
+  a wrong order). A score that learned "fewer turns" or "no transfer" passes most pairs but none of these, so a gap
+  between "overall" and this line says how much of the accuracy is the surface.
 
 On-policy audit (`--rollouts RUN_DIR ...`, with or without --pairs): the episodes of runs' trajectories.jsonl,
 scored by --rm (or, without --rm, by the rm / judge scores the run logged), against tau2's verdict on the same
@@ -81,6 +85,31 @@ def pairwise_accuracy(pairs: list, values: list[float]) -> dict:
     if len(pairs) != len(values):
         raise ValueError(f"pairwise_accuracy: {len(pairs)} pairs but {len(values)} values")
     return _aggregate([(p.section, p.subset, float(v)) for p, v in zip(pairs, values)])
+
+
+def _surface(messages: list[dict]) -> tuple[dict, int, int]:
+    """Turns per role, tool calls (OpenAI `tool_calls` or tagged in the text), characters of text."""
+    roles: dict = defaultdict(int)
+    calls = chars = 0
+    for m in messages:
+        roles[m.get("role")] += 1
+        text = m.get("content") or ""
+        calls += len(m.get("tool_calls") or []) + text.count("<tool_call>")
+        chars += len(text)
+    return dict(roles), calls, chars
+
+
+def surface_matched(pair, length_tolerance: float = 0.1) -> bool:
+    """The two sides have as many turns of each role and tool calls, and text lengths within the tolerance."""
+    (roles_c, calls_c, chars_c), (roles_r, calls_r, chars_r) = _surface(pair.chosen), _surface(pair.rejected)
+    return roles_c == roles_r and calls_c == calls_r and abs(chars_c - chars_r) <= length_tolerance * max(
+        chars_c, chars_r, 1)
+
+
+def surface_matched_accuracy(pairs: list, values: list[float]) -> dict:
+    """pairwise_accuracy over the surface-matched pairs only (empty sections when there are none)."""
+    kept = [(p, v) for p, v in zip(pairs, values) if surface_matched(p)]
+    return _aggregate([(p.section, p.subset, float(v)) for p, v in kept])
 
 
 def scalar_preferences(chosen: list[float], rejected: list[float]) -> list[float]:
@@ -176,8 +205,9 @@ def evaluate_rm(pairs: list, scorer, seed: int = 0, chunk: int = 32, progress: b
     groups = best_of_4_groups(pairs, seed)
     credits = [scalar_best_of_4_credit(chosen[g[0]], [rejected[i] for i in g]) for g in groups]
     report = _header("reward_model", {"model": str(getattr(scorer, "path", type(scorer).__name__))}, pairs, seed)
+    values = scalar_preferences(chosen, rejected)
     report.update(conversations_scored=len(keys), seconds=time.perf_counter() - t0,
-                  pairwise=pairwise_accuracy(pairs, scalar_preferences(chosen, rejected)),
+                  pairwise=pairwise_accuracy(pairs, values), surface_matched=surface_matched_accuracy(pairs, values),
                   best_of_4=best_of_4(pairs, groups, credits),
                   mean_margin=sum(c - r for c, r in zip(chosen, rejected)) / len(pairs))
     return report
@@ -205,7 +235,8 @@ def evaluate_judge(pairs: list, judge, seed: int = 0, chunk: int = 16, progress:
                           "order_seed": getattr(judge, "seed", None), **dict(getattr(judge, "stats", {}))}}
     report = _header("judge", identity, pairs, seed)
     report.update(pairs_judged=len(keys), seconds=time.perf_counter() - t0,
-                  pairwise=pairwise_accuracy(pairs, values), best_of_4=best_of_4(pairs, groups, credits))
+                  pairwise=pairwise_accuracy(pairs, values), surface_matched=surface_matched_accuracy(pairs, values),
+                  best_of_4=best_of_4(pairs, groups, credits))
     return report
 
 
@@ -230,6 +261,10 @@ def markdown_table(report: dict) -> str:
     ov = pw["overall"]
     rows.append(f"| overall | *mean of sections* | {ov['n']} | {_fmt(ov['accuracy'])} | "
                 f"{bo4(bo['overall'] if bo['overall']['n'] else None)} |")
+    matched = report.get("surface_matched")  # reports written before it have none
+    if matched and matched["overall"]["n"]:
+        rows.append(f"| surface-matched | *same turns, calls, length ±10 %; all pairs* | {matched['overall']['n']} | "
+                    f"{_fmt(matched['overall']['all_pairs'])} | - |")
     return "\n".join(rows) + "\n"
 
 
