@@ -34,6 +34,10 @@ if TYPE_CHECKING:
     from rl.config import Config
 
 _WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5")
+# Where a train step's time goes, per rank (train_step's metrics, learner/<phase> in metrics.jsonl): the policy
+# forward and the loss, the frozen reference's forward, backward, and DeepSpeed's step (the optimizer at the last
+# micro batch; ZeRO-3's gradient partitioning at every one).
+PHASES = ("forward_s", "reference_s", "backward_s", "optimizer_s")
 
 
 class LearnerFailed(RuntimeError):
@@ -63,6 +67,7 @@ class LearnerSettings:
     temperature: float = 1.0        # the sampler's: logits / temperature, as vLLM's processed logprobs
     demo_coef: float = 0.0          # weight of the NLL per token of the demonstrations passed to train_step
     shared_prefix: bool = False     # a micro batch's common token prefix runs once (see _logits); exact either way
+    num_cpus: int = 1               # CPUs (torch threads) per rank without GPUs
 
     @classmethod
     def from_config(cls, cfg: Config, model_path: str) -> LearnerSettings:
@@ -73,6 +78,7 @@ class LearnerSettings:
                    micro_batch_size=lc.micro_batch_size, gradient_checkpointing=lc.gradient_checkpointing,
                    offload=lc.offload, kl_coef=a.kl_coef, kl_kind=a.kl_kind, clip_eps=a.clip_eps,
                    clip_eps_high=a.clip_eps_high, aggregation=a.aggregation, seed=cfg.seed, demo_coef=a.demo_coef,
+                   num_cpus=lc.num_cpus,
                    # HF turns the key/value cache off under gradient checkpointing, and sharing rides on the cache
                    shared_prefix=lc.shared_prefix and not lc.gradient_checkpointing,
                    # the PPO ratio compares the sampler's logprobs with ours: both of pi(.)^(1/T), renormalised
@@ -129,6 +135,8 @@ class LearnerRank:
             # Fail before the rendezvous and the slow imports, with the path in the message.
             raise FileNotFoundError(f"model_path {settings.model_path!r} is not a HF model folder on this node")
         self.use_gpu = torch.cuda.is_available() if use_gpu is None else use_gpu
+        if not self.use_gpu:  # Ray sets OMP_NUM_THREADS to the actor's CPUs only where the environment has none
+            torch.set_num_threads(settings.num_cpus)
         # torch.distributed reads the rendezvous from the environment, and DeepSpeed picks its accelerator when it
         # is first imported: all of this must be set before `import deepspeed`.
         os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size), "MASTER_ADDR": master_addr,
@@ -212,6 +220,8 @@ class LearnerRank:
         last = len(micro) + len(demo_micro) - 1
         self.engine.set_train_batch_size((last + 1) * s.micro_batch_size * W)
         sums = dict.fromkeys(("loss", "pg_loss", "kl", "clip_fraction", "approx_kl"), 0.0)
+        phases = dict.fromkeys(PHASES, 0.0)
+        lap = self._stopwatch(phases)
         for i, m in enumerate(micro):
             # Explicit boundary: the engine's own micro-step counter assumes a fixed accumulation count, but ours
             # changes with every batch.
@@ -219,19 +229,24 @@ class LearnerRank:
             m = {k: v.to(self.engine.device) if torch.is_tensor(v) else v for k, v in m.items()}
             mask = m["loss_mask"]
             logp = self._logprobs(self.engine, m, needed=mask > 0)
+            lap("forward_s")
             ref_logp = m.get("ref_logprobs")
             if self.ref is not None and ref_logp is None:
                 with torch.no_grad():  # the reference forward is a collective too: every rank runs it
                     ref_logp = self._logprobs(self.ref, m, needed=mask > 0)
+            lap("reference_s")
             loss, stats = policy_loss(logp, m["old_logprobs"], m["advantages"], mask, clip_eps=s.clip_eps,
                                       clip_eps_high=s.clip_eps_high, aggregation=s.aggregation,
                                       max_len=totals.max_len, ref_logp=ref_logp, kl_coef=s.kl_coef,
                                       kl_kind=s.kl_kind)
             tokens = int(mask.sum())
             share = aggregation_units(mask, s.aggregation) / total_units
+            lap("forward_s")
             # A micro batch of padding still runs backward (ZeRO-3's hooks are collectives); weight 0 does it.
             self.engine.backward(loss * (share * W), scale_wrt_gas=False)
+            lap("backward_s")
             self.engine.step()
+            lap("optimizer_s")
             # Metrics: each rank reports W * its part of the batch mean, so the group's average is the mean.
             # Loss terms weigh like the loss; clip_fraction / approx_kl are per-token means, weighed by tokens.
             for k, v, w in (("loss", loss.item(), share), ("pg_loss", stats["pg_loss"], share),
@@ -248,13 +263,30 @@ class LearnerRank:
             # Untempered, as rl.sft fits them: the anchor is the warm start's own objective.
             logp = self._logprobs(self.engine, m, needed=mask > 0, tempered=False)
             nll = -(logp * mask).sum() / max(demo_totals.tokens, 1)  # this micro batch's part of the batch mean
+            lap("forward_s")
             self.engine.backward(nll * (s.demo_coef * W), scale_wrt_gas=False)
+            lap("backward_s")
             self.engine.step()
+            lap("optimizer_s")
             sums["demo_nll"] += nll.item() * W
             sums["loss"] += s.demo_coef * nll.item() * W
         grad_norm = self.engine.get_global_grad_norm()
         return {**sums, "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
-                "tokens": float(n_tokens), "lr": float(self.engine.get_lr()[0]), "seconds": time.perf_counter() - t0}
+                "tokens": float(n_tokens), "lr": float(self.engine.get_lr()[0]), "seconds": time.perf_counter() - t0,
+                **phases}
+
+    def _stopwatch(self, totals: dict):
+        """lap(phase): adds the time since the previous lap to totals[phase] (after the GPU's queued work ends)."""
+        last = [time.perf_counter()]
+
+        def lap(phase: str) -> None:
+            if self.use_gpu:
+                torch.cuda.synchronize()
+            now = time.perf_counter()
+            totals[phase] += now - last[0]
+            last[0] = now
+
+        return lap
 
     @torch.no_grad()
     def logprobs(self, batch: TrainBatch, reference: bool = False) -> list[list[float]]:
@@ -410,11 +442,12 @@ class LearnerRank:
 
     def stats(self) -> dict:
         return {"rank": self.rank, "rss_mb": _rss_mb(), "peak_rss_mb": _peak_rss_mb(),
-                "global_steps": self.engine.global_steps, "reference_model": self.ref is not None}
+                "threads": torch.get_num_threads(), "global_steps": self.engine.global_steps,
+                "reference_model": self.ref is not None}
 
 
 LearnerActor = ray.remote(LearnerRank)
-"""Ray actor class; LearnerGroup sets its resources (num_cpus=1 on CPU, num_gpus=1 on GPU)."""
+"""Ray actor class; LearnerGroup sets its resources (settings.num_cpus on CPU, num_gpus=1 on GPU)."""
 
 
 @ray.remote(num_cpus=0)
@@ -440,7 +473,8 @@ class LearnerGroup:
         if use_gpu is None:
             use_gpu = ray.cluster_resources().get("GPU", 0) > 0
         self.use_gpu = use_gpu
-        bundle = {"CPU": 1, "GPU": 1} if use_gpu else {"CPU": 1}
+        cpus = 1 if use_gpu else settings.num_cpus
+        bundle = {"CPU": cpus, "GPU": 1} if use_gpu else {"CPU": cpus}
         self._own_pg = placement_group is None
         self.pg = placement_group or _reserve(bundle, num_ranks, init_timeout_s)
         self.ranks = []
@@ -449,7 +483,7 @@ class LearnerGroup:
                 self.pg, placement_group_bundle_index=0)).remote(), timeout=init_timeout_s)
             for r in range(num_ranks):
                 self.ranks.append(self.actor_class.options(
-                    num_cpus=1, num_gpus=1 if use_gpu else 0,
+                    num_cpus=cpus, num_gpus=1 if use_gpu else 0,
                     scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=r),
                 ).remote(settings, r, num_ranks, addr, port, use_gpu))
             self.info = self._wait_ready(init_timeout_s)
@@ -491,6 +525,8 @@ class LearnerGroup:
         out = {k: sum(r[k] for r in results) / len(results) for k in results[0]}
         out["tokens"] = sum(r["tokens"] for r in results)
         out["seconds"] = max(r["seconds"] for r in results)
+        for k in PHASES:  # the slowest rank's, as for the step
+            out[k] = max(r[k] for r in results)
         return out
 
     def logprobs(self, batch: TrainBatch, reference: bool = False) -> list[list[float]]:

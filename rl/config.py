@@ -152,6 +152,9 @@ class LearnerConfig:
     """DeepSpeed ZeRO-3 policy learner."""
 
     num_ranks: int = 2  # learner processes (Ray actors); gloo on CPU, NCCL on GPU
+    # CPUs per rank without GPUs: its torch threads. On a laptop with more cores than ranks, give them the rest: the
+    # learner's forward and backward scale with threads (the rollout engines and the learner mostly take turns).
+    num_cpus: int = 1
     lr: float = 1e-5
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -358,7 +361,8 @@ RULES: dict[type, dict[str, Check]] = {
                     "min_p": lambda v: None if 0 <= v < 1 else "in [0, 1)",
                     "kv_cache_gib": positive, "gpu_memory_utilization": fraction, "engine": one_of(*ENGINES),
                     "timeout_s": optional(positive)},
-    LearnerConfig: {"num_ranks": positive, "lr": positive, "weight_decay": non_negative, "grad_clip": positive,
+    LearnerConfig: {"num_ranks": positive, "num_cpus": positive, "lr": positive, "weight_decay": non_negative,
+                    "grad_clip": positive,
                     "warmup_steps": non_negative, "micro_batch_size": positive, "timeout_s": optional(positive),
                     "max_restarts": non_negative},
     AlgorithmConfig: {"name": one_of(*ADVANTAGE_ESTIMATORS), "group_size": positive,

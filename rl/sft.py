@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg, args = parse_cli(argv, description=__doc__, add_arguments=flags)
     out = Path(args.out or Path(cfg.run_dir) / "sft_model")
-    init_ray(cfg, cfg.learner.num_ranks)
+    init_ray(cfg, cfg.learner.num_ranks * cfg.learner.num_cpus)
     try:
         teacher = None if args.teacher == "none" else args.teacher
         result = run_sft(cfg, args.epochs, args.batch_size, args.lr, out, args.limit, teacher, args.from_rollouts)

@@ -28,7 +28,7 @@ import ray
 import torch
 from tqdm import tqdm
 
-from actors.learner import LearnerFailed
+from actors.learner import PHASES, LearnerFailed
 from rl import algorithms
 from rl.actor_calls import ActorFailed, ActorSlot, call_with_replacement, wait
 from rl.config import AlgorithmConfig, Config, parse_cli
@@ -123,10 +123,12 @@ class Trainer:
         self.demo_cursor = ShuffledCursor(list(range(len(self.demos))), cfg.seed + 1)
         self.audit_monitor = AuditMonitor(cfg.reward.audit_min_agreement, cfg.reward.audit_patience)
 
-        # -- cluster: one logical CPU per learner rank and rollout engine. On a 2-core laptop this oversubscribes
-        # on purpose - the phases mostly take turns (rollout, then train) - rather than failing to schedule.
+        # -- cluster: learner.num_cpus per learner rank, rollout.num_cpus per engine. On a 2-core laptop this
+        # oversubscribes on purpose - the phases mostly take turns (rollout, then train) - rather than failing to
+        # schedule.
         on_gpu = torch.cuda.is_available()
-        init_ray(cfg, 0 if on_gpu else cfg.learner.num_ranks + cfg.rollout.num_workers * cfg.rollout.num_cpus,
+        init_ray(cfg, 0 if on_gpu else cfg.learner.num_ranks * cfg.learner.num_cpus
+                 + cfg.rollout.num_workers * cfg.rollout.num_cpus,
                  log_to_driver=True)
         use_gpu = cluster_has_gpus()
         check_gpus(cfg, ray.cluster_resources().get("GPU", 0))
@@ -250,8 +252,7 @@ class Trainer:
             batch.ref_logprobs = self.learner.logprobs(batch, reference=True)
         results = [self.learner.train_step(batch.select(part), self.demo_batch()) for part in parts]
         out = {k: sum(r[k] for r in results) / len(results) for k in results[0]}
-        out.update(tokens=sum(r["tokens"] for r in results), seconds=sum(r["seconds"] for r in results),
-                   updates=len(results))
+        out.update({k: sum(r[k] for r in results) for k in ("tokens", "seconds", *PHASES)}, updates=len(results))
         return out
 
     def demo_batch(self) -> TrainBatch | None:

@@ -10,7 +10,7 @@ import pytest
 import ray
 import torch
 
-from actors.learner import LearnerFailed, LearnerGroup, LearnerRank, LearnerSettings, shared_prefix_len
+from actors.learner import PHASES, LearnerFailed, LearnerGroup, LearnerRank, LearnerSettings, shared_prefix_len
 from rl.algorithms import policy_loss, token_logprobs
 from rl.contracts import TrainBatch
 from rl.runtime import init_ray
@@ -103,7 +103,7 @@ class TestZero3Group:
         g.shutdown()
 
     def test_logprobs_match_hf_before_training(self, group, model_path):
-        assert [(s["global_steps"], s["reference_model"]) for s in group.stats()] == [(0, False)] * 2
+        assert [(s["global_steps"], s["reference_model"], s["threads"]) for s in group.stats()] == [(0, False, 1)] * 2
         batch = make_batch(5, seed=0)
         ref = hf_logprobs(hf_model(model_path), batch)
         ours = group.logprobs(replace(batch, loss_mask=None))  # no loss mask: every position
@@ -124,7 +124,10 @@ class TestZero3Group:
         for _ in range(2):
             metrics = group.train_step(on_policy(group, batch))
             assert set(metrics) >= {"loss", "pg_loss", "kl", "clip_fraction", "approx_kl", "grad_norm",
-                                    "tokens", "seconds"}
+                                    "tokens", "seconds", *PHASES}
+            # where the step's time went (no reference model in this group: no time in its phase)
+            assert all(0 < metrics[k] <= metrics["seconds"] for k in PHASES if k != "reference_s")
+            assert metrics["reference_s"] < 0.01
             assert all(math.isfinite(v) for v in metrics.values())
             assert metrics["tokens"] == sum(map(sum, batch.loss_mask)) and metrics["grad_norm"] > 0
         after = gathered(group)
@@ -200,6 +203,17 @@ def test_kl_to_reference_starts_at_zero_and_grows(ray_cluster, model_path):
         k3 = sum(math.exp(-x) - 1 + x for x in log_ratio) / len(log_ratio)
         m = group.train_step(replace(on_policy(group, batch), ref_logprobs=ref))
         assert m["kl"] == pytest.approx(k3, rel=1e-4) and k3 > 1e-6
+    finally:
+        group.shutdown()
+
+
+def test_num_cpus_gives_a_rank_its_cpus_as_torch_threads(ray_cluster, model_path):
+    """learner.num_cpus: each rank reserves that many CPUs and runs as many torch threads (a laptop with more cores
+    than ranks trains on all of them; Ray alone would give each rank one thread)."""
+    group = LearnerGroup(LearnerSettings(model_path=str(model_path), num_cpus=2), num_ranks=1, timeout_s=TIMEOUT)
+    try:
+        assert [s["threads"] for s in group.stats()] == [2]
+        assert ray.available_resources().get("CPU", 0) == 0  # the cluster's 2 CPUs are the rank's bundle
     finally:
         group.shutdown()
 
