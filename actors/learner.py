@@ -35,8 +35,8 @@ if TYPE_CHECKING:
 
 _WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5")
 # Where a train step's time goes, per rank (train_step's metrics, learner/<phase> in metrics.jsonl): the policy
-# forward and the loss, the frozen reference's forward, backward, and DeepSpeed's step (the optimizer at the last
-# micro batch; ZeRO-3's gradient partitioning at every one).
+# forward and the loss, the frozen reference's forward, backward, and DeepSpeed's step (the optimizer runs at the
+# last micro batch).
 PHASES = ("forward_s", "reference_s", "backward_s", "optimizer_s")
 
 

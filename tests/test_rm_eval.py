@@ -101,8 +101,8 @@ GROUPS = (_group("G1", 5, [(5, "k"), (3, "k"), (1, "k")])       # tied at the to
 
 
 class TurnCounter:
-    """A score that learned the surface: fewer assistant turns is better (what "missing action" pairs cannot catch,
-    and most other perturbations reward)."""
+    """A score that learned the surface: fewer assistant turns is better (right whenever the rejected side adds a
+    turn: a premature transfer, an extra action)."""
 
     path = "turn-counter"
 
