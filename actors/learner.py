@@ -66,6 +66,7 @@ class LearnerSettings:
     warmup_steps: int = 0           # without lr_schedule_steps: linear warm-up over these steps, then constant (RL)
     temperature: float = 1.0        # the sampler's: logits / temperature, as vLLM's processed logprobs
     demo_coef: float = 0.0          # weight of the NLL per token of the demonstrations passed to train_step
+    tis_cap: float | None = None    # truncated importance weight's cap, for batches with behaviour_logprobs
     shared_prefix: bool = False     # a micro batch's common token prefix runs once (see _logits); exact either way
     num_cpus: int = 1               # CPUs (torch threads) per rank without GPUs
 
@@ -78,7 +79,7 @@ class LearnerSettings:
                    micro_batch_size=lc.micro_batch_size, gradient_checkpointing=lc.gradient_checkpointing,
                    offload=lc.offload, kl_coef=a.kl_coef, kl_kind=a.kl_kind, clip_eps=a.clip_eps,
                    clip_eps_high=a.clip_eps_high, aggregation=a.aggregation, seed=cfg.seed, demo_coef=a.demo_coef,
-                   num_cpus=lc.num_cpus,
+                   tis_cap=a.tis_cap, num_cpus=lc.num_cpus,
                    # HF turns the key/value cache off under gradient checkpointing, and sharing rides on the cache
                    shared_prefix=lc.shared_prefix and not lc.gradient_checkpointing,
                    # the PPO ratio compares the sampler's logprobs with ours: both of pi(.)^(1/T), renormalised
@@ -238,7 +239,8 @@ class LearnerRank:
             loss, stats = policy_loss(logp, m["old_logprobs"], m["advantages"], mask, clip_eps=s.clip_eps,
                                       clip_eps_high=s.clip_eps_high, aggregation=s.aggregation,
                                       max_len=totals.max_len, ref_logp=ref_logp, kl_coef=s.kl_coef,
-                                      kl_kind=s.kl_kind)
+                                      kl_kind=s.kl_kind, behaviour_logp=m.get("behaviour_logprobs"),
+                                      tis_cap=s.tis_cap)
             tokens = int(mask.sum())
             share = aggregation_units(mask, s.aggregation) / total_units
             lap("forward_s")
@@ -252,8 +254,10 @@ class LearnerRank:
             for k, v, w in (("loss", loss.item(), share), ("pg_loss", stats["pg_loss"], share),
                             ("kl", stats["kl"], share),
                             ("clip_fraction", stats["clip_fraction"], tokens / total_tokens),
-                            ("approx_kl", stats["approx_kl"], tokens / total_tokens)):
-                sums[k] += v * w * W
+                            ("approx_kl", stats["approx_kl"], tokens / total_tokens),
+                            ("is_weight", stats.get("is_weight"), tokens / total_tokens)):
+                if v is not None:
+                    sums[k] = sums.get(k, 0.0) + v * w * W
         if demo_micro:
             sums["demo_nll"] = 0.0
         for i, m in enumerate(demo_micro, start=len(micro)):
@@ -318,8 +322,9 @@ class LearnerRank:
             if train:
                 for k in ("loss_mask", "old_logprobs", "advantages"):
                     m[k] = pad_rows(getattr(part, k), 0, torch.float32)
-                if part.ref_logprobs is not None:
-                    m["ref_logprobs"] = pad_rows(part.ref_logprobs, 0, torch.float32)
+                for k in ("ref_logprobs", "behaviour_logprobs"):
+                    if getattr(part, k) is not None:
+                        m[k] = pad_rows(getattr(part, k), 0, torch.float32)
             elif part.loss_mask is not None:
                 m["loss_mask"] = pad_rows(part.loss_mask, 0, torch.float32)
             micro.append(m)
@@ -596,7 +601,8 @@ class LearnerGroup:
             return None if rows is None else list(rows) + [[0] * len(short)] * extra
 
         padded = TrainBatch(list(ids) + [short] * extra, fill(batch.loss_mask), fill(batch.old_logprobs),
-                            fill(batch.advantages), ref_logprobs=fill(batch.ref_logprobs))
+                            fill(batch.advantages), ref_logprobs=fill(batch.ref_logprobs),
+                            behaviour_logprobs=fill(batch.behaviour_logprobs))
         return [padded.rows(slice(r * per_rank, (r + 1) * per_rank)) for r in range(self.num_ranks)], n
 
 

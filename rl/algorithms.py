@@ -324,6 +324,8 @@ def policy_loss(
     ref_logp: Tensor | None = None,
     kl_coef: float = 0.0,
     kl_kind: str = "k3",
+    behaviour_logp: Tensor | None = None,
+    tis_cap: float | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """PPO-clip surrogate loss, optionally with a KL-to-reference term in the loss (GRPO).
 
@@ -335,6 +337,12 @@ def policy_loss(
     a larger upper bound lets low-probability tokens with A > 0 keep rising (against
     entropy collapse).  If ``kl_coef`` and ``ref_logp`` are given, ``kl_coef * KL_kind(pi||ref)``
     is added per token and aggregated the same way.
+
+    Truncated importance sampling (``tis_cap`` with ``behaviour_logp``): when ``old_logp`` is not the sampler's
+    own (the learner recomputed it, or the episodes came from older weights: one-step off-policy), each token's
+    surrogate is weighted by min(exp(old_logp - behaviour_logp), tis_cap), detached: the correction from the
+    policy that sampled the token to the one the PPO ratio is taken against, capped so that a rare token the
+    sampler under-weighted cannot dominate the batch.
 
     Returns (scalar loss, stats) with stats as floats:
       pg_loss        the clipped surrogate alone; kl: the aggregated KL term (0 without a reference)
@@ -355,6 +363,10 @@ def policy_loss(
     unclipped = ratio * adv
     clipped = ratio.clamp(1 - eps_low, 1 + eps_high) * adv
     per_token = -torch.minimum(unclipped, clipped)
+    is_weight = None
+    if tis_cap is not None and behaviour_logp is not None:
+        is_weight = torch.exp(torch.where(m, old_logp - behaviour_logp, 0)).clamp(max=tis_cap).detach()
+        per_token = per_token * is_weight
     pg_loss = aggregate(per_token, m, aggregation, max_len)
     loss = pg_loss
 
@@ -372,4 +384,7 @@ def policy_loss(
         stats["approx_kl"] = masked_mean(kl_penalty(old_logp, logp, "k3"), m).item()
         stats["ratio_mean"] = masked_mean(ratio, m).item()
         stats["ratio_max"] = torch.where(m, ratio, -torch.inf).max().item() if n_tokens else 0.0
+        if is_weight is not None:
+            stats["is_weight"] = masked_mean(is_weight, m).item()
+            stats["is_capped"] = masked_mean((is_weight >= tis_cap).float(), m).item()
     return loss, stats

@@ -189,6 +189,10 @@ class AlgorithmConfig:
     aggregation: str = "token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum_norm
     drop_zero_variance_groups: bool = False  # DAPO dynamic sampling: skip groups with equal rewards
     recompute_old_logprobs: bool = False  # use the learner's logprobs instead of the sampler's (bf16 on GPU)
+    # Truncated importance sampling, with recompute_old_logprobs: each token's loss is weighted by
+    # min(learner's old logprob / the sampler's, tis_cap), correcting for the sampler's numerics and, with
+    # train.async_steps, for episodes sampled by the previous weights. None = no weight.
+    tis_cap: Optional[float] = None
     # PPO's reuse of a rollout batch (CleanRL's update_epochs / num_minibatches): optimizer steps per RL step =
     # update_epochs * num_minibatches; the clip ratio is always taken against the sampler's logprobs.
     update_epochs: int = 1  # passes over the step's episodes
@@ -274,6 +278,10 @@ class TrainConfig:
     eval_every: int = 0  # steps between held-out evaluations (also before step 1 and after the last); 0 = only those
     eval_trials: int = 0  # sampled episodes per held-out task for tau2's pass^1..pass^k; 0 = greedy success only
     keep_checkpoints: int = 2  # newest kept on disk
+    # 1 = one-step off-policy: the next step's episodes are generated, by the weights of the step before, while
+    # the learner trains this one (weights sync when both are done; the PPO ratio is taken against the logprobs
+    # the episodes were sampled with). 0 = synchronous: every episode comes from the current weights.
+    async_steps: int = 0
     # Train on these training tasks only (rl.sft's demonstrations too): e.g. a few tasks, to see that RL can fit
     # them at all. An id that is not a training task of this config is an error. None = every training task.
     task_ids: Optional[list[str]] = None
@@ -369,7 +377,7 @@ RULES: dict[type, dict[str, Check]] = {
                       "clip_eps": positive, "clip_eps_high": optional(positive), "kl_coef": non_negative,
                       "kl_kind": one_of(*KL_KINDS), "aggregation": one_of(*AGGREGATIONS),
                       "update_epochs": positive, "num_minibatches": positive, "demo_coef": finite_non_negative,
-                      "demo_batch": positive, "demo_limit": optional(positive)},
+                      "demo_batch": positive, "demo_limit": optional(positive), "tis_cap": optional(positive)},
     # weights finite and >= 0: a NaN or negative one would break the gated mixing's guarantee
     RewardConfig: {"task_weight": finite_non_negative, "env_assertion_weight": finite_non_negative,
                    "action_weight": finite_non_negative, "malformed_call_penalty": finite_non_negative,
@@ -386,6 +394,7 @@ RULES: dict[type, dict[str, Check]] = {
     TrainConfig: {"steps": non_negative, "tasks_per_step": positive, "checkpoint_every": positive,
                   "eval_split": one_of(*SPLITS), "eval_tasks": non_negative, "eval_every": non_negative,
                   "eval_trials": non_negative,
+                  "async_steps": lambda v: None if v in (0, 1) else "0 (synchronous) or 1 (one step off-policy)",
                   "keep_checkpoints": positive, "max_failed_episodes": optional(non_negative),
                   "task_ids": optional(lambda v: None if len(v) else "a non-empty list of task ids")},
 }
@@ -442,6 +451,14 @@ def _top_p_needs_learner_logprobs(cfg: Config) -> None:
                            related=key)
 
 
+def _tis_needs_learner_logprobs(cfg: Config) -> None:
+    # The weight is learner's old logprob / the sampler's: without the recompute the two are the same numbers.
+    if cfg.algorithm.tis_cap is not None and not cfg.algorithm.recompute_old_logprobs:
+        raise _Invalid("algorithm.recompute_old_logprobs", False,
+                       f"true when algorithm.tis_cap = {cfg.algorithm.tis_cap:g} (the weight compares the learner's "
+                       f"old logprobs with the sampler's)", related="algorithm.tis_cap")
+
+
 def _rft_keeps_every_success(cfg: Config) -> None:
     # Dynamic sampling drops groups whose rewards tie: under rft that is every group the policy solves each time.
     if cfg.algorithm.name == "rft" and cfg.algorithm.drop_zero_variance_groups:
@@ -453,7 +470,7 @@ def _rft_keeps_every_success(cfg: Config) -> None:
 # Rules spanning several keys; each raises _Invalid.
 CROSS_RULES: list[Callable[[Config], None]] = [_llm_user_needs_model, _soft_components_need_sources,
                                                _mixing_is_well_posed, _top_p_needs_learner_logprobs,
-                                               _rft_keeps_every_success]
+                                               _tis_needs_learner_logprobs, _rft_keeps_every_success]
 
 
 def _check(obj: Any, prefix: str = "") -> None:

@@ -114,6 +114,9 @@ class TrainBatch:
     # the frozen reference policy's logprobs (KL term), computed once when a batch serves several PPO updates;
     # None: each update runs the reference forward itself
     ref_logprobs: list[list[float]] | None = None
+    # the sampler's logprobs when old_logprobs are the learner's own (algorithm.recompute_old_logprobs): the
+    # truncated importance weight's denominator (algorithm.tis_cap); None = no correction
+    behaviour_logprobs: list[list[float]] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -127,7 +130,7 @@ class TrainBatch:
             return None if rows is None else [rows[i] for i in indices]
 
         return TrainBatch(pick(self.input_ids), pick(self.loss_mask), pick(self.old_logprobs),
-                          pick(self.advantages), self.totals, pick(self.ref_logprobs))
+                          pick(self.advantages), self.totals, pick(self.ref_logprobs), pick(self.behaviour_logprobs))
 
 
 @dataclass

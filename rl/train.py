@@ -11,6 +11,8 @@ One step, top to bottom (each line is one call into an actor):
   4. train     LearnerGroup.train_step  DeepSpeed ZeRO-3 PPO-clip step on N ranks (+ the demonstrations' NLL term
                                         when algorithm.demo_coef > 0: rl.demonstrations)
   5. sync      LearnerGroup.state_dict_ref -> RolloutWorker.sync_weights (Ray object store)
+With train.async_steps = 1, step k+1's rollout (1) is launched before step k's train (4), with step k's rollout
+weights, and the engines sync (5) once both are done: the learner never waits for generation that could overlap.
 Held-out evaluation (train.eval_tasks > 0) runs before step 1, every train.eval_every steps and after the last step;
 its eval/... metrics (rl.evaluation) go into that step's metrics row (step 0 for "before").
 """
@@ -22,7 +24,7 @@ import sys
 import time
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import ray
 import torch
@@ -56,6 +58,17 @@ class StepTimer:
         finally:
             key = f"time/{phase}"
             self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t0
+
+
+@dataclass
+class PendingRollout:
+    """Episodes sent to the rollout workers and not collected yet (a step's, launched ahead with async_steps)."""
+
+    shards: list[list[EpisodeJob]]  # per worker
+    greedy: bool
+    sent: dict[int, ray.ObjectRef]  # worker index -> its rollout call
+    cursor: dict | None = None  # the task cursor before these tasks were taken: what a checkpoint saves
+    trajs: list[Trajectory] | None = None  # once collected
 
 
 def build_train_batch(trajs: list[Trajectory], scores: list[Score], algo: AlgorithmConfig) -> TrainBatch | None:
@@ -145,7 +158,8 @@ class Trainer:
         def replacement_rollout_worker(i: int):  # started, with the learner's current weights (this step's version)
             worker = rollout_worker(i)
             self._wait(worker.start.remote(), f"rollout worker r{i} (engine start)")
-            self._wait(worker.sync_weights.remote(self.learner.state_dict_ref(), self.step), f"rollout worker r{i}")
+            self._wait(worker.sync_weights.remote(self.learner.state_dict_ref(), self.learner_version),
+                       f"rollout worker r{i}")
             return worker
 
         self.rollout_slots = [ActorSlot(rollout_worker(i), build=lambda i=i: replacement_rollout_worker(i))
@@ -157,6 +171,8 @@ class Trainer:
         self.learner = self._build_learner()
         self._wait(engines_started, "the rollout workers (engine start)")
         self.step = 0
+        self.learner_version = 0  # optimizer steps in the learner's weights (the engines get it with each sync)
+        self.ahead: PendingRollout | None = None  # the next step's episodes, launched early (train.async_steps)
         if resume:
             self._resume()
 
@@ -166,7 +182,17 @@ class Trainer:
         a learner rank failed: the run went back to its last checkpoint (recover_learner) and self.step with it."""
         cfg, timer = self.cfg, StepTimer()
         with timer("rollout"):
-            trajs = self.rollout(self.cursor.take(cfg.train.tasks_per_step), cfg.algorithm.group_size)
+            if self.ahead is not None:
+                trajs, self.ahead = self.collect(self.ahead), None
+            else:
+                trajs = self.rollout(self.cursor.take(cfg.train.tasks_per_step), cfg.algorithm.group_size)
+        lag = check_staleness(trajs, self.learner_version, cfg.train.async_steps)
+        if cfg.train.async_steps and self.step + 1 < cfg.train.steps:
+            # One step off-policy: the next step's episodes are sampled by the weights these were (or newer ones)
+            # while the learner trains on these.
+            cursor = self.cursor.state()
+            self.ahead = self.launch(self.cursor.take(cfg.train.tasks_per_step), cfg.algorithm.group_size,
+                                     cursor=cursor)
         with timer("reward"):
             scores = self.score(trajs)
         audit = audit_step([t.group for t in trajs], [t.eval.success for t in trajs], [s.components for s in scores])
@@ -175,6 +201,11 @@ class Trainer:
         try:
             with timer("train"):
                 learner_metrics = self.train(batch) if batch else {}
+            if batch:
+                self.learner_version = self.step + 1
+            if self.ahead is not None:
+                with timer("rollout"):  # the engines finish the next step's episodes before they take new weights
+                    self.collect(self.ahead)
             with timer("sync"):
                 sync = self.sync_weights() if batch else {}
         except LearnerFailed as e:
@@ -186,6 +217,7 @@ class Trainer:
                    **_split_rollout_time(timer.seconds.pop("time/rollout"), trajs),
                    **timer.seconds, **{f"learner/{k}": v for k, v in learner_metrics.items()},
                    "train/sequences": len(batch) if batch else 0, "sync/bytes": sync.get("bytes", 0),
+                   "rollout/policy_lag": lag,
                    "rollout/restarts": self.rollout_restarts, "reward/restarts": self.reward_restarts,
                    "learner/restarts": self.learner_restarts}
         metrics["time/step"] = sum(v for k, v in metrics.items() if k.startswith("time/"))
@@ -206,16 +238,28 @@ class Trainer:
 
     def rollout(self, task_ids: list[str], group_size: int, greedy: bool = False) -> list[Trajectory]:
         """group_size episodes of each task, spread over the rollout workers; group g = task_ids[g]."""
+        return self.collect(self.launch(task_ids, group_size, greedy))
+
+    def launch(self, task_ids: list[str], group_size: int, greedy: bool = False,
+               cursor: dict | None = None) -> PendingRollout:
+        """Send the episodes to the rollout workers and return at once (collect() waits for them)."""
         jobs = [EpisodeJob(self._task(tid), g) for g, tid in enumerate(task_ids) for _ in range(group_size)]
         n = len(self.rollout_workers)
         shards = [jobs[i::n] for i in range(n)]
         sent = {i: w.rollout.remote(shards[i], greedy) for i, w in enumerate(self.rollout_workers) if shards[i]}
-        outs = []
-        for i, ref in sent.items():  # a worker that died or hung is replaced and its shard re-run; none counts twice
-            outs.append(call_with_replacement(lambda w, i=i: w.rollout.remote(shards[i], greedy), self.rollout_slots[i],
-                                              f"rollout worker r{i}", self.cfg.rollout.timeout_s, "rollout.timeout_s",
-                                              sent=ref))
-        return [t for out in outs for t in out]
+        return PendingRollout(shards, greedy, sent, cursor)
+
+    def collect(self, pending: PendingRollout) -> list[Trajectory]:
+        """The launched episodes (waited for once; kept on `pending` for a second call)."""
+        if pending.trajs is None:
+            outs = []
+            for i, ref in pending.sent.items():  # a worker that died or hung is replaced and its shard re-run
+                shard = pending.shards[i]
+                outs.append(call_with_replacement(lambda w, shard=shard: w.rollout.remote(shard, pending.greedy),
+                                                  self.rollout_slots[i], f"rollout worker r{i}",
+                                                  self.cfg.rollout.timeout_s, "rollout.timeout_s", sent=ref))
+            pending.trajs = [t for out in outs for t in out]
+        return pending.trajs
 
     def score(self, trajs: list[Trajectory]) -> list[Score]:
         """The reward actor's scores; a dead or hung one is replaced and the batch scored again."""
@@ -246,6 +290,8 @@ class Trainer:
         them (approx_kl and clip_fraction grow over the later ones: they measure the drift from the sampler)."""
         algo = self.cfg.algorithm
         if algo.recompute_old_logprobs:  # the learner's own numerics as the PPO ratio's denominator
+            if algo.tis_cap is not None:  # and the sampler's, for the truncated importance weight
+                batch.behaviour_logprobs = batch.old_logprobs
             batch.old_logprobs = self.learner.logprobs(batch)
         parts = minibatches(len(batch), algo.update_epochs, algo.num_minibatches, self.update_rng)
         if algo.kl_coef > 0 and algo.update_epochs > 1:  # the reference forward once, not once per update
@@ -272,7 +318,9 @@ class Trainer:
 
     # ----------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> None:
-        state = {"step": self.step, "cursor": self.cursor.state(), "demo_cursor": self.demo_cursor.state(),
+        # Episodes launched ahead are not in the checkpoint: a resumed run samples their tasks again.
+        cursor = self.ahead.cursor if self.ahead is not None else self.cursor.state()
+        state = {"step": self.step, "cursor": cursor, "demo_cursor": self.demo_cursor.state(),
                  "python_rng": random.getstate(),
                  "update_rng": self.update_rng.getstate(),
                  "torch_rng": torch.get_rng_state().tolist()}
@@ -300,7 +348,7 @@ class Trainer:
             if "update_rng" in state:  # checkpoints written before mini-batches existed have none
                 self.update_rng.setstate(_as_rng_state(state["update_rng"]))
             torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
-        self.step = state["step"]
+        self.step = self.learner_version = state["step"]
         self.cursor.restore(state["cursor"])
         if "demo_cursor" in state:  # checkpoints written before the demonstration term have none
             self.demo_cursor.restore(state["demo_cursor"])
@@ -330,6 +378,9 @@ class Trainer:
         print(f"{reason}; rebuilding the learner ({self.learner_restarts} of learner.max_restarts = {limit}) from "
               f"{found[1] if found else 'the start'} and repeating the steps since", file=sys.stderr)
         self.learner = self._build_learner()
+        if self.ahead is not None:  # sampled by weights the rewind drops; the engines finish them before the sync
+            self.collect(self.ahead)
+            self.ahead = None
         self.run.rewind()
         self._restore(found[1] if found else None)
 
@@ -417,6 +468,16 @@ def episode_metrics(trajs: list[Trajectory], scores: list[Score]) -> dict:
         values = [s.components[key] for s in scores if s.components.get(key) is not None]
         out[f"reward/{key}"] = sum(values) / len(values)
     return out
+
+
+def check_staleness(trajs: list[Trajectory], version: int, bound: int) -> int:
+    """train.async_steps' guarantee, checked on every batch before it trains: no episode was sampled by weights
+    more than `bound` optimizer steps older than the learner's (`version`). Returns the largest lag."""
+    lag = max((version - t.policy_version for t in trajs), default=0)
+    if lag > bound:
+        raise RuntimeError(f"episodes sampled by policy version {version - lag} while the learner is at {version}: "
+                           f"more than train.async_steps = {bound} behind (a bug in the training loop)")
+    return lag
 
 
 class EpisodeFailures(RuntimeError):

@@ -244,6 +244,26 @@ def test_policy_loss_ratio_one_is_minus_mean_advantage():
     assert loss_seq.item() == pytest.approx(-(1 + 1 - 2 - 2 - 2) / 5)
 
 
+def test_truncated_importance_weight_scales_each_token_and_is_capped():
+    # old = the learner's recomputed logprobs, behaviour = the sampler's: weight min(exp(old - behaviour), cap)
+    old = t([[-1.0, -2.0, -0.5]])
+    behaviour = t([[-1.0, -3.0, -9.0]])  # weights 1, e (= 2.718), e^8.5 (capped at 2); the third is off the mask
+    logp = (old + t([[0.1, -0.1, 0.0]])).requires_grad_()
+    adv, mask = t([[1.0, 1.0, 1.0]]), t([[1, 1, 0]])
+    loss, stats = policy_loss(logp, old, adv, mask, behaviour_logp=behaviour, tis_cap=2.0)
+    ratio = torch.exp(t([0.1, -0.1]))
+    clipped = torch.minimum(ratio, ratio.clamp(0.8, 1.2))  # A > 0: min(r A, clip(r) A) = min(r, clip(r))
+    assert loss.item() == pytest.approx(-(1.0 * clipped[0] + 2.0 * clipped[1]).item() / 2)
+    assert stats["is_weight"] == pytest.approx(1.5) and stats["is_capped"] == pytest.approx(0.5)
+    loss.backward()
+    assert logp.grad[0, 1].item() == pytest.approx(-2.0 * ratio[1].item() / 2)  # the weight scales the gradient
+    # equal logprobs (or no cap): the plain PPO loss
+    plain, _ = policy_loss(logp, old, adv, mask)
+    same, _ = policy_loss(logp, old, adv, mask, behaviour_logp=old, tis_cap=2.0)
+    assert same.item() == pytest.approx(plain.item())
+    assert policy_loss(logp, old, adv, mask, behaviour_logp=behaviour)[0].item() == pytest.approx(plain.item())
+
+
 def test_aggregation_units_are_what_aggregate_averages_over():
     mask = t([[1, 1, 0], [0, 0, 0], [1, 0, 0]])
     assert aggregation_units(mask, "token_mean") == 3

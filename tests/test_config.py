@@ -193,6 +193,8 @@ def test_bad_choice_names_key_and_allowed_values(tmp_path):
         ("algorithm.demo_coef=-1", "algorithm.demo_coef", "finite value >= 0"),
         ("algorithm.demo_batch=0", "algorithm.demo_batch", "> 0"),
         ("algorithm.demo_limit=0", "algorithm.demo_limit", "> 0"),
+        ("algorithm.tis_cap=2", "algorithm.recompute_old_logprobs", "algorithm.tis_cap = 2"),
+        ("train.async_steps=2", "train.async_steps", "0 (synchronous) or 1"),
     ],
 )
 def test_bad_values_rejected(override, key, fragment):

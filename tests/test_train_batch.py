@@ -7,7 +7,7 @@ from envs.tau2_telecom.session import EvalResult
 from rl.config import AlgorithmConfig
 from rl.contracts import Score, Trajectory
 from rl.cursor import ShuffledCursor
-from rl.train import EpisodeFailures, build_train_batch, check_failures, episode_metrics, minibatches
+from rl.train import EpisodeFailures, build_train_batch, check_failures, check_staleness, episode_metrics, minibatches
 
 
 def _traj(group: int, generated: int, prompt: int = 3, failure: str | None = None,
@@ -114,3 +114,15 @@ def test_failed_episodes_are_counted_and_too_many_stop_the_run():
     with pytest.raises(EpisodeFailures, match="2 of 2"):
         check_failures(trajs[2:], step=1, limit=None)
     check_failures([_traj(0, 2)], step=1, limit=0)  # no failure, nothing to stop for
+
+
+def test_staleness_bound_of_async_steps():
+    trajs = [_traj(0, 2), _traj(0, 2), _traj(1, 2)]
+    for t, version in zip(trajs, (4, 3, 4)):
+        t.policy_version = version
+    assert check_staleness(trajs, 4, bound=1) == 1  # one step off-policy: version 3 may train the learner at 4
+    assert check_staleness(trajs[:1], 4, bound=0) == 0
+    with pytest.raises(RuntimeError, match="policy version 3 while the learner is at 4: more than train.async_steps"):
+        check_staleness(trajs, 4, bound=0)
+    with pytest.raises(RuntimeError, match="version 3 while the learner is at 5"):
+        check_staleness(trajs, 5, bound=1)

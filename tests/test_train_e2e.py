@@ -28,6 +28,9 @@ UPDATES = ["algorithm.update_epochs=2", "algorithm.num_minibatches=2"]
 DEMOS = ["algorithm.demo_coef=0.5", "algorithm.demo_batch=2"]
 # Held-out evaluation on 2 test-split tasks at step 0, after step 2 (eval_every) and after the last step.
 EVAL = ["train.eval_split=test", "train.eval_tasks=2", "train.eval_every=2", "train.eval_trials=2"]
+# One step off-policy (the resumed run): the next step's episodes are sampled while the learner trains, with the
+# learner's recomputed logprobs in the PPO ratio and the truncated importance weight to the sampler's.
+ASYNC = ["train.async_steps=1", "algorithm.recompute_old_logprobs=true", "algorithm.tis_cap=2"]
 
 
 def _cfg(run_dir, *overrides):
@@ -49,6 +52,14 @@ def sft_model(tmp_path_factory):
     assert result["conversations"] == 20  # every small-split task, solved by the oracle and confirmed by tau2
     assert result["nll_last"] < 0.25 * result["nll_first"], result
     return out
+
+
+def _assert_engine_scores_like_learner(trainer, probe: list[int]) -> None:
+    """Weight sync: vLLM scores a fixed sequence like the learner does."""
+    ours = trainer.learner.logprobs(TrainBatch(input_ids=[probe], loss_mask=[[1] * len(probe)]))[0]
+    theirs = ray.get(trainer.rollout_workers[0].sequence_logprobs.remote(probe))
+    diff = max(abs(a - b) for a, b in zip(ours[1:], theirs[1:]))
+    assert diff < 1e-3, f"vLLM and learner disagree by {diff} nats after sync"
 
 
 def test_two_grpo_steps_then_resume(tmp_path, sft_model):
@@ -73,11 +84,7 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
         after = ray.get(trainer.learner.state_dict_ref())
         changed = [k for k in before if not torch.equal(before[k], after[k])]
         assert len(changed) > len(before) // 2, "most weight tensors should move after two steps"
-        # Weight sync: vLLM now scores a fixed sequence like the learner does.
-        ours = trainer.learner.logprobs(TrainBatch(input_ids=[probe], loss_mask=[[1] * len(probe)]))[0]
-        theirs = ray.get(trainer.rollout_workers[0].sequence_logprobs.remote(probe))
-        diff = max(abs(a - b) for a, b in zip(ours[1:], theirs[1:]))
-        assert diff < 1e-3, f"vLLM and learner disagree by {diff} nats after sync"
+        _assert_engine_scores_like_learner(trainer, probe)
         demos_used = trainer.demo_cursor.state()
         drawn = demos_used["epoch"] * len(trainer.demos) + demos_used["index"]
         assert drawn == 2 * sum(m["learner/updates"] for m in trained)  # demo_batch per optimizer step
@@ -105,7 +112,7 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
     assert len(episodes) == 2 * 4 * 4  # steps x tasks_per_step x group_size
     first_cursor = json.loads(episodes[0])["task_id"]
 
-    resumed = Trainer(_cfg(run_dir, "train.steps=4", f"model.name={sft_model}", *REWARD, *EVAL, *DEMOS),
+    resumed = Trainer(_cfg(run_dir, "train.steps=5", f"model.name={sft_model}", *REWARD, *EVAL, *DEMOS, *ASYNC),
                       resume=True)
     try:
         assert resumed.step == 2 and resumed.cursor.state() != {"epoch": 0, "index": 0}
@@ -113,14 +120,26 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
         resumed.evaluate_start()  # step 0's evaluation is not re-run on resumed weights
         ray.kill(resumed.rollout_workers[0], no_restart=True)  # a dead worker: its episodes run on a new one
         ray.kill(resumed.reward, no_restart=True)  # a dead reward actor: a new one scores the batch
+        m3 = resumed.train_step()
+        assert resumed.rollout_restarts == 1 and m3["rollout/restarts"] == 1 and m3["reward/restarts"] == 1
+        assert m3["episodes"] == 16 and "reward/tau2" in m3 and m3["rollout/policy_lag"] == 0
+        # Step 4 trains on episodes sampled during step 3 (launched before its update): one version behind.
+        assert resumed.ahead is not None and resumed.ahead.trajs is not None
         m = resumed.train_step()
-        assert resumed.rollout_restarts == 1 and m["rollout/restarts"] == 1 and m["reward/restarts"] == 1
-        assert m["episodes"] == 16 and "reward/tau2" in m
-        # A dead learner rank: the group is rebuilt from step 3's checkpoint and step 4 runs again, logged once.
+        assert m["rollout/policy_lag"] == (1 if m3["train/sequences"] else 0)
+        if m["train/sequences"]:
+            assert 0 < m["learner/is_weight"] <= 2
+        # A fresh episode after the sync: the logprobs vLLM sampled it with are the learner's.
+        fresh = resumed.rollout(sorted(resumed.tasks)[:1], 1)[0]
+        ours = resumed.learner.logprobs(TrainBatch(input_ids=[fresh.token_ids], loss_mask=[fresh.loss_mask]))[0]
+        diff = max(abs(a - b) for a, b, k in zip(ours, fresh.logprobs, fresh.loss_mask) if k)
+        assert fresh.policy_version == resumed.learner_version and diff < 1e-3, diff
+        _assert_engine_scores_like_learner(resumed, fresh.token_ids[:200])
+        # A dead learner rank: the group is rebuilt from step 4's checkpoint and step 5 runs again, logged once.
         ray.kill(resumed.learner.ranks[1], no_restart=True)
-        assert resumed.train_step() is None and resumed.step == 3 and resumed.learner_restarts == 1
+        assert resumed.train_step() is None and resumed.step == 4 and resumed.learner_restarts == 1
         m = resumed.train_step()
-        assert m is not None and resumed.step == 4 and "eval/success" in m
+        assert m is not None and resumed.step == 5 and "eval/success" in m
         assert resumed.heldout_before() == json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])[
             "eval/success"]
         resumed.export_model()  # what rl.train does when a run ends
@@ -129,9 +148,9 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
         ray.shutdown()
         cleanup_vllm_shm()
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4] and "eval/success" in rows[4]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4, 5] and "eval/success" in rows[5]
     rows = rows[1:]
-    assert (run_dir / "checkpoints" / "latest").read_text() == "4"
+    assert (run_dir / "checkpoints" / "latest").read_text() == "5"
     assert json.loads((run_dir / "trajectories.jsonl").read_text().splitlines()[0])["task_id"] == first_cursor
     # Every episode records the weights it was sampled with: the syncs its engine had received when it started.
     versions, per_step = {}, {}
@@ -139,11 +158,12 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
         row = json.loads(line)
         versions.setdefault(row["step"], set()).add(row["policy_version"])
         per_step[row["step"]] = per_step.get(row["step"], 0) + 1
-    assert per_step == {1: 16, 2: 16, 3: 16, 4: 16}  # re-run episodes (dead worker, dead rank) are counted once
+    assert per_step == {1: 16, 2: 16, 3: 16, 4: 16, 5: 16}  # re-run episodes (dead worker, dead rank) count once
     assert versions[1] == {0}
     assert versions[2] == ({1} if rows[0]["train/sequences"] else {0})  # step 1 synced only if it trained
     assert versions[3] == {2}  # --resume syncs the checkpoint's weights as version 2 (so does the worker's restart)
-    assert versions[4] == {3}  # the rebuilt learner's (step 3's checkpoint), synced before step 4 ran again
+    assert versions[4] == {2}  # async: sampled during step 3, by the weights step 3's episodes came from
+    assert versions[5] == {4}  # the rebuilt learner's (step 4's checkpoint), synced before step 5 ran again
 
     # The exported policy, evaluated the way tau2 does by `rl.evaluate --model RUN_DIR` (its weights and config)
     from rl.evaluate import main as evaluate
