@@ -61,6 +61,7 @@ bench: install
 	$(PY) -m bench.bench_pipeline
 	$(PY) -m bench.bench_learner
 	$(PY) -m bench.bench_async
+	$(PY) -m bench.bench_sync
 
 # Held-out success at the SFT start and after RL over 3 seeds (mean ± std), beside the expert and an SFT-on-all-expert-
 # data ceiling: runs/bench_learning/results.md. Hours on 2 cores; re-running finishes what is missing.

@@ -420,6 +420,20 @@ class LearnerRank:
                     sd[_hf_name(f"{prefix}.{n}" if prefix else n)] = b.detach().to("cpu", copy=True)
         return sd
 
+    def join_weight_group(self, group) -> None:
+        """Rank 0 joins the engines' weight group as its rank 0 (sync.transport = collective; weight_transport)."""
+        from actors.weight_transport import open_group
+
+        self._weight_pg = open_group(group, 0)
+
+    def broadcast_weights(self, bucket_bytes: int) -> int:
+        """Collective over the ranks (the ZeRO-3 gather): rank 0 then broadcasts the full weights to the engines'
+        workers over the weight group. Returns the bytes sent (0 on the other ranks)."""
+        from actors.weight_transport import send
+
+        sd = self.gather_state_dict()
+        return 0 if sd is None else send(self._weight_pg, sd, bucket_bytes)
+
     def save_checkpoint(self, path: str, client_state: dict) -> None:
         """Model + optimizer shards of every rank (path must be on a filesystem all ranks share) + client_state."""
         self.engine.save_checkpoint(path, client_state=dict(client_state or {}))
@@ -548,6 +562,24 @@ class LearnerGroup:
         if not ray.wait(refs[:1], timeout=self.timeout_s, fetch_local=False)[0]:
             raise LearnerFailed(f"learner rank 0 did not finish gather_state_dict within {self.timeout_s}s")
         return refs[0]
+
+    def weight_group_address(self) -> tuple[str, int]:
+        """A free port on rank 0's node, for the weight group's store (rank 0 listens there)."""
+        return ray.get(_rendezvous_address.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
+            self.pg, placement_group_bundle_index=0)).remote(), timeout=self.timeout_s)
+
+    def wait(self, refs: list, what: str) -> list:
+        """The results of calls made on the ranks directly (broadcast_weights), with this group's timeout and
+        failure handling (LearnerFailed naming the first rank that failed)."""
+        return self._collect(refs, self.timeout_s, what)
+
+    def join_weight_group(self, group) -> ray.ObjectRef:
+        """Rank 0's join; it returns once every member of the group has joined (wait on it with theirs)."""
+        return self.ranks[0].join_weight_group.remote(group)
+
+    def broadcast_weights(self, bucket_bytes: int) -> list[ray.ObjectRef]:
+        """Every rank's part of one broadcast (the engines must receive concurrently: wait on these with theirs)."""
+        return [a.broadcast_weights.remote(bucket_bytes) for a in self.ranks]
 
     def save_checkpoint(self, path: str, client_state: dict | None = None) -> None:
         self._call("save_checkpoint", [(str(path), client_state or {})] * self.num_ranks, spread=True)

@@ -242,6 +242,19 @@ class RolloutWorkerImpl:
         self.policy_version = self.policy_version + 1 if version is None else version
         return {"tensors": counts[0], "bytes": len(data), "seconds": time.perf_counter() - t0}
 
+    async def join_weight_group(self, group, first_rank: int) -> int:
+        """The engine's workers join the learner's weight group (sync.transport = collective) as ranks
+        first_rank, first_rank + 1, ...; returns how many joined. Blocks until every member has joined."""
+        return len(await self.engine.collective_rpc("join_weight_group", args=(group, first_rank)))
+
+    async def receive_weights(self, version: int | None = None) -> dict:
+        """The weights learner rank 0 broadcasts over the group, reloaded in place (as sync_weights does)."""
+        t0 = time.perf_counter()
+        counts = await self.engine.collective_rpc("load_weights_from_group")
+        await self.engine.reset_prefix_cache()
+        self.policy_version = self.policy_version + 1 if version is None else version
+        return {"tensors": counts[0], "seconds": time.perf_counter() - t0}
+
     async def shutdown(self) -> None:
         if self.engine is not None:
             self.engine.shutdown()

@@ -3,8 +3,8 @@
 The learner's rank 0 gathers the full state dict (ZeRO-3) and puts it in the object store; each rollout
 worker serialises it to safetensors bytes and hands the bytes to its engine's workers over vLLM's
 collective RPC (vLLM's msgpack RPC turns raw tensors into lists, bytes pass intact), where this extension
-reloads them in place. An NCCL broadcast path for GPU clusters can replace the transport later; the
-worker-side `reload` stays the same.
+reloads them in place. sync.transport = collective sends the same tensors over a process group instead
+(actors/weight_transport.py: gloo on CPU, NCCL on GPU); the reload is the same.
 """
 from __future__ import annotations
 
@@ -50,7 +50,21 @@ class WeightSyncExtension:
     """Mixed into vLLM's worker class (`worker_extension_cls="actors.weight_sync.WeightSyncExtension"`)."""
 
     def load_weights_from_bytes(self, data: bytes) -> int:
-        weights = load_safetensors(data)
+        return self._reload(load_safetensors(data))
+
+    def join_weight_group(self, group, first_rank: int) -> None:
+        """Join the learner's weight group as rank first_rank + this worker's rank (sync.transport = collective)."""
+        from actors.weight_transport import open_group
+
+        self._weight_pg = open_group(group, first_rank + self.rank)
+
+    def load_weights_from_group(self) -> int:
+        """Receive one broadcast from learner rank 0 over the group joined above, and reload it."""
+        from actors.weight_transport import receive
+
+        return self._reload(receive(self._weight_pg))
+
+    def _reload(self, weights: dict[str, torch.Tensor]) -> int:
         # reload_weights, not model.load_weights: on CPU vLLM repacks linear weights into oneDNN handles and
         # leaves `layer.weight` empty, so the plain loader fails ('Parameter' has no 'weight_loader').
         model = self.model_runner.get_model()

@@ -58,7 +58,10 @@ def main(argv=None) -> dict:
 
     tmp = tempfile.mkdtemp(prefix="bench_async_")
     # The held-out evaluation is not part of a step; checkpoints are written, as in a run.
-    cfg = load_config(args.config, [*args.overrides, f"run_dir={tmp}/run", "train.eval_tasks=0",
+    # A random model's episodes of one task tie on reward and the driver skips a step with no signal; partial credit
+    # and a small KL term keep every step a real train + sync step (bench_pipeline does the same).
+    signal = ["reward.env_assertion_weight=0.5", "reward.action_weight=0.5", "algorithm.kl_coef=0.01"]
+    cfg = load_config(args.config, [*signal, *args.overrides, f"run_dir={tmp}/run", "train.eval_tasks=0",
                                     f"train.steps={2 * args.steps * args.rounds + 1}"])
     report = {"config": args.config, "overrides": args.overrides, "steps_per_block": args.steps,
               "rounds": args.rounds, "cpus": os.cpu_count(), "load_avg_start": os.getloadavg()}

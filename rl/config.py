@@ -38,6 +38,7 @@ from rl.choices import (
     PROMPTS,
     RM_NORMALIZATIONS,
     SPLITS,
+    TRANSPORTS,
     USERS,
 )
 
@@ -54,6 +55,7 @@ __all__ = [
     "RewardConfig",
     "RewardModelConfig",
     "RolloutConfig",
+    "SyncConfig",
     "TrainConfig",
     "config_to_yaml",
     "redacted_yaml",
@@ -145,6 +147,17 @@ class RolloutConfig:
     # The driver's wait on a rollout worker (a step's episodes, an engine start, a weight sync): a worker that dies
     # or does not answer in time is replaced and its episodes re-run once; a second failure stops the run.
     timeout_s: Optional[float] = 3600.0
+
+
+@dataclass
+class SyncConfig:
+    """Weight sync after each step: learner rank 0's gathered weights -> every rollout engine."""
+
+    # object_store: through Ray's object store, serialised once per engine (any cluster). collective: broadcast over
+    # a process group of learner rank 0 and the engines' workers (gloo on CPU, NCCL on GPU), bucket by bucket, as
+    # OpenRLHF and veRL do; a worker replaced after a failure, a rebuilt learner or a resume join a new group.
+    transport: str = "object_store"
+    bucket_mb: float = 64.0  # collective: tensors per broadcast, in MiB
 
 
 @dataclass
@@ -301,6 +314,7 @@ class Config:
     ray: RayConfig = field(default_factory=RayConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -369,6 +383,7 @@ RULES: dict[type, dict[str, Check]] = {
                     "min_p": lambda v: None if 0 <= v < 1 else "in [0, 1)",
                     "kv_cache_gib": positive, "gpu_memory_utilization": fraction, "engine": one_of(*ENGINES),
                     "timeout_s": optional(positive)},
+    SyncConfig: {"transport": one_of(*TRANSPORTS), "bucket_mb": positive},
     LearnerConfig: {"num_ranks": positive, "num_cpus": positive, "lr": positive, "weight_decay": non_negative,
                     "grad_clip": positive,
                     "warmup_steps": non_negative, "micro_batch_size": positive, "timeout_s": optional(positive),

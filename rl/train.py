@@ -10,7 +10,8 @@ One step, top to bottom (each line is one call into an actor):
   3. advantage build_train_batch        GRPO / RLOO / REINFORCE++ / RFT (rl.algorithms) on the driver, pure torch
   4. train     LearnerGroup.train_step  DeepSpeed ZeRO-3 PPO-clip step on N ranks (+ the demonstrations' NLL term
                                         when algorithm.demo_coef > 0: rl.demonstrations)
-  5. sync      LearnerGroup.state_dict_ref -> RolloutWorker.sync_weights (Ray object store)
+  5. sync      LearnerGroup.state_dict_ref -> RolloutWorker.sync_weights (Ray object store), or with
+               sync.transport = collective LearnerGroup.broadcast_weights -> RolloutWorker.receive_weights
 With train.async_steps = 1, step k+1's rollout (1) is launched before step k's train (4), with step k's rollout
 weights, and the engines sync (5) once both are done: the learner never waits for generation that could overlap.
 Held-out evaluation (train.eval_tasks > 0) runs before step 1, every train.eval_every steps and after the last step;
@@ -173,6 +174,7 @@ class Trainer:
         self.step = 0
         self.learner_version = 0  # optimizer steps in the learner's weights (the engines get it with each sync)
         self.ahead: PendingRollout | None = None  # the next step's episodes, launched early (train.async_steps)
+        self.weight_group = None  # (members, WeightGroup) once sync.transport = collective has formed it
         if resume:
             self._resume()
 
@@ -309,9 +311,32 @@ class Trainer:
         return TrainBatch(input_ids=[ids for ids, _ in rows], loss_mask=[mask for _, mask in rows])
 
     def sync_weights(self) -> dict:
+        if self.cfg.sync.transport == "collective":
+            return self._broadcast_weights()
         ref = self.learner.state_dict_ref()
         return self._wait([w.sync_weights.remote(ref, self.step + 1) for w in self.rollout_workers],
                           "the rollout workers (weight sync)")[0]
+
+    def _broadcast_weights(self) -> dict:
+        """sync.transport = collective: learner rank 0 broadcasts to every engine worker over their own group,
+        formed on first use and again whenever a member was replaced (a rollout worker, the learner)."""
+        from actors.weight_transport import WeightGroup
+
+        members = (id(self.learner), tuple(id(w) for w in self.rollout_workers))
+        if self.weight_group is None or self.weight_group[0] != members:
+            host, port = self.learner.weight_group_address()
+            group = WeightGroup(host, port, 1 + len(self.rollout_workers), "nccl" if self.use_gpu else "gloo",
+                                self.cfg.rollout.timeout_s or 3600.0)
+            # One vLLM worker per engine (rollout engines run without tensor parallelism): rank 1 + worker index.
+            joins = [w.join_weight_group.remote(group, 1 + i) for i, w in enumerate(self.rollout_workers)]
+            self.learner.wait([self.learner.join_weight_group(group)], "failed to join the weight group")
+            self._wait(joins, "the rollout workers (joining the weight group)")
+            self.weight_group = (members, group)
+        received = [w.receive_weights.remote(self.step + 1) for w in self.rollout_workers]
+        sent = self.learner.wait(self.learner.broadcast_weights(int(self.cfg.sync.bucket_mb * (1 << 20))),
+                                 "failed in broadcast_weights")
+        out = self._wait(received, "the rollout workers (weight sync)")[0]
+        return {**out, "bytes": sent[0]}
 
     def _task(self, tid: str) -> dict:
         return self.tasks[tid] if tid in self.tasks else self.eval_tasks[tid]

@@ -195,6 +195,8 @@ def test_bad_choice_names_key_and_allowed_values(tmp_path):
         ("algorithm.demo_limit=0", "algorithm.demo_limit", "> 0"),
         ("algorithm.tis_cap=2", "algorithm.recompute_old_logprobs", "algorithm.tis_cap = 2"),
         ("train.async_steps=2", "train.async_steps", "0 (synchronous) or 1"),
+        ("sync.transport=nccl", "sync.transport", "object_store, collective"),
+        ("sync.bucket_mb=0", "sync.bucket_mb", "> 0"),
     ],
 )
 def test_bad_values_rejected(override, key, fragment):

