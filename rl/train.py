@@ -322,7 +322,7 @@ class Trainer:
         formed on first use and again whenever a member was replaced (a rollout worker, the learner)."""
         from actors.weight_transport import WeightGroup
 
-        members = (id(self.learner), tuple(id(w) for w in self.rollout_workers))
+        members = (self.learner_restarts, tuple(slot.restarts for slot in self.rollout_slots))  # who is in it
         if self.weight_group is None or self.weight_group[0] != members:
             host, port = self.learner.weight_group_address()
             group = WeightGroup(host, port, 1 + len(self.rollout_workers), "nccl" if self.use_gpu else "gloo",

@@ -201,7 +201,7 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
     last_eval = {}
     for line in (run_dir / "eval_trajectories.jsonl").read_text().splitlines():
         row = json.loads(line)
-        if row["step"] == 4 and row["task_id"] not in last_eval:  # the greedy episode comes first
+        if row["step"] == 5 and row["task_id"] not in last_eval:  # the greedy episode comes first
             last_eval[row["task_id"]] = row
     tasks_file = tmp_path / "heldout.json"
     tasks_file.write_text(json.dumps([t.model_dump(mode="json") for t in t2_tasks("test") if t.id in last_eval]))
