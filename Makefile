@@ -63,10 +63,11 @@ bench: install
 	$(PY) -m bench.bench_async
 	$(PY) -m bench.bench_sync
 
-# Held-out success at the SFT start and after RL over 3 seeds (mean ± std), beside the expert and an SFT-on-all-expert-
-# data ceiling: runs/bench_learning/results.md. Hours on 2 cores; re-running finishes what is missing.
+# Held-out success at the SFT start and after 3 rounds of rejection sampling over 3 seeds (mean ± std), beside the
+# expert and an SFT-on-all-expert-data ceiling: runs/bench_learning/results.md. GRPO after the rounds: set
+# train.steps. Hours on 2 cores; re-running finishes what is missing.
 bench-learning: install
-	$(PY) -m bench.bench_learning --config $(DEMO_CONFIG) --seeds 0 1 2
+	$(PY) -m bench.bench_learning --config $(DEMO_CONFIG) --seeds 0 1 2 --rft-rounds 3 train.steps=0
 
 replay: install
 	$(PY) -m envs.tau2_telecom.replay --split full

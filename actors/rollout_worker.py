@@ -237,10 +237,7 @@ class RolloutWorkerImpl:
 
         t0 = time.perf_counter()
         data = state_dict_to_bytes(state_dict)
-        counts = await self.engine.collective_rpc("load_weights_from_bytes", args=(data,))
-        await self.engine.reset_prefix_cache()  # cached KV was computed with the old weights
-        self.policy_version = self.policy_version + 1 if version is None else version
-        return {"tensors": counts[0], "bytes": len(data), "seconds": time.perf_counter() - t0}
+        return {**await self._reload("load_weights_from_bytes", (data,), version, t0), "bytes": len(data)}
 
     async def join_weight_group(self, group, first_rank: int) -> int:
         """The engine's workers join the learner's weight group (sync.transport = collective) as ranks
@@ -249,8 +246,12 @@ class RolloutWorkerImpl:
 
     async def receive_weights(self, version: int | None = None) -> dict:
         """The weights learner rank 0 broadcasts over the group, reloaded in place (as sync_weights does)."""
-        t0 = time.perf_counter()
-        counts = await self.engine.collective_rpc("load_weights_from_group")
+        return await self._reload("load_weights_from_group", (), version, time.perf_counter())
+
+    async def _reload(self, method: str, args: tuple, version: int | None, t0: float) -> dict:
+        """Every engine worker runs `method` (WeightSyncExtension) to load new weights in place; then the prefix
+        cache is dropped (its KV was computed with the old weights) and the policy version moves on."""
+        counts = await self.engine.collective_rpc(method, args=args)
         await self.engine.reset_prefix_cache()
         self.policy_version = self.policy_version + 1 if version is None else version
         return {"tensors": counts[0], "seconds": time.perf_counter() - t0}

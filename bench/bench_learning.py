@@ -1,15 +1,22 @@
 """Learning benchmark: does RL make the agent better on tasks it never saw? Over seeds, mean ± std.
 
     python -m bench.bench_learning [--config configs/learn_tiny.yaml] [--seeds 0 1 2] [--out runs/bench_learning]
-                                   [--sft-limit 100] [--sft-epochs 20] [--sft-lr 3e-3] [--no-ceiling] [key=value ...]
+                                   [--sft-limit 100] [--sft-epochs 20] [--sft-lr 3e-3] [--no-ceiling]
+                                   [--rft-rounds 0] [--rft-trials 8] [--rft-per-task 2] [key=value ...]
 
-Per seed: SFT on `--sft-limit` expert conversations of the training tasks (rl.sft, the seed draws which), then RL
-from there (rl.train, configured by --config and the overrides), held-out success before (the SFT start) and after.
+Per seed: SFT on `--sft-limit` expert conversations of the training tasks (rl.sft, the seed draws which), then
+`--rft-rounds` rounds of rejection-sampling fine-tuning (each samples every training task `--rft-trials` times at
+`--rft-temperature` with rl.evaluate and fine-tunes the newest policy on the warm start's demonstrations plus every
+round's successes so far, at most `--rft-per-task` distinct ones per task: tau2's verdict is the only judge), then RL
+(rl.train, configured by --config and the overrides; train.steps=0 for none), held-out success before (the SFT
+start) and after. With RFT rounds, each stage's held-out greedy success is measured with rl.evaluate as well.
 For context beside it: the expert's success on the same held-out tasks, and a ceiling, SFT on every expert
 conversation of the training tasks (one seed), evaluated the same way (rl.train train.steps=0). Every step is a
 subprocess with its log in <out>; a step whose output exists is skipped, so a re-run finishes what is missing.
 
     <out>/seed<k>/sft/           the warm start (HF folder)        <out>/seed<k>/rl/    the RL run's run_dir
+    <out>/seed<k>/sample<r>/     round r's episodes on the training tasks (rl.evaluate)
+    <out>/seed<k>/rft<r>/        round r's policy                  <out>/seed<k>/eval_<stage>/   held-out greedy
     <out>/ceiling/sft/, rl/      SFT on all expert data, its eval  <out>/*.log          each step's output
     <out>/results.json, results.md
 """
@@ -56,6 +63,43 @@ def _train(config: str, seed: int, model: Path, run_dir: Path, overrides: list[s
     return read_jsonl(run_dir / "metrics.jsonl")
 
 
+def _evaluate(model: Path, out: Path, overrides: list[str], *flags: str) -> dict:
+    """rl.evaluate of a policy folder (held-out greedy unless `flags` say otherwise); its report.json."""
+    if not (out / "report.json").is_file():
+        resume = ["--resume"] if (out / "episodes.jsonl").is_file() else []
+        _run(["-m", "rl.evaluate", "--model", str(model), *flags, "--out", str(out), *resume, *overrides],
+             out.parent / f"{out.name}.log")
+    return json.loads((out / "report.json").read_text())
+
+
+def _heldout_greedy(model: Path, out: Path, overrides: list[str]) -> dict:
+    """Held-out greedy success of a policy, per number of faults too, keyed as rl.train's eval/ metrics."""
+    report = _evaluate(model, out, overrides, "--config-tasks", "heldout")
+    return {"eval/success": report["pass_hat_k"]["1"], "eval/tasks": report["tasks"],
+            **{f"eval/success/faults_{k}": v["success"] for k, v in report["by_faults"].items()}}
+
+
+def _rft(args, seed: int, start: Path, overrides: list[str]) -> tuple[Path, list[dict]]:
+    """`args.rft_rounds` rounds of rejection-sampling fine-tuning from `start`; (the last policy, per round: the
+    training tasks' success as sampled, held-out greedy success after the round)."""
+    root, model, samples, rounds = start.parent, start, [], []
+    for r in range(1, args.rft_rounds + 1):
+        sample = _evaluate(model, root / f"sample{r}", overrides, "--config-tasks", "train", "--trials",
+                           str(args.rft_trials), "--temperature", str(args.rft_temperature), "--seed",
+                           str(seed * 100 + r), "--concurrency", "64")
+        samples.append(str(root / f"sample{r}"))
+        out = root / f"rft{r}"
+        if not (out / "config.json").is_file():
+            _run(["-m", "rl.sft", "--config", args.config, f"seed={seed}", f"run_dir={root / f'rft{r}_run'}",
+                  f"model.name={model}", "--limit", str(args.sft_limit), "--from-rollouts", *samples, "--per-task",
+                  str(args.rft_per_task), "--epochs", str(args.rft_epochs), "--lr", str(args.rft_lr), "--out",
+                  str(out), *overrides], root / f"rft{r}.log")
+        model = out
+        rounds.append({"round": r, "train_success": sample["pass_hat_k"]["1"],
+                       "heldout": _heldout_greedy(model, root / f"eval_rft{r}", overrides)})
+    return model, rounds
+
+
 def _heldout(rows: list[dict], run_dir: Path) -> tuple[dict, dict]:
     """(eval metrics of the starting weights, of the last evaluated step)."""
     evals = [r for r in rows if "eval/success" in r]
@@ -93,6 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sft-epochs", type=int, default=20)
     ap.add_argument("--sft-lr", type=float, default=3e-3, help="peak lr of the SFT warm start (warm-up, then decay)")
     ap.add_argument("--no-ceiling", action="store_true", help="skip SFT on all expert data")
+    ap.add_argument("--rft-rounds", type=int, default=0, help="rejection-sampling rounds between SFT and RL")
+    ap.add_argument("--rft-trials", type=int, default=8, help="samples of each training task per round")
+    ap.add_argument("--rft-temperature", type=float, default=0.7)
+    ap.add_argument("--rft-per-task", type=int, default=2, help="distinct successes kept per task")
+    ap.add_argument("--rft-epochs", type=int, default=3)
+    ap.add_argument("--rft-lr", type=float, default=1e-3)
     ap.add_argument("overrides", nargs="*", help="key=value config overrides for every step")
     # key=value items anywhere on the line are overrides (argparse alone would read them as more --seeds)
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -102,13 +152,19 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
 
     report: dict = {"config": args.config, "overrides": args.overrides, "seeds": args.seeds,
-                    "sft_limit": args.sft_limit, "sft_epochs": args.sft_epochs, "sft_lr": args.sft_lr, "runs": {}}
+                    "sft_limit": args.sft_limit, "sft_epochs": args.sft_epochs, "sft_lr": args.sft_lr,
+                    "rft": {k: getattr(args, f"rft_{k}") for k in ("rounds", "trials", "temperature", "per_task",
+                                                                    "epochs", "lr")},
+                    "runs": {}}
     for seed in args.seeds:
-        _sft(args.config, seed, out / f"seed{seed}" / "sft", args.sft_limit, args.sft_epochs, args.sft_lr,
-             args.overrides)
-        rows = _train(args.config, seed, out / f"seed{seed}" / "sft", out / f"seed{seed}" / "rl", args.overrides)
+        start = out / f"seed{seed}" / "sft"
+        _sft(args.config, seed, start, args.sft_limit, args.sft_epochs, args.sft_lr, args.overrides)
+        model, rft = _rft(args, seed, start, args.overrides) if args.rft_rounds else (start, [])
+        rows = _train(args.config, seed, model, out / f"seed{seed}" / "rl", args.overrides)
         before, after = _heldout(rows, out / f"seed{seed}" / "rl")
-        report["runs"][seed] = {"before": before, "after": after, "steps": after["step"],
+        if rft:  # the SFT start, measured the way the rounds are
+            before = _heldout_greedy(start, start.parent / "eval_sft", args.overrides)
+        report["runs"][seed] = {"before": before, "after": after, "steps": after["step"], "rft": rft,
                                 "train_success": [r.get("success_rate") for r in rows if r["step"] > 0],
                                 "tool_calls": [r.get("episode/tool_calls") for r in rows if r["step"] > 0]}
     runs = report["runs"].values()
@@ -135,10 +191,20 @@ def _table(r: dict, tasks: int) -> list[str]:
 
     faults = sorted({k for run in r["runs"].values() for k in run["after"] if k.startswith("eval/success/faults_")},
                     key=lambda k: int(k.rsplit("_", 1)[1]))
-    lines = [f"Held-out greedy success ({tasks} tasks), {len(r['runs'])} seeds ({r['config']} "
-             f"{' '.join(r['overrides'])}), SFT on {r['sft_limit']} expert conversations, then RL:", "",
-             "| | held-out success |", "|---|---|",
-             f"| SFT start | {ms(r['before'])} |", f"| after RL | {ms(r['after'])} |", f"| gain | {ms(r['gain'])} |"]
+    runs = list(r["runs"].values())
+    rounds = min(len(run["rft"]) for run in runs)
+    rft = (f", {rounds} rounds of rejection sampling ({r['rft']['trials']} samples per training task at "
+           f"{r['rft']['temperature']}, up to {r['rft']['per_task']} successes per task)" if rounds else "")
+    lines = [f"Held-out greedy success ({tasks} tasks), {len(runs)} seeds ({r['config']} "
+             f"{' '.join(r['overrides'])}), SFT on {r['sft_limit']} expert conversations{rft}, then RL "
+             f"({runs[0]['steps']} steps):", "",
+             "| | held-out success | training tasks' success, sampled |", "|---|---|---|",
+             f"| SFT start | {ms(r['before'])} | |"]
+    for i in range(rounds):
+        held = _mean_std([run["rft"][i]["heldout"]["eval/success"] for run in runs])
+        sampled = _mean_std([run["rft"][i]["train_success"] for run in runs])
+        lines.append(f"| after rejection-sampling round {i + 1} | {ms(held)} | {ms(sampled)} (before the round) |")
+    lines += [f"| after RL | {ms(r['after'])} | |", f"| gain | {ms(r['gain'])} | |"]
     if "ceiling" in r:
         lines.append(f"| ceiling: SFT on all expert data (seed {r['seeds'][0]}) | {r['ceiling']:.3f} |")
     lines += [f"| the expert (scripted, same tasks) | {r['expert']:.3f} |", "",

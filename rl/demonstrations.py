@@ -1,14 +1,15 @@
 """Demonstrations to imitate, as token rows: a teacher's episodes on the training tasks (the diagnosing expert or the
-blind oracle) or a policy's own successes from runs' trajectories, only those tau2's evaluator passes, and never a
-held-out task. rl.sft trains on them; rl.train's demonstration term (algorithm.demo_coef) keeps the policy close to
-them during RL. Both draw the set with `demonstration_rows`, so with the same config and limit they are the same
-conversations.
+blind oracle) or a policy's own successes (runs' trajectories, or rl.evaluate's episodes of a model), only those
+tau2's evaluator passes, and never a held-out task. rl.sft trains on them; rl.train's demonstration term
+(algorithm.demo_coef) keeps the policy close to them during RL. Both draw the teacher's set with
+`demonstration_rows`, so with the same config and limit they are the same conversations.
 """
 from __future__ import annotations
 
 import json
 import random
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,58 +84,86 @@ def teacher_demonstrations(cfg: Config, teacher: str) -> Demonstrations:
     return out
 
 
-def rollout_demonstrations(cfg: Config, run_dirs: list[str]) -> Demonstrations:
-    """A policy's own successful episodes (tau2's verdict, components.success) on the training tasks, from runs'
-    trajectories.jsonl; each distinct conversation once."""
-    from envs.tau2_telecom.world import get_world
+def _episode_rows(source: str) -> list[tuple[str, bool, list]]:
+    """[(task id, tau2's success, the policy's chat messages)] of a run's trajectories.jsonl or an
+    rl.evaluate folder's episodes.jsonl (a folder holding either, or the file itself)."""
     from rl.contracts import EpisodeRecord
     from rl.run_dir import read_jsonl
 
+    path = Path(source)
+    if path.is_dir():
+        path = next((path / n for n in ("trajectories.jsonl", "episodes.jsonl") if (path / n).is_file()), path)
+    if not path.is_file():
+        raise ValueError(f"--from-rollouts {source}: no trajectories.jsonl (rl.train) or episodes.jsonl "
+                         "(rl.evaluate --model) there")
+    rows = []
+    for line, row in enumerate(read_jsonl(path), 1):
+        if "trial" in row:  # rl.evaluate: the chat conversation is kept for model agents only
+            if not isinstance(row.get("chat_messages"), list):
+                raise ValueError(f"{path}:{line}: no 'chat_messages' (the policy's own conversation): only "
+                                 "rl.evaluate --model episodes can be imitated")
+            rows.append((row["task_id"], bool(row["success"]), row["chat_messages"]))
+        else:
+            record = EpisodeRecord.from_row(row)
+            rows.append((record.task_id, record.components.get("success", 0.0) >= 1.0 - 1e-6, record.messages))
+    return rows
+
+
+def rollout_demonstrations(cfg: Config, sources: list[str], per_task: int | None = None) -> Demonstrations:
+    """A policy's own successful episodes (tau2's verdict) on the training tasks, from runs' trajectories.jsonl or
+    rl.evaluate's episodes.jsonl (sampling the training tasks k times: rejection sampling); each distinct
+    conversation once, and with `per_task` at most that many per task (the first found), so that the tasks the
+    policy already solves every time do not drown the ones it solves once in k."""
+    from envs.tau2_telecom.world import get_world
+
     train_ids = set(split_tasks(cfg).train)
     tools = get_world(cfg.env.policy).prompt_tools(cfg.env.mode, cfg.env.prompt)
-    out, seen = Demonstrations(), set()
-    for run_dir in run_dirs:
-        path = Path(run_dir) / "trajectories.jsonl" if Path(run_dir).is_dir() else Path(run_dir)
-        if not path.is_file():
-            raise ValueError(f"--from-rollouts {run_dir}: no trajectories.jsonl there")
-        for row in read_jsonl(path):
-            record = EpisodeRecord.from_row(row)
-            if record.task_id not in train_ids:
+    out, seen, taken = Demonstrations(), set(), Counter()
+    for source in sources:
+        for task_id, success, messages in _episode_rows(source):
+            if task_id not in train_ids:
                 continue  # held-out tasks (e.g. a run's evaluation episodes) never become training data
             out.considered += 1
-            key = json.dumps(record.messages, sort_keys=True)
-            if record.components.get("success", 0.0) < 1.0 - 1e-6:
+            key = json.dumps(messages, sort_keys=True)
+            if not success:
                 out.failed += 1
-            elif key not in seen:
+            elif key not in seen and (per_task is None or taken[task_id] < per_task):
                 seen.add(key)
-                out.conversations.append((record.messages, tools))
+                taken[task_id] += 1
+                out.conversations.append((messages, tools))
     return out
 
 
 def demonstration_rows(cfg: Config, tokenizer, teacher: str | None = "expert", rollouts: list[str] | None = None,
-                       limit: int | None = None) -> list[tuple[list[int], list[int]]]:
-    """(token ids, loss mask) of each passed demonstration that fits rollout.max_model_len; with `limit`, that many
-    drawn at random (seeded by cfg.seed) from those that fit. A bad or empty selection is a ValueError."""
+                       limit: int | None = None, per_task: int | None = None) -> list[tuple[list[int], list[int]]]:
+    """(token ids, loss mask) of each passed demonstration that fits rollout.max_model_len. With `limit`, that many
+    of the teacher's, drawn at random (seeded by cfg.seed) from those that fit, so a teacher's draw is the same with
+    or without rollouts beside it (the few demonstrations a warm start had, plus the policy's successes); without a
+    teacher the limit draws from the rollouts; `per_task` caps the rollouts' conversations per task. A bad or empty
+    selection is a ValueError."""
     if not teacher and not rollouts:
         raise ValueError("nothing to learn from: give a teacher (--teacher) or runs (--from-rollouts)")
-    demos = Demonstrations()
-    if teacher:
-        demos.add(teacher_demonstrations(cfg, teacher))
-    if rollouts:
-        demos.add(rollout_demonstrations(cfg, rollouts))
+    parts = [teacher_demonstrations(cfg, teacher) if teacher else Demonstrations(),
+             rollout_demonstrations(cfg, rollouts, per_task) if rollouts else Demonstrations()]
     source = " + ".join(([teacher] if teacher else []) + (["rollouts"] if rollouts else []))
-    if not demos.conversations:
-        raise ValueError(f"no passed {source} episode among {demos.considered} on the training tasks "
-                         f"({cfg.env.tasks_file or 'split ' + cfg.env.split}, mode {cfg.env.mode})")
-    rows = [encode_conversation(tokenizer, messages, tools) for messages, tools in demos.conversations]
-    too_long = sum(len(ids) > cfg.rollout.max_model_len for ids, _ in rows)
-    rows = [r for r in rows if len(r[0]) <= cfg.rollout.max_model_len]
-    if limit is not None:  # drawn from those that fit, so a limit of N gives N whenever N fit
-        random.Random(cfg.seed).shuffle(rows)
-        rows = rows[:limit]
-    print(f"demonstrations: {len(rows)} {source} conversations ({demos.failed} of {demos.considered} episodes failed "
-          f"tau2's evaluator, {too_long} longer than rollout.max_model_len dropped), "
-          f"mean {sum(len(i) for i, _ in rows) / max(1, len(rows)):.0f} tokens", file=sys.stderr)
+    if not any(d.conversations for d in parts):
+        raise ValueError(f"no passed {source} episode among {sum(d.considered for d in parts)} on the training "
+                         f"tasks ({cfg.env.tasks_file or 'split ' + cfg.env.split}, mode {cfg.env.mode})")
+    rows, too_long, counts = [], 0, []
+    for i, demos in enumerate(parts):
+        encoded = [encode_conversation(tokenizer, messages, tools) for messages, tools in demos.conversations]
+        fit = [r for r in encoded if len(r[0]) <= cfg.rollout.max_model_len]
+        too_long += len(encoded) - len(fit)
+        if limit is not None and (i == 0) == bool(teacher):  # drawn from those that fit: N whenever N fit
+            random.Random(cfg.seed).shuffle(fit)
+            fit = fit[:limit]
+        rows += fit
+        counts.append(len(fit))
+    kept = " + ".join(f"{n} {name}" for n, name, d in zip(counts, (teacher, "rollout"), parts) if d.considered)
+    print(f"demonstrations: {kept} conversations ({sum(d.failed for d in parts)} of "
+          f"{sum(d.considered for d in parts)} episodes failed tau2's evaluator, {too_long} longer than "
+          f"rollout.max_model_len dropped), mean {sum(len(i) for i, _ in rows) / max(1, len(rows)):.0f} tokens",
+          file=sys.stderr)
     if not rows:
         raise ValueError(f"no {source} conversation fits rollout.max_model_len={cfg.rollout.max_model_len}; "
                          "raise it or try env.prompt=compact")

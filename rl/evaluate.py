@@ -2,6 +2,7 @@
 
     python -m rl.evaluate --model runs/learn_tiny --split test --trials 4 --out runs/eval/mine
     python -m rl.evaluate --model runs/demo/sft_model --split base --temperature 0.7 --trials 4 --out runs/eval/sft
+    python -m rl.evaluate --model runs/demo/sft_model --config-tasks train --temperature 0.7 --trials 8 --out runs/s
     python -m rl.evaluate --endpoint http://127.0.0.1:8000/v1 --served-model Qwen3-4B --split test --out runs/eval/q
     python -m rl.evaluate --agent expert --split test --trials 4 --out runs/eval/expert
     python -m rl.evaluate --agent oracle --tasks my_tasks.json --mode dual --limit 10 --out runs/eval/oracle
@@ -11,7 +12,9 @@ Agents:
            loop as rl.train (Ray, started locally or ray.address). A run directory means the policy it exported when
            it finished (RUN_DIR/model) and its config.yaml; a model folder written by rl.train or rl.sft carries its
            config as telerl.yaml. `--config FILE` and key=value overrides change it (e.g. env.user=llm user_llm...).
-           Greedy unless --temperature > 0.
+           Greedy unless --temperature > 0. `--config-tasks train | heldout`: the tasks that config trains on or
+           holds out, split as rl.train splits them (sampling its training tasks k times gives rl.sft --from-rollouts
+           its rejection-sampling data).
   --endpoint URL --served-model NAME   any OpenAI-compatible server: tools go out as OpenAI tools (--prompt full,
            tau2's own prompt, by default), tool_calls come back; API key from $TELERL_AGENT_API_KEY. --concurrency
            episodes run at once.
@@ -91,6 +94,19 @@ def _tasks(args) -> tuple[list[t2.Task], str]:
     return loaded.tasks, args.tasks
 
 
+def _config_tasks(cfg: Config, which: str) -> tuple[list[t2.Task], str]:
+    """The training or held-out tasks of a config, exactly as rl.train and rl.sft split them (e.g. to sample a
+    policy on its own training tasks for rejection sampling, or to evaluate it on what it never saw)."""
+    from rl.runtime import split_tasks
+
+    split = split_tasks(cfg)
+    chosen = split.train if which == "train" else split.heldout
+    if not chosen:
+        raise ValueError(f"--config-tasks {which}: the config has no {which} tasks"
+                         + (" (train.eval_tasks is 0)" if which == "heldout" else ""))
+    return [t2.Task.model_validate(t) for t in chosen.values()], f"the config's {which} tasks"
+
+
 def _model_overrides(args) -> list[str]:
     """--model: the flags given as config overrides, then the key=value ones (the policy's own config is the base)."""
     flags = {"env.mode": args.mode, "env.policy": args.policy, "env.user": args.user, "env.max_turns": args.max_turns,
@@ -106,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--split", choices=SPLITS, help="one of tau2's telecom splits")
     src.add_argument("--tasks", metavar="FILE", help="a tau2 task file (JSON)")
+    src.add_argument("--config-tasks", choices=("train", "heldout"),
+                     help="--model: the tasks its config trains on, or the ones it holds out (rl.train's split)")
     who = ap.add_mutually_exclusive_group(required=True)
     who.add_argument("--model", help="RUN_DIR | MODEL_DIR | tiny | smollm2-135m: a policy on a vLLM engine")
     who.add_argument("--agent", choices=sorted(SCRIPTED_AGENTS), help="a scripted agent")
@@ -135,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--trials, --limit and --concurrency must be >= 1")
     if not args.model and (args.overrides or args.config or args.user or args.seed is not None):
         ap.error("--config, key=value overrides, --user and --seed apply to --model only")
+    if args.config_tasks and not args.model:
+        ap.error("--config-tasks needs --model (the tasks come from the model's config)")
     if args.agent and args.temperature:
         ap.error("--temperature applies to --model and --endpoint, not to a scripted agent")
     if bool(args.endpoint) != bool(args.served_model):
@@ -148,12 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if endpoint:
             check_endpoint("--endpoint", endpoint)
-        tasks, tasks_from = _tasks(args)
         if args.model:
             from rl.model_agent import load_policy
 
             cfg, model_path = load_policy(args.model, args.config, _model_overrides(args))
-    except (TaskFileError, OSError, ConfigError, ModelNotFoundError, NotReady) as e:
+        tasks, tasks_from = _config_tasks(cfg, args.config_tasks) if args.config_tasks else _tasks(args)
+    except (TaskFileError, OSError, ConfigError, ModelNotFoundError, NotReady, ValueError) as e:
         print(f"rl.evaluate: {e}", file=sys.stderr)
         return 2
     mode = cfg.env.mode if cfg else args.mode or "solo"

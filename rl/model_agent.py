@@ -67,7 +67,7 @@ def outcome(traj: Trajectory, trial: int) -> EpisodeOutcome:
     failure = e.failure or ("context_overflow" if e.termination == "context_overflow" else None)
     return EpisodeOutcome(traj.task_id, trial, e.reward, e.success, e.termination, failure=failure, note=e.note,
                           turns=traj.turns, tool_calls=traj.tool_calls, tokens=traj.generated_tokens,
-                          messages=traj.tau2_messages)
+                          messages=traj.tau2_messages, chat_messages=traj.messages)
 
 
 class ModelAgent:

@@ -1,19 +1,22 @@
 """SFT warm start on demonstrations, so a small policy starts RL with non-zero success.
 
     python -m rl.sft --config configs/laptop.yaml [key=value ...] [--teacher expert|oracle] [--limit N]
-                     [--from-rollouts RUN_DIR ...] [--epochs 2] [--out DIR]
+                     [--from-rollouts DIR ...] [--epochs 2] [--out DIR]
 
 Demonstrations come from the training tasks only (env.split / env.tasks_file, less train.eval_split when
 train.eval_tasks > 0, exactly as rl.train holds it out), and only episodes tau2's evaluator passes are kept:
   expert   (default) the diagnosing expert (envs/tau2_telecom/expert.py) plays each task through the real
            environment: it reads the phone's and the CRM's answers and fixes what it finds - what a policy can learn
   oracle   replays each task's gold actions blind (a policy learns to guess fixes from these)
-  --from-rollouts  rejection sampling: a policy's own successful episodes from runs' trajectories.jsonl (SFT -> RFT
-           -> RL); with --teacher too, both sets are used
-`--limit N` keeps N demonstrations drawn at random (seeded) from those that fit rollout.max_model_len. Each
-conversation is tokenised with the chat template, the loss covers the assistant turns only, and the same DeepSpeed
-ZeRO-3 learner as RL trains on it (its policy loss with advantage 1 and the current policy as the "old" one is
-exactly the negative log-likelihood gradient), with a linear warm-up over 5 % of the steps and a linear decay to 0.
+  --from-rollouts  rejection sampling: a policy's own successful episodes from runs' trajectories.jsonl or from
+           `rl.evaluate --model ... --temperature 0.7 --trials k` folders on the training tasks (SFT -> RFT -> RL);
+           with --teacher too, both sets are used
+`--limit N` keeps N of the teacher's demonstrations (of the rollouts' when there is no teacher), drawn at random
+(seeded) from those that fit rollout.max_model_len, so a warm start's few demonstrations stay the same when its own
+successes are added. Each conversation is tokenised with the chat template, the loss covers the assistant turns
+only, and the same DeepSpeed ZeRO-3 learner as RL trains on it (its policy loss with advantage 1 and the current
+policy as the "old" one is exactly the negative log-likelihood gradient), with a linear warm-up over 5 % of the steps
+and a linear decay to 0.
 The result is a HF folder for model.name.
 """
 from __future__ import annotations
@@ -34,7 +37,7 @@ from rl.runtime import init_ray
 
 
 def run_sft(cfg: Config, epochs: int, batch_size: int, lr: float | None, out: Path, limit: int | None = None,
-            teacher: str | None = "expert", rollouts: list[str] | None = None) -> dict:
+            teacher: str | None = "expert", rollouts: list[str] | None = None, per_task: int | None = None) -> dict:
     """Train `cfg.model.name` on demonstrations (a teacher's, a policy's own successes, or both); writes a HF folder
     to `out`. Needs Ray initialised."""
     from transformers import AutoTokenizer
@@ -43,7 +46,7 @@ def run_sft(cfg: Config, epochs: int, batch_size: int, lr: float | None, out: Pa
     from rl.models import MODEL_CONFIG_FILE, resolve_model
 
     base = resolve_model(cfg.model.name, asdict(cfg.model.tiny))
-    data = demonstration_rows(cfg, AutoTokenizer.from_pretrained(base), teacher, rollouts, limit)
+    data = demonstration_rows(cfg, AutoTokenizer.from_pretrained(base), teacher, rollouts, limit, per_task)
     steps = epochs * ((len(data) + batch_size - 1) // batch_size)
     # A warm-up then linear decay to 0: a constant lr high enough to fit a small model in few steps leaves it noisy.
     settings = replace(LearnerSettings.from_config(cfg, str(base)), lr=lr or cfg.learner.lr * 10, kl_coef=0.0,
@@ -83,18 +86,27 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--batch-size", type=int, default=8, help="sequences per optimizer step")
         p.add_argument("--lr", type=float, default=None, help="default: learner.lr x 10")
         p.add_argument("--out", default=None, help="HF folder to write (default: <run_dir>/sft_model)")
-        p.add_argument("--limit", type=int, default=None, help="use N demonstrations, drawn at random (seeded)")
+        p.add_argument("--limit", type=int, default=None,
+                       help="use N of the teacher's demonstrations (of the rollouts' without one), drawn at random "
+                            "(seeded)")
         p.add_argument("--teacher", choices=(*TEACHERS, "none"), default="expert",
                        help="who demonstrates on the training tasks (none: only --from-rollouts)")
-        p.add_argument("--from-rollouts", nargs="+", default=None, metavar="RUN_DIR",
-                       help="add a policy's own successful episodes from these runs' trajectories.jsonl")
+        p.add_argument("--from-rollouts", nargs="+", default=None, metavar="DIR",
+                       help="add a policy's own successful episodes: rl.train runs (trajectories.jsonl) or "
+                            "rl.evaluate --model folders (episodes.jsonl)")
+        p.add_argument("--per-task", type=int, default=None, metavar="N",
+                       help="--from-rollouts: at most N distinct successes per task")
 
     cfg, args = parse_cli(argv, description=__doc__, add_arguments=flags)
+    if any(n is not None and n < 1 for n in (args.limit, args.per_task)):
+        print("sft: --limit and --per-task must be >= 1", file=sys.stderr)
+        return 2
     out = Path(args.out or Path(cfg.run_dir) / "sft_model")
     init_ray(cfg, cfg.learner.num_ranks * cfg.learner.num_cpus)
     try:
         teacher = None if args.teacher == "none" else args.teacher
-        result = run_sft(cfg, args.epochs, args.batch_size, args.lr, out, args.limit, teacher, args.from_rollouts)
+        result = run_sft(cfg, args.epochs, args.batch_size, args.lr, out, args.limit, teacher, args.from_rollouts,
+                         args.per_task)
     except ValueError as e:
         print(f"sft: {e}", file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@ from envs.tau2_telecom.tasks import load_split
 from rl.eval_report import EpisodeOutcome, build_report
 from rl.evaluate import main
 from rl.tau2_export import tau2_results
+from tests.conftest import REPO_ROOT
 
 
 def _tau2_metrics(path) -> tuple[dict, float]:
@@ -85,6 +86,25 @@ def test_model_input_is_checked_before_anything_starts(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     with pytest.raises(SystemExit):  # sampling settings mean nothing to a scripted agent
         main(["--agent", "expert", "--split", "small", "--temperature", "0.7", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit):  # a scripted agent has no config to take tasks from
+        main(["--agent", "expert", "--config-tasks", "train", "--out", str(tmp_path / "x")])
+    assert main(["--model", "tiny", "--config-tasks", "heldout", "train.eval_tasks=0",
+                 "--out", str(tmp_path / "h")]) == 2
+    assert "no heldout tasks (train.eval_tasks is 0)" in capsys.readouterr().err
+
+
+def test_config_tasks_are_the_split_rl_train_makes():
+    from rl.config import load_config
+    from rl.evaluate import _config_tasks
+    from rl.runtime import split_tasks
+
+    cfg = load_config(f"{REPO_ROOT}/configs/learn_tiny.yaml", [])
+    train, _ = _config_tasks(cfg, "train")
+    heldout, where = _config_tasks(cfg, "heldout")
+    split = split_tasks(cfg)
+    assert [t.id for t in train] == list(split.train) and [t.id for t in heldout] == list(split.heldout)
+    assert len(heldout) == cfg.train.eval_tasks and not {t.id for t in train} & {t.id for t in heldout}
+    assert where == "the config's heldout tasks"
 
 
 def test_an_openai_endpoint_agent_through_real_http(tmp_path, capsys):

@@ -1,7 +1,9 @@
 """Held-out evaluation: tau2's pass^k, the fixed task sample, hold-out of the evaluation split, eval/... metrics, and
 the report and sweep reading them from metrics.jsonl."""
+import json
 from dataclasses import replace
 from math import comb
+from pathlib import Path
 
 import pytest
 
@@ -99,15 +101,56 @@ def test_bench_learning_table_reports_mean_std_gain_and_context():
     from bench.bench_learning import _mean_std, _table
 
     runs = {s: {"before": {"eval/success": b, "eval/success/faults_2": b}, "after": {"eval/success": a,
-                                                                                    "eval/success/faults_2": a}}
+                                                                                    "eval/success/faults_2": a},
+                "steps": 20, "rft": [{"round": 1, "train_success": 0.4 + s / 10, "heldout": {"eval/success": a}}]}
             for s, (b, a) in enumerate([(0.1, 0.3), (0.2, 0.5), (0.0, 0.4)])}
     report = {"config": "c.yaml", "overrides": [], "seeds": [0, 1, 2], "sft_limit": 20, "runs": runs,
+              "rft": {"trials": 8, "temperature": 0.7, "per_task": 2},
               "before": _mean_std([0.1, 0.2, 0.0]), "after": _mean_std([0.3, 0.5, 0.4]),
               "gain": _mean_std([0.2, 0.3, 0.4]), "expert": 1.0, "ceiling": 0.6}
     text = "\n".join(_table(report, 40))
-    assert "| gain | 0.300 ± 0.100 |" in text and "| SFT start | 0.100 ± 0.100 |" in text
+    assert "| gain | 0.300 ± 0.100 | |" in text and "| SFT start | 0.100 ± 0.100 | |" in text
+    assert "| after rejection-sampling round 1 | 0.400 ± 0.100 | 0.500 ± 0.100 (before the round) |" in text
+    assert "1 rounds of rejection sampling (8 samples" in text and "then RL (20 steps)" in text
     assert "ceiling" in text and "| the expert (scripted, same tasks) | 1.000 |" in text
     assert "| after | 0.40 |" in text  # per fault count, mean over seeds
+
+
+def test_bench_learning_rejection_sampling_rounds_chain_their_inputs(tmp_path, monkeypatch):
+    """Each round samples the newest policy on the training tasks, then fine-tunes it on the warm start's
+    demonstrations plus every round's samples so far; a finished step is not run again."""
+    from argparse import Namespace
+
+    from bench import bench_learning
+
+    calls = []
+
+    def fake_run(args, log):
+        calls.append(args)
+        out = Path(args[args.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        if args[1] == "rl.sft":
+            (out / "config.json").write_text("{}")
+        else:
+            (out / "report.json").write_text(json.dumps({"pass_hat_k": {"1": 0.5}, "tasks": 40,
+                                                         "by_faults": {"2": {"success": 0.5}}}))
+
+    monkeypatch.setattr(bench_learning, "_run", fake_run)
+    args = Namespace(rft_rounds=2, rft_trials=8, rft_temperature=0.7, rft_per_task=2, rft_epochs=3, rft_lr=1e-3,
+                     config="c.yaml", sft_limit=100)
+    start = tmp_path / "seed1" / "sft"
+    model, rounds = bench_learning._rft(args, 1, start, ["env.max_turns=20"])
+    assert model == tmp_path / "seed1" / "rft2" and [r["train_success"] for r in rounds] == [0.5, 0.5]
+    assert rounds[1]["heldout"] == {"eval/success": 0.5, "eval/tasks": 40, "eval/success/faults_2": 0.5}
+    sample2, sft2 = calls[3], calls[4]
+    assert sample2[sample2.index("--model") + 1] == str(tmp_path / "seed1" / "rft1")
+    assert "--config-tasks" in sample2 and "train" in sample2 and sample2[sample2.index("--seed") + 1] == "102"
+    rollouts = sft2[sft2.index("--from-rollouts") + 1: sft2.index("--per-task")]
+    assert rollouts == [str(tmp_path / "seed1" / "sample1"), str(tmp_path / "seed1" / "sample2")]
+    assert f"model.name={tmp_path / 'seed1' / 'rft1'}" in sft2 and sft2[-1] == "env.max_turns=20"
+    n = len(calls)
+    bench_learning._rft(args, 1, start, ["env.max_turns=20"])
+    assert len(calls) == n  # every output exists: nothing re-runs
 
 
 def test_sft_demonstrations_and_rl_training_tasks_share_one_hold_out():

@@ -299,3 +299,24 @@ def test_teleqna_malformed_entries(tmp_path):
     with pytest.raises(ValueError, match=r"teleqna.json:2:\d+: invalid JSON"):
         teleqna_pairs(path)
     assert cli.main(["teleqna", str(path), "--out", str(out)]) == 2
+
+
+def test_teleqna_split_by_question(tmp_path):
+    entry = {"question": "What does UE stand for?", "option 1": "User Equipment", "option 2": "Uplink Element",
+             "answer": "option 1: User Equipment", "category": "Lexicon"}
+    data = {f"question {i}": entry for i in range(200)}
+    path = tmp_path / "teleqna.json"
+    path.write_text(json.dumps(data))
+    every = teleqna_pairs(path)
+    train, test = teleqna_pairs(path, part="train"), teleqna_pairs(path, part="test")
+    assert not {p.group for p in train} & {p.group for p in test}
+    assert sorted(p.group for p in train + test) == sorted(p.group for p in every)
+    assert 40 <= len(test) <= 80  # a 0.3 share of 200 questions, by hash
+    # the part depends on the question's id only, not on the file's order or content
+    path.write_text(json.dumps(dict(reversed(list(data.items())))))
+    assert {p.group for p in teleqna_pairs(path, part="test")} == {p.group for p in test}
+    out = tmp_path / "test.jsonl"
+    assert cli.main(["teleqna", str(path), "--part", "test", "--out", str(out)]) == 0
+    assert len(read_pairs(out)) == len(test)
+    with pytest.raises(ValueError, match="test_share"):
+        teleqna_pairs(path, part="test", test_share=1.5)

@@ -50,3 +50,48 @@ def test_rejection_sampling_keeps_distinct_successes_on_training_tasks_only(tmp_
     assert messages[-1]["content"] == "fix" and {t["function"]["name"] for t in tools} >= {"done"}
     with pytest.raises(ValueError, match="no trajectories.jsonl"):
         rollout_demonstrations(_cfg(tmp_path), [str(tmp_path / "nowhere")])
+
+
+def test_rejection_sampling_reads_evaluations_of_a_model(tmp_path):
+    """rl.evaluate --model episodes (sampling the training tasks k times) are read like a run's trajectories; an
+    evaluation without the policy's own conversation (a scripted agent's) is an error naming the line."""
+    from envs.tau2_telecom.tasks import load_split
+    from rl.eval_report import EpisodeOutcome
+
+    train = load_split("small")[0].id
+    chat = _row(train, 1, "fix")["messages"]
+    outcomes = [EpisodeOutcome(train, k, float(ok), ok, "agent_stop", messages=[{"role": "tau2"}],
+                               chat_messages=chat[:2] + [{"role": "assistant", "content": text}])
+                for k, (ok, text) in enumerate([(True, "fix"), (True, "fix"), (True, "other fix"), (False, "x")])]
+    evaluation = tmp_path / "eval"
+    evaluation.mkdir()
+    (evaluation / "episodes.jsonl").write_text("".join(json.dumps(o.row()) + "\n" for o in outcomes))
+    demos = rollout_demonstrations(_cfg(tmp_path, "env.split=small"), [str(evaluation)])
+    assert (demos.considered, demos.failed) == (4, 1)
+    assert [m[-1]["content"] for m, _ in demos.conversations] == ["fix", "other fix"]
+    capped = rollout_demonstrations(_cfg(tmp_path, "env.split=small"), [str(evaluation)], per_task=1)
+    assert [m[-1]["content"] for m, _ in capped.conversations] == ["fix"]
+    scripted = EpisodeOutcome(train, 0, 1.0, True, "agent_stop", messages=[{"role": "tau2"}])
+    (evaluation / "episodes.jsonl").write_text(json.dumps(outcomes[0].row()) + "\n" + json.dumps(scripted.row()))
+    with pytest.raises(ValueError, match=r"episodes.jsonl:2: no 'chat_messages'"):
+        rollout_demonstrations(_cfg(tmp_path, "env.split=small"), [str(evaluation)])
+
+
+def test_a_limit_draws_the_teachers_demonstrations_alike_with_or_without_rollouts(tmp_path):
+    """The few demonstrations of a warm start stay the same when the policy's own successes are added to them."""
+    from transformers import AutoTokenizer
+
+    from envs.tau2_telecom.tasks import load_split
+    from rl.demonstrations import demonstration_rows
+    from rl.models import resolve_model
+
+    cfg = _cfg(tmp_path, "env.split=small", "env.mode=solo", "env.prompt=minimal", "rollout.max_model_len=8192")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("tiny", {}))
+    run = tmp_path / "grpo"
+    run.mkdir()
+    rows = [_row(t.id, 1, f"fix {i}") for i, t in enumerate(load_split("small")[:3])]
+    (run / "trajectories.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    alone = demonstration_rows(cfg, tokenizer, "expert", limit=5)
+    both = demonstration_rows(cfg, tokenizer, "expert", [str(run)], limit=5)
+    assert len(alone) == 5 and both[:5] == alone and len(both) == 8
+    assert len(demonstration_rows(cfg, tokenizer, None, [str(run)], limit=2)) == 2

@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--seed", type=int, default=0)
     q = sub.add_parser("teleqna", help="TeleQnA: correct option vs each distractor")
     q.add_argument("path", help="TeleQnA JSON (e.g. ../shared/datasets/teleqna/sample.json)")
+    q.add_argument("--part", choices=("all", "train", "test"), default="all",
+                   help="only the questions of one part of a split by question (a hash of its id)")
+    q.add_argument("--test-share", type=float, default=0.3, help="the share of questions in the test part")
     for p in (t, r, q):
         p.add_argument("--out", required=True, help="pair JSONL to write")
     args = ap.parse_args(argv)
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                 ids = split_ids(args.split)
             pairs = rollout_pairs(args.paths, args.max_pairs_per_task, args.rejected_per_chosen, args.seed, ids, report)
         else:
-            pairs = teleqna_pairs(args.path, report)
+            pairs = teleqna_pairs(args.path, report, args.part, args.test_share)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

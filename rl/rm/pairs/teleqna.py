@@ -3,6 +3,7 @@ correct option against it), under a prompt that lists the options; malformed ent
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -67,9 +68,20 @@ def teleqna_entry_pairs(qid: str, entry) -> tuple[list[Pair], tuple[str, str] | 
     return pairs, None
 
 
-def teleqna_pairs(path: str | Path, report: Report | None = None) -> list[Pair]:
+def question_part(qid: str, test_share: float) -> str:
+    """"train" or "test" for a question, from a hash of its id: the same question always lands in the same part
+    whichever file or order it comes in, so a reward model's TeleQnA test questions are never in its training pairs."""
+    draw = int.from_bytes(hashlib.sha256(qid.encode()).digest()[:8], "big") / 2**64
+    return "test" if draw < test_share else "train"
+
+
+def teleqna_pairs(path: str | Path, report: Report | None = None, part: str = "all",
+                  test_share: float = 0.3) -> list[Pair]:
     """TeleQnA's official JSON ({"question N": {...}}) -> one pair per distractor; malformed entries are
-    skipped with their reason in `report`. An unreadable file or one that is not a JSON object raises."""
+    skipped with their reason in `report`. An unreadable file or one that is not a JSON object raises.
+    part: "all", or only the questions of the "train" / "test" part (question_part, `test_share` of them in test)."""
+    if part not in ("all", "train", "test") or not 0.0 < test_share < 1.0:
+        raise ValueError(f"part must be all, train or test and test_share in (0, 1); got {part!r}, {test_share}")
     report = report if report is not None else Report()
     path = Path(path)
     try:
@@ -82,6 +94,8 @@ def teleqna_pairs(path: str | Path, report: Report | None = None) -> list[Pair]:
         raise ValueError(f"{path}: expected a JSON object keyed by question id, got {type(data).__name__}")
     pairs = []
     for qid, entry in data.items():
+        if part != "all" and question_part(qid, test_share) != part:
+            continue
         got, problem = teleqna_entry_pairs(qid, entry)
         if problem:
             category, detail = problem
