@@ -53,11 +53,6 @@ class Demonstrations:
     considered: int = 0  # episodes looked at
     failed: int = 0  # played or logged episodes that tau2's evaluator did not pass (left out)
 
-    def add(self, other: Demonstrations) -> None:
-        self.conversations += other.conversations
-        self.considered += other.considered
-        self.failed += other.failed
-
 
 def teacher_demonstrations(cfg: Config, teacher: str) -> Demonstrations:
     """`teacher` plays every training task once through the real environment; the passed episodes are kept."""
@@ -149,12 +144,13 @@ def demonstration_rows(cfg: Config, tokenizer, teacher: str | None = "expert", r
     if not any(d.conversations for d in parts):
         raise ValueError(f"no passed {source} episode among {sum(d.considered for d in parts)} on the training "
                          f"tasks ({cfg.env.tasks_file or 'split ' + cfg.env.split}, mode {cfg.env.mode})")
+    limited = 0 if teacher else 1  # the part `limit` draws from: the teacher's, else the rollouts'
     rows, too_long, counts = [], 0, []
     for i, demos in enumerate(parts):
         encoded = [encode_conversation(tokenizer, messages, tools) for messages, tools in demos.conversations]
         fit = [r for r in encoded if len(r[0]) <= cfg.rollout.max_model_len]
         too_long += len(encoded) - len(fit)
-        if limit is not None and (i == 0) == bool(teacher):  # drawn from those that fit: N whenever N fit
+        if limit is not None and i == limited:  # drawn from those that fit: N whenever N fit
             random.Random(cfg.seed).shuffle(fit)
             fit = fit[:limit]
         rows += fit

@@ -187,6 +187,11 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
     assert sorted(e["trial"] for e in episodes) == [0, 0, 1, 1] and all(e["tokens"] > 0 for e in episodes)
     # tau2's message log (dual mode: the agent's greeting, then the customer), not the chat-template messages
     assert all(e["messages"][0]["role"] == "assistant" and e["messages"][1]["role"] == "user" for e in episodes)
+    # and the policy's own chat conversation beside it, which rl.sft --from-rollouts reads (rejection sampling)
+    from rl.demonstrations import _episode_rows
+
+    assert [(t, m) for t, _, m in _episode_rows(str(out))] == [(e["task_id"], e["chat_messages"]) for e in episodes]
+    assert all(e["chat_messages"][0]["role"] == "system" and len(e["chat_messages"]) > 2 for e in episodes)
 
     # The same policy behind `rl.serve` (vLLM's OpenAI server, the training chat template, the hermes tool parser),
     # played by `rl.evaluate --endpoint` with OpenAI tools: greedy, it replays the run's last held-out evaluation.
