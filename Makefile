@@ -36,15 +36,14 @@ DEMO_DIR ?= runs/demo
 DEMO_CONFIG ?= configs/learn_tiny.yaml
 # An agent that gets better, on a local Ray cluster without a GPU: the expert's success on tau2's base split (the
 # baseline; the held-out tasks are its 2-3-fault ones), the tiny model's SFT warm start on 100 expert conversations
-# of the training tasks, then GRPO on them scored by tau2's verifier, with held-out success before -> after and the
-# curve in $(DEMO_DIR)/grpo (configs/learn_tiny.yaml says which tasks are which).
+# of the training tasks, then one round of rejection sampling (it samples every training task 4 times, tau2's
+# verifier keeps the successes, and it is fine-tuned on them), with held-out greedy success before -> after
+# (configs/learn_tiny.yaml says which tasks are which; $(DEMO_DIR)/results.md, each stage's report in its folder).
 demo: install
 	rm -rf $(DEMO_DIR)
 	$(PY) -m envs.tau2_telecom.replay --agent expert --split base --summary
-	$(PY) -m rl.sft --config $(DEMO_CONFIG) run_dir=$(DEMO_DIR) --limit 100 --epochs 8 --batch-size 4 --lr 3e-3 \
-		--out $(DEMO_DIR)/sft_model
-	$(PY) -m rl.train --config $(DEMO_CONFIG) run_dir=$(DEMO_DIR)/grpo model.name=$(DEMO_DIR)/sft_model \
-		train.steps=8 train.eval_every=4
+	$(PY) -m bench.bench_learning --config $(DEMO_CONFIG) --seeds 0 --out $(DEMO_DIR) --no-ceiling --sft-epochs 10 \
+		--rft-rounds 1 --rft-trials 4 train.steps=0
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -63,11 +62,11 @@ bench: install
 	$(PY) -m bench.bench_async
 	$(PY) -m bench.bench_sync
 
-# Held-out success at the SFT start and after 3 rounds of rejection sampling over 3 seeds (mean ± std), beside the
-# expert and an SFT-on-all-expert-data ceiling: runs/bench_learning/results.md. GRPO after the rounds: set
-# train.steps. Hours on 2 cores; re-running finishes what is missing.
+# Held-out success (greedy, and pass^1..4 sampled) at the SFT start and after 3 rounds of rejection sampling over 3
+# seeds (mean ± std), beside the expert and an SFT-on-all-expert-data ceiling: runs/bench_learning/results.md.
+# GRPO after the rounds: set train.steps. Hours on 2 cores; re-running finishes what is missing.
 bench-learning: install
-	$(PY) -m bench.bench_learning --config $(DEMO_CONFIG) --seeds 0 1 2 --rft-rounds 3 train.steps=0
+	$(PY) -m bench.bench_learning --config $(DEMO_CONFIG) --seeds 0 1 2 --rft-rounds 3 --heldout-trials 4 train.steps=0
 
 replay: install
 	$(PY) -m envs.tau2_telecom.replay --split full

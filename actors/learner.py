@@ -202,18 +202,19 @@ class LearnerRank:
 
     # ---- training ---------------------------------------------------------------------------------------------
 
-    def train_step(self, batch: TrainBatch, demo: TrainBatch | None = None) -> dict:
+    def train_step(self, batch: TrainBatch | None, demo: TrainBatch | None = None) -> dict:
         """One optimizer step on this rank's share. LearnerGroup sets batch.totals over ALL ranks (aggregation
         units, longest sequence) so that every micro loss gets its exact weight in the batch objective; called
         directly with no totals, a rank uses its own share's. demo: demonstrations whose mean NLL per token, times
-        settings.demo_coef, joins the same step's loss (InstructGPT's PPO-ptx)."""
+        settings.demo_coef, joins the same step's loss (InstructGPT's PPO-ptx); batch None: that term alone (SFT)."""
         s, t0 = self.settings, time.perf_counter()
         W = self.world_size
-        micro = self._micro_batches(batch, train=True)
+        micro = self._micro_batches(batch, train=True) if batch is not None else []
         demo_micro = self._micro_batches(demo, train=False) if demo is not None else []
         n_tokens = sum(int(m["loss_mask"].sum()) for m in micro)
-        totals, demo_totals = self._totals(batch), self._totals(demo) if demo is not None else None
-        total_units, total_tokens = max(totals.units(s.aggregation), 1), max(totals.tokens, 1)
+        totals, demo_totals = self._totals(batch) if micro else None, self._totals(demo) if demo is not None else None
+        total_units = max(totals.units(s.aggregation), 1) if micro else 1
+        total_tokens = max(totals.tokens, 1) if micro else 1
 
         # DeepSpeed averages gradients over ranks, hence the W factor: micro batch m gets weight
         # W * units_m / total (units: its loss tokens or its sequences, as aggregate() counts them), and
@@ -534,11 +535,15 @@ class LearnerGroup:
 
     # ---- calls ----------------------------------------------------------------------------------------------
 
-    def train_step(self, batch: TrainBatch, demo: TrainBatch | None = None) -> dict:
-        """One optimizer step on the batch (plus, with `demo`, settings.demo_coef x the demonstrations' NLL)."""
-        if batch.old_logprobs is None or batch.advantages is None:
+    def train_step(self, batch: TrainBatch | None, demo: TrainBatch | None = None) -> dict:
+        """One optimizer step on the batch (plus, with `demo`, settings.demo_coef x the demonstrations' NLL per
+        token). batch None: a step on that NLL alone, which is SFT (rl.sft) in one forward and backward per micro
+        batch, where the policy loss at ratio 1 would need a logprobs pass first."""
+        if batch is None and demo is None:
+            raise ValueError("train_step needs a batch, demonstrations or both")
+        if batch is not None and (batch.old_logprobs is None or batch.advantages is None):
             raise ValueError("train_step needs old_logprobs and advantages in the batch")
-        shares = self._shares_with_totals(batch)
+        shares = self._shares_with_totals(batch) if batch is not None else [None] * self.num_ranks
         demo_shares = self._shares_with_totals(demo) if demo is not None else [None] * self.num_ranks
         results = self._call("train_step", list(zip(shares, demo_shares)), spread=True)
         out = {k: sum(r[k] for r in results) / len(results) for k in results[0]}

@@ -2,14 +2,17 @@
 
     python -m bench.bench_learning [--config configs/learn_tiny.yaml] [--seeds 0 1 2] [--out runs/bench_learning]
                                    [--sft-limit 100] [--sft-epochs 20] [--sft-lr 3e-3] [--no-ceiling]
-                                   [--rft-rounds 0] [--rft-trials 8] [--rft-per-task 2] [key=value ...]
+                                   [--rft-rounds 0] [--rft-trials 8] [--rft-per-task 2] [--heldout-trials 0]
+                                   [key=value ...]
 
 Per seed: SFT on `--sft-limit` expert conversations of the training tasks (rl.sft, the seed draws which), then
 `--rft-rounds` rounds of rejection-sampling fine-tuning (each samples every training task `--rft-trials` times at
 `--rft-temperature` with rl.evaluate and fine-tunes the newest policy on the warm start's demonstrations plus every
 round's successes so far, at most `--rft-per-task` distinct ones per task: tau2's verdict is the only judge), then RL
 (rl.train, configured by --config and the overrides; train.steps=0 for none), held-out success before (the SFT
-start) and after. With RFT rounds, each stage's held-out greedy success is measured with rl.evaluate as well.
+start) and after. With RFT rounds, each stage's held-out greedy success is measured with rl.evaluate as well (and,
+with --heldout-trials k, its pass^1..k sampled at the rounds' temperature); with rounds and train.steps=0 there is
+no RL run and the last round is the end point.
 For context beside it: the expert's success on the same held-out tasks, and a ceiling, SFT on every expert
 conversation of the training tasks (one seed), evaluated the same way (rl.train train.steps=0). Every step is a
 subprocess with its log in <out>; a step whose output exists is skipped, so a re-run finishes what is missing.
@@ -17,6 +20,7 @@ subprocess with its log in <out>; a step whose output exists is skipped, so a re
     <out>/seed<k>/sft/           the warm start (HF folder)        <out>/seed<k>/rl/    the RL run's run_dir
     <out>/seed<k>/sample<r>/     round r's episodes on the training tasks (rl.evaluate)
     <out>/seed<k>/rft<r>/        round r's policy                  <out>/seed<k>/eval_<stage>/   held-out greedy
+    <out>/seed<k>/sampled_<stage>/  held-out sampled (--heldout-trials)
     <out>/ceiling/sft/, rl/      SFT on all expert data, its eval  <out>/*.log          each step's output
     <out>/results.json, results.md
 """
@@ -27,18 +31,24 @@ import json
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from bench import finish
+from rl.config import load_config
 
 
 def _run(args: list[str], log: Path) -> None:
-    """One pipeline step as a subprocess (its own Ray cluster), output appended to `log`; a failure stops here."""
+    """One pipeline step as a subprocess (its own Ray cluster), output appended to `log`; a failure stops here.
+    The console gets a line per step: the program, its log, how long it took."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"bench_learning: {args[1]} (log: {log}) ...", end="", flush=True)
+    t0 = time.perf_counter()
     with open(log, "a") as fh:
         fh.write(f"=== {' '.join(args)}\n")
         fh.flush()
         done = subprocess.run([sys.executable, *args], stdout=fh, stderr=subprocess.STDOUT)
+    print(f" {time.perf_counter() - t0:.0f} s", flush=True)
     if done.returncode:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
         raise SystemExit(f"bench_learning: `{' '.join(args)}` failed (exit {done.returncode}); {log}:\n{tail}")
@@ -79,9 +89,19 @@ def _heldout_greedy(model: Path, out: Path, overrides: list[str]) -> dict:
             **{f"eval/success/faults_{k}": v["success"] for k, v in report["by_faults"].items()}}
 
 
+def _heldout_sampled(args, model: Path, out: Path, overrides: list[str]) -> dict | None:
+    """tau2's pass^k on the held-out tasks, each sampled `args.heldout_trials` times at the rounds' temperature
+    (k = 1 .. trials; a fixed seed, so every stage sees the same draw of sampler seeds); None when not asked for."""
+    if not args.heldout_trials:
+        return None
+    return _evaluate(model, out, overrides, "--config-tasks", "heldout", "--trials", str(args.heldout_trials),
+                     "--temperature", str(args.rft_temperature), "--seed", "7", "--concurrency", "64")["pass_hat_k"]
+
+
 def _rft(args, seed: int, start: Path, overrides: list[str]) -> tuple[Path, list[dict]]:
     """`args.rft_rounds` rounds of rejection-sampling fine-tuning from `start`; (the last policy, per round: the
-    training tasks' success as sampled, held-out greedy success after the round)."""
+    training tasks' success as sampled, held-out success after the round: greedy, and sampled with
+    --heldout-trials)."""
     root, model, samples, rounds = start.parent, start, [], []
     for r in range(1, args.rft_rounds + 1):
         sample = _evaluate(model, root / f"sample{r}", overrides, "--config-tasks", "train", "--trials",
@@ -96,7 +116,8 @@ def _rft(args, seed: int, start: Path, overrides: list[str]) -> tuple[Path, list
                   str(out), *overrides], root / f"rft{r}.log")
         model = out
         rounds.append({"round": r, "train_success": sample["pass_hat_k"]["1"],
-                       "heldout": _heldout_greedy(model, root / f"eval_rft{r}", overrides)})
+                       "heldout": _heldout_greedy(model, root / f"eval_rft{r}", overrides),
+                       "heldout_sampled": _heldout_sampled(args, model, root / f"sampled_rft{r}", overrides)})
     return model, rounds
 
 
@@ -108,17 +129,17 @@ def _heldout(rows: list[dict], run_dir: Path) -> tuple[dict, dict]:
     return evals[0], evals[-1]
 
 
-def _expert_success(config: str, overrides: list[str], task_ids: set[str]) -> float:
+def _expert_success(config: str, overrides: list[str]) -> float:
+    """The scripted expert's success on the config's held-out tasks."""
     from envs.tau2_telecom.replay import replay_task
     from envs.tau2_telecom.session import TelecomSession
     from envs.tau2_telecom.tau2_api import Task
     from envs.tau2_telecom.users import ScriptedUser
     from envs.tau2_telecom.world import get_world
-    from rl.config import load_config
-    from rl.runtime import load_tasks
+    from rl.runtime import split_tasks
 
     cfg = load_config(config, overrides)
-    tasks = [Task.model_validate(t) for tid, t in load_tasks(cfg, cfg.train.eval_split).items() if tid in task_ids]
+    tasks = [Task.model_validate(t) for t in split_tasks(cfg).heldout.values()]
     session = TelecomSession(get_world(cfg.env.policy), user=ScriptedUser(), prompt=cfg.env.prompt)
     return sum(replay_task(session, t, cfg.env.mode, "expert").success for t in tasks) / max(1, len(tasks))
 
@@ -143,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rft-per-task", type=int, default=2, help="distinct successes kept per task")
     ap.add_argument("--rft-epochs", type=int, default=3)
     ap.add_argument("--rft-lr", type=float, default=1e-3)
+    ap.add_argument("--heldout-trials", type=int, default=0,
+                    help="with rounds: also sample the held-out tasks this many times at --rft-temperature at the "
+                         "start and after each round (tau2's pass^k; less noisy than one greedy pass)")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides for every step")
     # key=value items anywhere on the line are overrides (argparse alone would read them as more --seeds)
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -155,16 +179,24 @@ def main(argv: list[str] | None = None) -> int:
                     "sft_limit": args.sft_limit, "sft_epochs": args.sft_epochs, "sft_lr": args.sft_lr,
                     "rft": {k: getattr(args, f"rft_{k}") for k in ("rounds", "trials", "temperature", "per_task",
                                                                     "epochs", "lr")},
+                    "heldout_trials": args.heldout_trials,
                     "runs": {}}
+    cfg = load_config(args.config, args.overrides)
     for seed in args.seeds:
         start = out / f"seed{seed}" / "sft"
         _sft(args.config, seed, start, args.sft_limit, args.sft_epochs, args.sft_lr, args.overrides)
         model, rft = _rft(args, seed, start, args.overrides) if args.rft_rounds else (start, [])
-        rows = _train(args.config, seed, model, out / f"seed{seed}" / "rl", args.overrides)
-        before, after = _heldout(rows, out / f"seed{seed}" / "rl")
+        if rft and not cfg.train.steps:  # no RL after the rounds: the last round's held-out evaluation is the end point
+            rows, after = [], {**rft[-1]["heldout"], "step": 0}
+        else:
+            rows = _train(args.config, seed, model, out / f"seed{seed}" / "rl", args.overrides)
+            before, after = _heldout(rows, out / f"seed{seed}" / "rl")
+        before_sampled = None
         if rft:  # the SFT start, measured the way the rounds are
             before = _heldout_greedy(start, start.parent / "eval_sft", args.overrides)
+            before_sampled = _heldout_sampled(args, start, start.parent / "sampled_sft", args.overrides)
         report["runs"][seed] = {"before": before, "after": after, "steps": after["step"], "rft": rft,
+                                "before_sampled": before_sampled,
                                 "train_success": [r.get("success_rate") for r in rows if r["step"] > 0],
                                 "tool_calls": [r.get("episode/tool_calls") for r in rows if r["step"] > 0]}
     runs = report["runs"].values()
@@ -172,9 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     report["after"] = _mean_std([r["after"]["eval/success"] for r in runs])
     report["gain"] = _mean_std([r["after"]["eval/success"] - r["before"]["eval/success"] for r in runs])
     tasks = int(next(iter(runs))["before"]["eval/tasks"])
-    eval_ids = {json.loads(line)["task_id"] for line in
-                (out / f"seed{args.seeds[0]}" / "rl" / "eval_trajectories.jsonl").read_text().splitlines() if line}
-    report["expert"] = _expert_success(args.config, args.overrides, eval_ids)
+    report["expert"] = _expert_success(args.config, args.overrides)
     if not args.no_ceiling:
         _sft(args.config, args.seeds[0], out / "ceiling" / "sft", None, args.sft_epochs, args.sft_lr, args.overrides)
         rows = _train(args.config, args.seeds[0], out / "ceiling" / "sft", out / "ceiling" / "rl",
@@ -182,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
         report["ceiling"] = _heldout(rows, out / "ceiling" / "rl")[0]["eval/success"]
     (out / "results.md").write_text("\n".join(_table(report, tasks)) + "\n")
     finish(report, str(out / "results.json"), lambda r: print("\n".join(_table(r, tasks))))
+    where = f"{cfg.train.eval_split}, {tasks} tasks"
+    for seed, run in report["runs"].items():  # rl.train's line, one per seed
+        print(f"held-out success ({where}): before {run['before']['eval/success']:.2f} -> after "
+              f"{run['after']['eval/success']:.2f}" + (f" (seed {seed})" if len(args.seeds) > 1 else ""))
     return 0
 
 
@@ -193,22 +227,35 @@ def _table(r: dict, tasks: int) -> list[str]:
                     key=lambda k: int(k.rsplit("_", 1)[1]))
     runs = list(r["runs"].values())
     rounds = min(len(run["rft"]) for run in runs)
-    rft = (f", {rounds} rounds of rejection sampling ({r['rft']['trials']} samples per training task at "
-           f"{r['rft']['temperature']}, up to {r['rft']['per_task']} successes per task)" if rounds else "")
-    lines = [f"Held-out greedy success ({tasks} tasks), {len(runs)} seeds ({r['config']} "
-             f"{' '.join(r['overrides'])}), SFT on {r['sft_limit']} expert conversations{rft}, then RL "
-             f"({runs[0]['steps']} steps):", "",
+    rft = (f", {rounds} round{'s' * (rounds > 1)} of rejection sampling ({r['rft']['trials']} samples per training "
+           f"task at {r['rft']['temperature']}, up to {r['rft']['per_task']} successes per task)" if rounds else "")
+    steps = runs[0]["steps"]
+    rl = f"then RL ({steps} steps)" if steps or not rounds else "no RL after them"
+    lines = [f"Held-out greedy success ({tasks} tasks), {len(runs)} seed{'s' * (len(runs) > 1)} ({r['config']} "
+             f"{' '.join(r['overrides'])}), SFT on {r['sft_limit']} expert conversations{rft}, {rl}:", "",
              "| | held-out success | training tasks' success, sampled |", "|---|---|---|",
              f"| SFT start | {ms(r['before'])} | |"]
     for i in range(rounds):
         held = _mean_std([run["rft"][i]["heldout"]["eval/success"] for run in runs])
         sampled = _mean_std([run["rft"][i]["train_success"] for run in runs])
         lines.append(f"| after rejection-sampling round {i + 1} | {ms(held)} | {ms(sampled)} (before the round) |")
-    lines += [f"| after RL | {ms(r['after'])} | |", f"| gain | {ms(r['gain'])} | |"]
+    if steps or not rounds:
+        lines.append(f"| after RL | {ms(r['after'])} | |")
+    lines.append(f"| gain | {ms(r['gain'])} | |")
     if "ceiling" in r:
         lines.append(f"| ceiling: SFT on all expert data (seed {r['seeds'][0]}) | {r['ceiling']:.3f} |")
-    lines += [f"| the expert (scripted, same tasks) | {r['expert']:.3f} |", "",
-              "Per number of faults (mean over seeds):", "",
+    lines.append(f"| the expert (scripted, same tasks) | {r['expert']:.3f} |")
+    k = r.get("heldout_trials", 0)
+    if rounds and k:
+        stages = [("SFT start", [run["before_sampled"] for run in runs])] + [
+            (f"after rejection-sampling round {i + 1}", [run["rft"][i]["heldout_sampled"] for run in runs])
+            for i in range(rounds)]
+        lines += ["", f"The held-out tasks sampled {k} times each at {r['rft']['temperature']} (tau2's pass^k):", "",
+                  f"| | pass^1 | pass^{k} |", "|---|---|---|"]
+        lines += [f"| {name} | {ms(_mean_std([p['1'] for p in ps]))} | {ms(_mean_std([p[str(k)] for p in ps]))} |"
+                  for name, ps in stages]
+        lines.append(f"| gain | {ms(_mean_std([b['1'] - a['1'] for a, b in zip(stages[0][1], stages[-1][1])]))} | |")
+    lines += ["", "Per number of faults (mean over seeds):", "",
               "| faults | " + " | ".join(k.rsplit("_", 1)[1] for k in faults) + " |", "|---|" + "---|" * len(faults)]
     for when in ("before", "after"):
         vals = [statistics.mean(run[when].get(k, 0.0) for run in r["runs"].values()) for k in faults]

@@ -14,9 +14,8 @@ train.eval_tasks > 0, exactly as rl.train holds it out), and only episodes tau2'
 `--limit N` keeps N of the teacher's demonstrations (of the rollouts' when there is no teacher), drawn at random
 (seeded) from those that fit rollout.max_model_len, so a warm start's few demonstrations stay the same when its own
 successes are added. Each conversation is tokenised with the chat template, the loss covers the assistant turns
-only, and the same DeepSpeed ZeRO-3 learner as RL trains on it (its policy loss with advantage 1 and the current
-policy as the "old" one is exactly the negative log-likelihood gradient), with a linear warm-up over 5 % of the steps
-and a linear decay to 0.
+only, and the same DeepSpeed ZeRO-3 learner as RL trains on it (the mean NLL per token, the term RL's
+algorithm.demo_coef adds), with a linear warm-up over 5 % of the steps and a linear decay to 0.
 The result is a HF folder for model.name.
 """
 from __future__ import annotations
@@ -50,8 +49,7 @@ def run_sft(cfg: Config, epochs: int, batch_size: int, lr: float | None, out: Pa
     steps = epochs * ((len(data) + batch_size - 1) // batch_size)
     # A warm-up then linear decay to 0: a constant lr high enough to fit a small model in few steps leaves it noisy.
     settings = replace(LearnerSettings.from_config(cfg, str(base)), lr=lr or cfg.learner.lr * 10, kl_coef=0.0,
-                       clip_eps=1e9, clip_eps_high=None, aggregation="token_mean", lr_schedule_steps=steps,
-                       temperature=1.0)
+                       demo_coef=1.0, lr_schedule_steps=steps, temperature=1.0)
     learner = LearnerGroup(settings, num_ranks=cfg.learner.num_ranks)
     rng = random.Random(cfg.seed)
     nll_curve = []
@@ -62,12 +60,9 @@ def run_sft(cfg: Config, epochs: int, batch_size: int, lr: float | None, out: Pa
             rng.shuffle(data)
             for i in range(0, len(data), batch_size):
                 chunk = data[i: i + batch_size]
-                batch = TrainBatch(input_ids=[c[0] for c in chunk], loss_mask=[c[1] for c in chunk])
-                batch.old_logprobs = learner.logprobs(batch)  # ratio 1: the PPO gradient is the NLL gradient
-                batch.advantages = [[1.0] * len(c[0]) for c in chunk]
-                m = learner.train_step(batch)
-                nll = -sum(lp * mk for lps, c in zip(batch.old_logprobs, chunk) for lp, mk in zip(lps, c[1]))
-                nll_curve.append(nll / max(1, sum(sum(c[1]) for c in chunk)))
+                m = learner.train_step(None, demo=TrainBatch(input_ids=[c[0] for c in chunk],
+                                                             loss_mask=[c[1] for c in chunk]))
+                nll_curve.append(m["demo_nll"])  # before the step, as the forward saw it
                 bar.set_postfix(nll_per_token=f"{nll_curve[-1]:.3f}", grad_norm=f"{m.get('grad_norm', 0):.2f}")
                 bar.update(1)
         bar.close()

@@ -111,7 +111,7 @@ def test_bench_learning_table_reports_mean_std_gain_and_context():
     text = "\n".join(_table(report, 40))
     assert "| gain | 0.300 ± 0.100 | |" in text and "| SFT start | 0.100 ± 0.100 | |" in text
     assert "| after rejection-sampling round 1 | 0.400 ± 0.100 | 0.500 ± 0.100 (before the round) |" in text
-    assert "1 rounds of rejection sampling (8 samples" in text and "then RL (20 steps)" in text
+    assert "1 round of rejection sampling (8 samples" in text and "then RL (20 steps)" in text
     assert "ceiling" in text and "| the expert (scripted, same tasks) | 1.000 |" in text
     assert "| after | 0.40 |" in text  # per fault count, mean over seeds
 
@@ -132,17 +132,21 @@ def test_bench_learning_rejection_sampling_rounds_chain_their_inputs(tmp_path, m
         if args[1] == "rl.sft":
             (out / "config.json").write_text("{}")
         else:
-            (out / "report.json").write_text(json.dumps({"pass_hat_k": {"1": 0.5}, "tasks": 40,
+            (out / "report.json").write_text(json.dumps({"pass_hat_k": {"1": 0.5, "2": 0.25}, "tasks": 40,
                                                          "by_faults": {"2": {"success": 0.5}}}))
 
     monkeypatch.setattr(bench_learning, "_run", fake_run)
     args = Namespace(rft_rounds=2, rft_trials=8, rft_temperature=0.7, rft_per_task=2, rft_epochs=3, rft_lr=1e-3,
-                     config="c.yaml", sft_limit=100)
+                     config="c.yaml", sft_limit=100, heldout_trials=2)
     start = tmp_path / "seed1" / "sft"
     model, rounds = bench_learning._rft(args, 1, start, ["env.max_turns=20"])
     assert model == tmp_path / "seed1" / "rft2" and [r["train_success"] for r in rounds] == [0.5, 0.5]
     assert rounds[1]["heldout"] == {"eval/success": 0.5, "eval/tasks": 40, "eval/success/faults_2": 0.5}
-    sample2, sft2 = calls[3], calls[4]
+    assert rounds[1]["heldout_sampled"] == {"1": 0.5, "2": 0.25}
+    sampled1 = calls[3]  # each round: sample, fine-tune, held-out greedy, held-out sampled
+    assert sampled1[sampled1.index("--model") + 1] == str(tmp_path / "seed1" / "rft1") and "heldout" in sampled1
+    assert [sampled1[sampled1.index(f) + 1] for f in ("--trials", "--temperature", "--seed")] == ["2", "0.7", "7"]
+    sample2, sft2 = calls[4], calls[5]
     assert sample2[sample2.index("--model") + 1] == str(tmp_path / "seed1" / "rft1")
     assert "--config-tasks" in sample2 and "train" in sample2 and sample2[sample2.index("--seed") + 1] == "102"
     rollouts = sft2[sft2.index("--from-rollouts") + 1: sft2.index("--per-task")]
@@ -151,6 +155,44 @@ def test_bench_learning_rejection_sampling_rounds_chain_their_inputs(tmp_path, m
     n = len(calls)
     bench_learning._rft(args, 1, start, ["env.max_turns=20"])
     assert len(calls) == n  # every output exists: nothing re-runs
+
+
+def test_bench_learning_with_rounds_and_no_rl_ends_at_the_last_round(tmp_path, monkeypatch, capsys):
+    """train.steps=0 after rejection-sampling rounds: no rl.train run (it would only re-evaluate the last round's
+    policy), the gain is the last round's held-out success over the SFT start's."""
+    from bench import bench_learning
+
+    success = {"eval_sft": 0.25, "eval_rft1": 0.4, "eval_rft2": 0.5, "sample1": 0.3, "sample2": 0.35,
+               "sampled_sft": 0.2, "sampled_rft1": 0.3, "sampled_rft2": 0.5}
+    programs = []
+
+    def fake_run(args, log):
+        programs.append(args[1])
+        out = Path(args[args.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        if args[1] == "rl.sft":
+            (out / "config.json").write_text("{}")
+        else:
+            p = success[out.name]
+            (out / "report.json").write_text(json.dumps({"pass_hat_k": {"1": p, "4": p / 2}, "tasks": 40,
+                                                         "by_faults": {"2": {"success": p}}}))
+
+    monkeypatch.setattr(bench_learning, "_run", fake_run)
+    monkeypatch.setattr(bench_learning, "_train", lambda *a: pytest.fail("rl.train ran with train.steps=0"))
+    monkeypatch.setattr(bench_learning, "_expert_success", lambda *a: 1.0)
+    assert bench_learning.main(["--out", str(tmp_path), "--seeds", "0", "--no-ceiling", "--rft-rounds", "2",
+                                "--heldout-trials", "4", "train.steps=0"]) == 0
+    assert set(programs) == {"rl.sft", "rl.evaluate"}
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert report["gain"]["mean"] == pytest.approx(0.25) and report["after"]["mean"] == 0.5
+    text = (tmp_path / "results.md").read_text()
+    assert "no RL after them" in text and "after RL" not in text
+    assert "held-out success (base, 40 tasks): before 0.25 -> after 0.50" in capsys.readouterr().out
+    assert "| after rejection-sampling round 2 | 0.500 ± 0.000 | 0.350 ± 0.000 (before the round) |" in text
+    # the held-out tasks sampled 4 times per stage: pass^1 and pass^4, and the pass^1 gain
+    assert "| SFT start | 0.200 ± 0.000 | 0.100 ± 0.000 |" in text
+    assert "| after rejection-sampling round 2 | 0.500 ± 0.000 | 0.250 ± 0.000 |" in text
+    assert "| gain | 0.300 ± 0.000 | |\n\nPer number" in text
 
 
 def test_sft_demonstrations_and_rl_training_tasks_share_one_hold_out():

@@ -258,6 +258,17 @@ def test_sampling_temperature_sft_lr_schedule_and_demonstration_term(ray_cluster
         assert m["demo_nll"] == pytest.approx(nll.item(), rel=1e-5)
         assert m["loss"] == pytest.approx((pg + 0.5 * nll).item(), abs=1e-5)
         assert "demo_nll" not in steps[0]  # no demonstrations, no term
+
+        # the demonstrations alone (rl.sft's step): demo_coef x their NLL, no policy loss
+        model = hf_model(model_path, gathered(group)).train()
+        nll = -(hf_batch_logprobs(model, demo) * demo_mask).sum() / demo_mask.sum()
+        (0.5 * nll).backward()
+        expected = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+        m = group.train_step(None, demo)
+        assert m["grad_norm"] == pytest.approx(float(expected), rel=1e-4)
+        assert m["demo_nll"] == pytest.approx(nll.item(), rel=1e-5) and m["tokens"] == 0
+        with pytest.raises(ValueError, match="needs a batch, demonstrations or both"):
+            group.train_step(None)
     finally:
         group.shutdown()
 
