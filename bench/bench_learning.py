@@ -173,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [a for a in argv if "=" in a and not a.startswith("-")]
     args = ap.parse_args([a for a in argv if a not in overrides])
     args.overrides = overrides
+    if args.heldout_trials < 0 or (args.heldout_trials and not args.rft_rounds):
+        ap.error("--heldout-trials needs --rft-rounds (it samples the start and each round's policy) and must be >= 0")
     out = Path(args.out)
 
     report: dict = {"config": args.config, "overrides": args.overrides, "seeds": args.seeds,

@@ -1,8 +1,8 @@
 """Evaluate an agent the way tau2-bench does: pass^1..pass^k over trials, in tau2's own results format.
 
     python -m rl.evaluate --model runs/learn_tiny --split test --trials 4 --out runs/eval/mine
-    python -m rl.evaluate --model runs/demo/sft_model --split base --temperature 0.7 --trials 4 --out runs/eval/sft
-    python -m rl.evaluate --model runs/demo/sft_model --config-tasks train --temperature 0.7 --trials 8 --out runs/s
+    python -m rl.evaluate --model runs/demo/seed0/sft --split base --temperature 0.7 --trials 4 --out runs/eval/sft
+    python -m rl.evaluate --model runs/demo/seed0/sft --config-tasks train --temperature 0.7 --trials 8 --out runs/s
     python -m rl.evaluate --endpoint http://127.0.0.1:8000/v1 --served-model Qwen3-4B --split test --out runs/eval/q
     python -m rl.evaluate --agent expert --split test --trials 4 --out runs/eval/expert
     python -m rl.evaluate --agent oracle --tasks my_tasks.json --mode dual --limit 10 --out runs/eval/oracle

@@ -183,6 +183,8 @@ def test_bench_learning_with_rounds_and_no_rl_ends_at_the_last_round(tmp_path, m
     assert bench_learning.main(["--out", str(tmp_path), "--seeds", "0", "--no-ceiling", "--rft-rounds", "2",
                                 "--heldout-trials", "4", "train.steps=0"]) == 0
     assert set(programs) == {"rl.sft", "rl.evaluate"}
+    with pytest.raises(SystemExit):  # sampled held-out evaluations belong to the rounds
+        bench_learning.main(["--out", str(tmp_path / "x"), "--heldout-trials", "4"])
     report = json.loads((tmp_path / "results.json").read_text())
     assert report["gain"]["mean"] == pytest.approx(0.25) and report["after"]["mean"] == 0.5
     text = (tmp_path / "results.md").read_text()
