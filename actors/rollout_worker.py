@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import ray
 
+from rl.config import engine_dtype
 from rl.contracts import EpisodeJob, EpisodeTimings, Trajectory
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ class RolloutSettings:
     kv_cache_gib: float = 1.0  # CPU only: KV cache bytes are fixed up front
     gpu_memory_utilization: float = 0.5  # GPU only
     engine: str = "auto"  # auto | async | in_process (RolloutConfig.engine)
+    dtype: str = "auto"  # auto | float32 | bfloat16 (RolloutConfig.dtype)
     seed: int = 0
     tau2_messages: bool = False  # keep each episode's tau2 message log in its Trajectory (rl.evaluate's tau2 file)
 
@@ -59,7 +61,7 @@ class RolloutSettings:
         return cls(model_path=model_path, mode=cfg.env.mode, max_model_len=r.max_model_len,
                    max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, min_p=r.min_p,
                    kv_cache_gib=r.kv_cache_gib, gpu_memory_utilization=r.gpu_memory_utilization, engine=r.engine,
-                   seed=cfg.seed + worker)
+                   dtype=r.dtype, seed=cfg.seed + worker)
 
 
 class TemplateNotPrefixStable(RuntimeError):
@@ -91,7 +93,7 @@ class RolloutWorkerImpl:
             raise ValueError(f"{s.model_path}: tokenizer has no chat template (rl.models sets telerl's)")
         on_gpu = torch.cuda.is_available()
         kw = dict(model=s.model_path, seed=s.seed, max_model_len=s.max_model_len, enforce_eager=not on_gpu,
-                  dtype="auto" if on_gpu else "float32", logprobs_mode="processed_logprobs",
+                  dtype=engine_dtype(s.dtype, on_gpu), logprobs_mode="processed_logprobs",
                   worker_extension_cls="actors.weight_sync.WeightSyncExtension", enable_prefix_caching=True)
         if on_gpu:
             kw["gpu_memory_utilization"] = s.gpu_memory_utilization

@@ -2,13 +2,14 @@
 
     python -m bench.bench_learning [--config configs/learn_tiny.yaml] [--seeds 0 1 2] [--out runs/bench_learning]
                                    [--sft-limit 100] [--sft-epochs 20] [--sft-lr 3e-3] [--no-ceiling]
-                                   [--rft-rounds 0] [--rft-trials 8] [--rft-per-task 2] [--heldout-trials 0]
-                                   [key=value ...]
+                                   [--rft-rounds 0] [--rft-trials 8] [--rft-per-task 2] [--rft-engines 2]
+                                   [--rft-dtype auto|float32|bfloat16] [--heldout-trials 0] [key=value ...]
 
 Per seed: SFT on `--sft-limit` expert conversations of the training tasks (rl.sft, the seed draws which), then
 `--rft-rounds` rounds of rejection-sampling fine-tuning (each samples every training task `--rft-trials` times at
-`--rft-temperature` with rl.evaluate and fine-tunes the newest policy on the warm start's demonstrations plus every
-round's successes so far, at most `--rft-per-task` distinct ones per task: tau2's verdict is the only judge), then RL
+`--rft-temperature` with rl.evaluate, on `--rft-engines` engines in `--rft-dtype`, and fine-tunes the newest policy
+on the warm start's demonstrations plus every round's successes so far, at most `--rft-per-task` distinct ones per
+task: tau2's verdict is the only judge), then RL
 (rl.train, configured by --config and the overrides; train.steps=0 for none), held-out success before (the SFT
 start) and after. With RFT rounds, each stage's held-out greedy success is measured with rl.evaluate as well (and,
 with --heldout-trials k, its pass^1..k sampled at the rounds' temperature); with rounds and train.steps=0 there is
@@ -35,6 +36,7 @@ import time
 from pathlib import Path
 
 from bench import finish
+from rl.choices import ROLLOUT_DTYPES
 from rl.config import load_config
 
 
@@ -104,9 +106,11 @@ def _rft(args, seed: int, start: Path, overrides: list[str]) -> tuple[Path, list
     --heldout-trials)."""
     root, model, samples, rounds = start.parent, start, [], []
     for r in range(1, args.rft_rounds + 1):
-        sample = _evaluate(model, root / f"sample{r}", overrides, "--config-tasks", "train", "--trials",
+        sampler = [f"rollout.dtype={args.rft_dtype}", f"rollout.num_workers={args.rft_engines}",
+                   f"env_pool.num_workers={args.rft_engines}"]
+        sample = _evaluate(model, root / f"sample{r}", [*overrides, *sampler], "--config-tasks", "train", "--trials",
                            str(args.rft_trials), "--temperature", str(args.rft_temperature), "--seed",
-                           str(seed * 100 + r), "--concurrency", "64")
+                           str(seed * 100 + r), "--concurrency", str(64 * args.rft_engines))
         samples.append(str(root / f"sample{r}"))
         out = root / f"rft{r}"
         if not (out / "config.json").is_file():
@@ -119,6 +123,15 @@ def _rft(args, seed: int, start: Path, overrides: list[str]) -> tuple[Path, list
                        "heldout": _heldout_greedy(model, root / f"eval_rft{r}", overrides),
                        "heldout_sampled": _heldout_sampled(args, model, root / f"sampled_rft{r}", overrides)})
     return model, rounds
+
+
+def _native_bf16() -> bool:
+    """A CPU with bfloat16 instructions (AVX512-BF16 or AMX), where a bfloat16 engine samples faster than float32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 def _heldout(rows: list[dict], run_dir: Path) -> tuple[dict, dict]:
@@ -162,6 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rft-trials", type=int, default=8, help="samples of each training task per round")
     ap.add_argument("--rft-temperature", type=float, default=0.7)
     ap.add_argument("--rft-per-task", type=int, default=2, help="distinct successes kept per task")
+    ap.add_argument("--rft-engines", type=int, default=2,
+                    help="vLLM engines sampling the training tasks, 64 episodes in flight each (a CPU engine runs "
+                         "its model on one thread: one per core)")
+    ap.add_argument("--rft-dtype", choices=ROLLOUT_DTYPES, default="bfloat16" if _native_bf16() else "auto",
+                    help="the engine's dtype when sampling the training tasks (rollout.dtype; default: bfloat16 on "
+                         "a CPU with bf16 instructions, 1.3-1.45x faster; only the samples' tokens and tau2's verdicts "
+                         "are used, so the sampler need not match the learner's numerics)")
     ap.add_argument("--rft-epochs", type=int, default=3)
     ap.add_argument("--rft-lr", type=float, default=1e-3)
     ap.add_argument("--heldout-trials", type=int, default=0,
@@ -173,14 +193,16 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [a for a in argv if "=" in a and not a.startswith("-")]
     args = ap.parse_args([a for a in argv if a not in overrides])
     args.overrides = overrides
+    if args.rft_engines < 1:
+        ap.error("--rft-engines must be >= 1")
     if args.heldout_trials < 0 or (args.heldout_trials and not args.rft_rounds):
         ap.error("--heldout-trials needs --rft-rounds (it samples the start and each round's policy) and must be >= 0")
     out = Path(args.out)
 
     report: dict = {"config": args.config, "overrides": args.overrides, "seeds": args.seeds,
                     "sft_limit": args.sft_limit, "sft_epochs": args.sft_epochs, "sft_lr": args.sft_lr,
-                    "rft": {k: getattr(args, f"rft_{k}") for k in ("rounds", "trials", "temperature", "per_task",
-                                                                    "epochs", "lr")},
+                    "rft": {k: getattr(args, f"rft_{k}") for k in ("rounds", "trials", "temperature", "dtype",
+                                                                    "engines", "per_task", "epochs", "lr")},
                     "heldout_trials": args.heldout_trials,
                     "runs": {}}
     cfg = load_config(args.config, args.overrides)

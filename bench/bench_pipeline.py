@@ -1,6 +1,7 @@
 """Pipeline benchmark: the agent loop's generation throughput and the RL step's time split, side by side in one run.
 
-    python -m bench.bench_pipeline [--episodes 8] [--hf-episodes N] [--rounds 5] [--out bench_results/pipeline.json]
+    python -m bench.bench_pipeline [--episodes 8] [--hf-episodes N] [--rounds 5] [--sampler-episodes 64]
+                                   [--out bench_results/pipeline.json]
 
 1. Agent loop vs raw vLLM. RolloutWorker.rollout runs multi-turn episodes (tiny model, dual mode, compact prompt).
    Each turn's prompt (the token prefix before a generated span) and generated-token count are read back from the
@@ -14,6 +15,9 @@
 3. Step-time breakdown of the real driver (rl.train.Trainer, configs/test_tiny.yaml), second step.
 4. Rollout engines (rollout.engine): vLLM's engine in the actor's process (the CPU default) vs AsyncLLM with its
    EngineCore process: actor start-up (process + imports + engine) and agent-loop tokens/s on the same episodes.
+5. Engine dtype (rollout.dtype): bfloat16 vs float32, agent-loop tokens/s on the same --sampler-episodes episodes at
+   once (float32 is what RL uses on CPU, so that the learner's logprobs match; bfloat16 is for sampling whose tokens
+   are all that count, e.g. bench_learning's rejection-sampling rounds).
 
 Arms run interleaved (A B A B ...) so machine noise hits them alike; medians over rounds; ratios are what to read.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import glob
 import os
 import shutil
@@ -142,31 +147,32 @@ def bench_agent_vs_raw(worker, jobs: list[EpisodeJob], rounds: int) -> dict:
             "ratio_vs_batched": round(_median(rows, "ratio_vs_batched"), 3)}
 
 
-# ------------------------------------------------------------------ 4. rollout engines
-def bench_engines(settings: RolloutSettings, env: EnvPool, jobs: list[EpisodeJob], rounds: int) -> dict:
-    """Each engine's actor is started alone (a start competing with another would be slower), then the agent-loop
-    arm alternates between them on the same episodes."""
-    import dataclasses
-
+# ------------------------------------------------------------------ 4, 5. rollout engines and their dtype
+def bench_engines(settings: RolloutSettings, env: EnvPool, jobs: list[EpisodeJob], rounds: int, key: str,
+                  arms: tuple[str, str]) -> dict:
+    """Two engines differing in one RolloutSettings field (`key`: engine kind, dtype), each started alone (a start
+    competing with another would be slower); then the agent-loop arm alternates between them on the same episodes.
+    Ratios are arms[0] / arms[1]."""
     workers, start = {}, {}
-    for kind in ("in_process", "async"):
+    for arm in arms:
         t0 = time.perf_counter()
-        workers[kind] = BenchRolloutWorker.options(num_cpus=0).remote(
-            dataclasses.replace(settings, engine=kind), env.workers, ENV, f"bench-{kind}")
-        engine_s = ray.get(workers[kind].start.remote(), timeout=600)["seconds"]
-        start[kind] = {"actor_start_s": round(time.perf_counter() - t0, 1), "engine_s": round(engine_s, 1)}
-        agent_arm(workers[kind], jobs)  # warm-up
+        workers[arm] = BenchRolloutWorker.options(num_cpus=0).remote(
+            dataclasses.replace(settings, **{key: arm}), env.workers, ENV, f"bench-{arm}")
+        engine_s = ray.get(workers[arm].start.remote(), timeout=600)["seconds"]
+        start[arm] = {"actor_start_s": round(time.perf_counter() - t0, 1), "engine_s": round(engine_s, 1)}
+        agent_arm(workers[arm], jobs)  # warm-up
     tok_s = defaultdict(list)
     for _ in range(rounds):
-        for kind, worker in workers.items():
+        for arm, worker in workers.items():
             wall, trajs = agent_arm(worker, jobs)
-            tok_s[kind].append(sum(t.generated_tokens for t in trajs) / wall)
+            tok_s[arm].append(sum(t.generated_tokens for t in trajs) / wall)
     for worker in workers.values():
         ray.get(worker.shutdown.remote())
         ray.kill(worker)
+    a, b = arms
     return {"start": start, "tok_s": {k: round(statistics.median(v)) for k, v in tok_s.items()},
-            "start_ratio": round(start["in_process"]["actor_start_s"] / start["async"]["actor_start_s"], 2),
-            "tok_s_ratio": round(statistics.median(tok_s["in_process"]) / statistics.median(tok_s["async"]), 2)}
+            "start_ratio": round(start[a]["actor_start_s"] / start[b]["actor_start_s"], 2),
+            "tok_s_ratio": round(statistics.median(tok_s[a]) / statistics.median(tok_s[b]), 2)}
 
 
 def _median(rows: list[dict], key: str) -> float:
@@ -343,6 +349,7 @@ def main(argv=None) -> dict:
                     help="episodes per round for the naive HF comparison (default: --episodes; ~0.3 s each here)")
     ap.add_argument("--rounds", type=int, default=5, help="rounds of the raw-vLLM comparison (naive HF: 3)")
     ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--sampler-episodes", type=int, default=64, help="episodes in flight for the dtype comparison")
     ap.add_argument("--skip-step", action="store_true", help="skip the driver step-time breakdown")
     ap.add_argument("--out", default="bench_results/pipeline.json")
     args = ap.parse_args(argv)
@@ -353,7 +360,8 @@ def main(argv=None) -> dict:
     model_path = str(resolve_model("tiny"))
     tasks = load_split("small")
     report: dict = {"model": "tiny", "mode": MODE, "prompt": ENV.prompt, "max_new_tokens": args.max_new_tokens,
-                    "rounds": args.rounds, "cpus": os.cpu_count(), "load_avg_start": os.getloadavg()}
+                    "rounds": args.rounds, "sampler_episodes": args.sampler_episodes, "cpus": os.cpu_count(),
+                    "load_avg_start": os.getloadavg()}
     t_start = last = time.perf_counter()
     sections = report["sections_s"] = {}  # where the run's wall time goes (engine starts dominate)
 
@@ -384,8 +392,14 @@ def main(argv=None) -> dict:
         lap("agent_vs_naive_hf")
         ray.get(worker.shutdown.remote())
         ray.kill(worker)
-        report["engines"] = bench_engines(settings, env, jobs, min(3, args.rounds))
+        report["engines"] = bench_engines(settings, env, jobs, min(3, args.rounds), "engine", ("in_process", "async"))
         lap("engines")
+        # as a rejection-sampling round samples: many episodes in flight, so attention over long contexts dominates
+        many = [EpisodeJob(t.model_dump(mode="json"), i) for i, t in
+                enumerate(tasks[i % len(tasks)] for i in range(args.sampler_episodes))]
+        room = dataclasses.replace(settings, kv_cache_gib=1.0)  # KV for all of them in either dtype
+        report["dtypes"] = bench_engines(room, env, many, min(3, args.rounds), "dtype", ("bfloat16", "float32"))
+        lap("dtypes")
         env.shutdown()
     finally:
         ray.shutdown()
@@ -444,6 +458,11 @@ def _print(r: dict) -> None:
         print(f"   {kind:<10} start {g['start'][kind]['actor_start_s']:>6} s (engine {g['start'][kind]['engine_s']} s)"
               f"   {g['tok_s'][kind]} tok/s")
     print(f"   in_process / async: start {g['start_ratio']}x, tokens/s {g['tok_s_ratio']}x")
+    d = r.get("dtypes")
+    if d:  # rollout.dtype (bench_learning samples its rejection-sampling rounds in bfloat16 where the CPU has it)
+        print(f"5. rollout.dtype, {r['sampler_episodes']} episodes at once: agent-loop generated tokens/s bfloat16 "
+              f"{d['tok_s']['bfloat16']}, float32 "
+              f"{d['tok_s']['float32']}: bfloat16 / float32 {d['tok_s_ratio']}x")
     parts = ", ".join(f"{k} {v}" for k, v in r["sections_s"].items())
     print(f"total {r['total_s']} s ({parts}); /dev/shm segments removed: {r['shm_segments_removed']}")
 

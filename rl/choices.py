@@ -11,7 +11,8 @@ TOKEN_AGGREGATIONS = ("token_mean",)  # average over loss tokens; the others ave
 MIXINGS = ("weighted", "gated", "multiplicative")  # how learned/judged scores join the checks (RewardConfig)
 RM_NORMALIZATIONS = ("train_stats", "batch")
 ENGINES = ("auto", "async", "in_process")  # rollout engine kind (actors/rollout_worker.py)
+ROLLOUT_DTYPES = ("auto", "float32", "bfloat16")  # the rollout engine's weights and KV cache
 TRANSPORTS = ("object_store", "collective")  # weight sync to the engines (actors/weight_sync.py, weight_transport.py)
 
 __all__ = ["ADVANTAGE_ESTIMATORS", "AGGREGATIONS", "ENGINES", "KL_KINDS", "MIXINGS", "MODES", "POLICIES", "PROMPTS",
-           "RM_NORMALIZATIONS", "SPLITS", "TOKEN_AGGREGATIONS", "TRANSPORTS", "USERS"]
+           "RM_NORMALIZATIONS", "ROLLOUT_DTYPES", "SPLITS", "TOKEN_AGGREGATIONS", "TRANSPORTS", "USERS"]

@@ -37,7 +37,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -200,14 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     bar = tqdm(total=len(todo), desc=f"{name} ({mode})", unit="episode", file=sys.stderr, disable=None)
     try:
         with (open(episodes_file, "a") as fh,
-              _player(args, cfg, model_path, endpoint, mode, policy, limits) as (play, chunk)):
-            for i in range(0, len(todo), chunk):
-                for outcome in play(todo[i:i + chunk]):
-                    fh.write(json.dumps(outcome.row()) + "\n")
-                    fh.flush()
-                    done.append(outcome)
-                    bar.update(1)
-                bar.set_postfix(pass1=f"{sum(o.success for o in done) / len(done):.3f}")
+              _player(args, cfg, model_path, endpoint, mode, policy, limits) as play):
+            for outcome in play(todo):
+                fh.write(json.dumps(outcome.row()) + "\n")
+                fh.flush()
+                done.append(outcome)
+                bar.update(1)
+                bar.set_postfix(pass1=f"{sum(o.success for o in done) / len(done):.3f}", refresh=False)
     except KeyboardInterrupt:
         print(f"\ninterrupted: {len(done)} episodes kept in {episodes_file} (--resume runs the rest)", file=sys.stderr)
     except ActorFailed as e:  # a dead or hung engine: one line, and what finished is kept
@@ -237,18 +236,17 @@ def main(argv: list[str] | None = None) -> int:
 @contextmanager
 def _player(args, cfg: Config | None, model_path: str | None, endpoint: LLMEndpoint | None, mode: str, policy: str,
             limits: SessionLimits):
-    """(play, chunk): play([(task, trial), ...]) -> outcomes, `chunk` pairs at a time."""
+    """play([(task, trial), ...]) -> their outcomes, each yielded as it finishes (--concurrency at a time)."""
     if args.model:
         from rl.model_agent import ModelAgent
 
         with ModelAgent(cfg, model_path) as agent:
-            greedy = args.temperature == 0
-            yield (lambda pairs: agent.play([(t.model_dump(mode="json"), k) for t, k in pairs], greedy),
-                   args.concurrency)
+            yield lambda pairs: agent.play([(t.model_dump(mode="json"), k) for t, k in pairs],
+                                           args.temperature == 0, args.concurrency)
         return
     if args.agent:
         session = TelecomSession(get_world(policy), limits, user=ScriptedUser())
-        yield (lambda pairs: [run_episode(session, t, mode, SCRIPTED_AGENTS[args.agent], k) for t, k in pairs]), 1
+        yield lambda pairs: (run_episode(session, t, mode, SCRIPTED_AGENTS[args.agent], k) for t, k in pairs)
         return
     from rl.endpoint_agent import endpoint_player
 
@@ -259,7 +257,15 @@ def _player(args, cfg: Config | None, model_path: str | None, endpoint: LLMEndpo
         return run_episode(session, pair[0], mode, play, pair[1])
 
     with ThreadPoolExecutor(args.concurrency) as pool:
-        yield (lambda pairs: list(pool.map(one, pairs))), args.concurrency
+        def run_all(pairs):
+            futures = [pool.submit(one, pair) for pair in pairs]
+            try:
+                yield from (f.result() for f in as_completed(futures))
+            finally:  # Ctrl-C or a stop: the episodes not started yet never start
+                for f in futures:
+                    f.cancel()
+
+        yield run_all
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
-"""A language-model agent for `rl.evaluate --model`: the same actors rl.train evaluates with (a vLLM RolloutWorker
-running the token-in/token-out agent loop, EnvWorkers holding the tau2 sessions) on a local or connected Ray cluster.
+"""A language-model agent for `rl.evaluate --model`: the same actors rl.train evaluates with (rollout.num_workers vLLM
+RolloutWorkers running the token-in/token-out agent loop, EnvWorkers holding the tau2 sessions) on a local or
+connected Ray cluster.
 
     with ModelAgent(cfg, model_path) as agent:
-        outcomes = agent.play([(task_dict, trial), ...], greedy=True)
+        for outcome in agent.play([(task_dict, trial), ...], greedy=True, concurrency=16):
+            ...
 
 What the policy sees (prompt, chat template, token limits, customer) comes from the config, so a checkpoint is
 evaluated with the settings it was trained with (`rl.evaluate` reads the run's config.yaml, or the telerl.yaml that
@@ -11,10 +13,11 @@ rl.train and rl.sft write beside a model's weights).
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from rl.actor_calls import wait
+from rl.actor_calls import ActorFailed, wait
 from rl.config import Config
 from rl.contracts import EpisodeJob, Trajectory
 from rl.eval_report import EpisodeOutcome
@@ -75,7 +78,7 @@ class ModelAgent:
 
     def __init__(self, cfg: Config, model_path: str):
         self.cfg, self.model_path = cfg, model_path
-        self.env = self.worker = None
+        self.env, self.workers = None, []
 
     def __enter__(self) -> ModelAgent:
         from actors.env_worker import EnvPool, EnvSettings
@@ -83,29 +86,56 @@ class ModelAgent:
         from rl.runtime import actor_runtime_env, cluster_has_gpus, init_ray
 
         cfg = self.cfg
-        init_ray(cfg, cfg.rollout.num_cpus, log_to_driver=False)
+        init_ray(cfg, cfg.rollout.num_workers * cfg.rollout.num_cpus, log_to_driver=False)
         env_settings = EnvSettings.from_config(cfg)
         self.env = EnvPool(env_settings, num_workers=cfg.env_pool.num_workers, max_restarts=cfg.env_pool.max_restarts)
         res = {"num_gpus": 1} if cluster_has_gpus() else {"num_cpus": cfg.rollout.num_cpus}
-        self.worker = RolloutWorker.options(**res, runtime_env=actor_runtime_env()).remote(
-            replace(RolloutSettings.from_config(cfg, self.model_path), tau2_messages=True), self.env.workers,
-            env_settings, "eval")
-        wait(self.worker.start.remote(), cfg.rollout.timeout_s, "the rollout worker (engine start)",
+        self.workers = [RolloutWorker.options(**res, runtime_env=actor_runtime_env()).remote(
+            replace(RolloutSettings.from_config(cfg, self.model_path, worker=i), tau2_messages=True),
+            self.env.workers, env_settings, f"eval{i}") for i in range(cfg.rollout.num_workers)]
+        wait([w.start.remote() for w in self.workers], cfg.rollout.timeout_s, "the rollout workers (engine start)",
              "rollout.timeout_s")
         return self
 
-    def play(self, jobs: list[tuple[dict, int]], greedy: bool) -> list[EpisodeOutcome]:
-        """One episode per (task dict, trial), run concurrently on the engine."""
-        episodes = self.worker.rollout.remote([EpisodeJob(task, g) for g, (task, _) in enumerate(jobs)], greedy)
-        trajs = wait(episodes, self.cfg.rollout.timeout_s, "the rollout worker", "rollout.timeout_s")
-        return [outcome(t, jobs[t.group][1]) for t in trajs]
+    def play(self, jobs: list[tuple[dict, int]], greedy: bool, concurrency: int) -> Iterator[EpisodeOutcome]:
+        """One episode per (task dict, trial), yielded as each finishes: `concurrency` in flight at a time, each
+        sent to the engine with the fewest, and a finished episode's place goes to the next at once (waiting for a
+        whole batch would leave the engines idle behind its longest episode)."""
+        import ray
+
+        todo = iter(enumerate(jobs))
+        in_flight: dict = {}  # ObjectRef -> (trial, engine index)
+        load = [0] * len(self.workers)
+
+        def send() -> None:
+            job = next(todo, None)
+            if job is not None:
+                g, (task, trial) = job
+                i = load.index(min(load))
+                in_flight[self.workers[i].rollout.remote([EpisodeJob(task, g)], greedy)] = (trial, i)
+                load[i] += 1
+
+        for _ in range(concurrency):
+            send()
+        timeout = self.cfg.rollout.timeout_s
+        while in_flight:
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=timeout)
+            if not ready:
+                raise ActorFailed(f"the rollout workers finished no episode within rollout.timeout_s = {timeout:g} s")
+            trial, i = in_flight.pop(ready[0])
+            load[i] -= 1
+            try:
+                (traj,) = ray.get(ready[0])
+            except ray.exceptions.RayActorError as e:
+                raise ActorFailed(f"rollout worker eval{i} died ({type(e).__name__})") from None
+            send()
+            yield outcome(traj, trial)
 
     def __exit__(self, *exc) -> None:
         import ray
 
         try:
-            if self.worker is not None:
-                ray.get(self.worker.shutdown.remote(), timeout=60)
+            ray.get([w.shutdown.remote() for w in self.workers], timeout=60)
         except Exception as e:  # noqa: BLE001 - best effort on the way out
             print(f"rl.evaluate: engine shutdown: {e}", file=sys.stderr)
         if self.env is not None:

@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from rl.config import Config, ConfigError
+from rl.config import Config, ConfigError, engine_dtype
 
 
 def serve_command(model_dir: str, cfg: Config, host: str, port: int, name: str, on_gpu: bool,
@@ -34,10 +34,11 @@ def serve_command(model_dir: str, cfg: Config, host: str, port: int, name: str, 
     template = Path(model_dir) / "chat_template.jinja"
     if template.is_file():  # the template the policy was trained with, not a default
         cmd += ["--chat-template", str(template)]
+    cmd += ["--dtype", engine_dtype(cfg.rollout.dtype, on_gpu)]  # what the rollout workers use
     if on_gpu:
         cmd += ["--gpu-memory-utilization", str(cfg.rollout.gpu_memory_utilization)]
-    else:  # what the rollout workers use on CPU: float32, eager, a fixed KV cache
-        cmd += ["--dtype", "float32", "--enforce-eager",
+    else:  # as the rollout workers on CPU: eager, a fixed KV cache
+        cmd += ["--enforce-eager",
                 "--kv-cache-memory-bytes", str(int(cfg.rollout.kv_cache_gib * (1 << 30)))]
     return cmd + extra
 

@@ -62,3 +62,53 @@ def test_a_call_already_sent_is_awaited_not_sent_again(ray_cluster):
     calls = []
     out = call_with_replacement(lambda a: calls.append(a) or a.score.remote([5]), slot, "w", 10.0, "k", sent=sent)
     assert out == [10] and calls == [] and slot.restarts == 0
+
+
+@ray.remote(num_cpus=0)
+class FakeEngine:
+    """A rollout worker's `rollout` interface over real Ray calls: each episode takes the seconds its task says (or
+    kills the process); the engine counts the episodes it holds at once."""
+
+    def __init__(self):
+        self.now = self.peak = self.episodes = 0
+
+    async def rollout(self, jobs, greedy):
+        import asyncio
+        from types import SimpleNamespace
+
+        from rl.contracts import Trajectory
+
+        (job,) = jobs
+        if job.task["seconds"] < 0:
+            os._exit(1)
+        self.now += 1
+        self.peak, self.episodes = max(self.peak, self.now), self.episodes + 1
+        await asyncio.sleep(job.task["seconds"])
+        self.now -= 1
+        # tau2's verdict as rl.evaluate reads it (its EvalResult would import tau2 into this actor: seconds)
+        result = SimpleNamespace(reward=1.0, success=True, termination="agent_stop", failure=None, note=None)
+        return [Trajectory(task_id=job.task["id"], group=job.group, messages=[], eval=result)]
+
+    def counts(self):
+        return self.peak, self.episodes
+
+
+def test_model_agent_keeps_its_engines_busy_and_yields_episodes_as_they_end(ray_cluster):
+    """rl.evaluate --model: `concurrency` episodes in flight over the engines, a finished one's place refilled at
+    once (a long episode holds back no other), every (task, trial) once; a dead engine is one named error."""
+    from rl.config import load_config
+    from rl.model_agent import ModelAgent
+
+    agent = ModelAgent(load_config(None, ["rollout.timeout_s=60"]), "unused")
+    agent.workers = [FakeEngine.remote(), FakeEngine.remote()]
+    jobs = [({"id": "long", "seconds": 3.0}, 0)] + [({"id": f"t{i}", "seconds": 0.05}, i % 2) for i in range(30)]
+    outcomes = list(agent.play(jobs, greedy=True, concurrency=4))
+    assert sorted((o.task_id, o.trial) for o in outcomes) == sorted((t["id"], k) for t, k in jobs)
+    assert outcomes[-1].task_id == "long"  # the 30 short ones went past it
+    counts = ray.get([w.counts.remote() for w in agent.workers])
+    assert sum(n for _, n in counts) == 31 and all(n > 5 for _, n in counts)  # both engines took a share
+    assert sum(peak for peak, _ in counts) <= 4 and max(peak for peak, _ in counts) >= 2
+
+    agent.workers = [FakeEngine.remote()]
+    with pytest.raises(ActorFailed, match="rollout worker eval0 died"):
+        list(agent.play([({"id": "x", "seconds": -1}, 0)], greedy=True, concurrency=2))

@@ -139,6 +139,8 @@ def test_an_openai_endpoint_agent_through_real_http(tmp_path, capsys):
 
 
 def test_serve_builds_the_server_a_policy_was_trained_for(tmp_path, capsys):
+    import torch
+
     from rl.models import resolve_model
     from rl.serve import main as serve
 
@@ -149,9 +151,12 @@ def test_serve_builds_the_server_a_policy_was_trained_for(tmp_path, capsys):
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "8123"
     assert cmd[cmd.index("--chat-template") + 1].endswith("chat_template.jinja") and cmd[-2:] == ["--api-key", "k"]
     assert cmd[cmd.index("--max-model-len") + 1] == "4096"  # the config's, unless overridden (tau2's long prompt)
-    assert serve([tiny, "rollout.max_model_len=16384", "--dry-run"]) == 0
+    assert cmd[cmd.index("--dtype") + 1] == ("auto" if torch.cuda.is_available() else "float32")
+    assert serve([tiny, "rollout.max_model_len=16384", "rollout.dtype=bfloat16", "--dry-run"]) == 0
     cmd = capsys.readouterr().out.split()
-    assert cmd[cmd.index("--max-model-len") + 1] == "16384"
+    assert cmd[cmd.index("--max-model-len") + 1] == "16384" and cmd[cmd.index("--dtype") + 1] == "bfloat16"
+    assert serve([tiny, "rollout.dtype=fp8", "--dry-run"]) == 2
+    assert "rollout.dtype" in capsys.readouterr().err
     assert serve([tiny, "rollout.max_model_lenn=1", "--dry-run"]) == 2
     assert "rollout.max_model_lenn" in capsys.readouterr().err
     run = tmp_path / "run"  # a run that never finished has nothing to serve
@@ -211,17 +216,16 @@ def test_a_dead_or_hung_engine_stops_with_one_line_and_keeps_the_finished_episod
 
     @contextmanager
     def player(*_):
-        def play(chunk):  # the first episode finishes, then the engine stops answering
-            calls.append(chunk)
-            if len(calls) > 1:
-                raise ActorFailed("the rollout worker did not answer within rollout.timeout_s = 5 s")
-            (task, trial), = chunk
-            return [EpisodeOutcome(task.id, trial, 1.0, True, "agent_stop", messages=[])]
-        yield play, 1
+        def play(pairs):  # the first episode finishes, then the engine stops answering
+            calls.append(pairs)
+            (task, trial), *_ = pairs
+            yield EpisodeOutcome(task.id, trial, 1.0, True, "agent_stop", messages=[])
+            raise ActorFailed("the rollout workers finished no episode within rollout.timeout_s = 5 s")
+        yield play
 
     monkeypatch.setattr(rl.evaluate, "_player", player)
     out = tmp_path / "eval"
     assert main(["--agent", "oracle", "--split", "small", "--limit", "3", "--out", str(out)]) == 1
     err = capsys.readouterr().err
-    assert "rl.evaluate: stopped: the rollout worker did not answer within rollout.timeout_s = 5 s" in err
+    assert "rl.evaluate: stopped: the rollout workers finished no episode within rollout.timeout_s = 5 s" in err
     assert "1 episodes kept" in err and len((out / "episodes.jsonl").read_text().splitlines()) == 1

@@ -137,7 +137,7 @@ def test_bench_learning_rejection_sampling_rounds_chain_their_inputs(tmp_path, m
 
     monkeypatch.setattr(bench_learning, "_run", fake_run)
     args = Namespace(rft_rounds=2, rft_trials=8, rft_temperature=0.7, rft_per_task=2, rft_epochs=3, rft_lr=1e-3,
-                     config="c.yaml", sft_limit=100, heldout_trials=2)
+                     rft_dtype="bfloat16", rft_engines=2, config="c.yaml", sft_limit=100, heldout_trials=2)
     start = tmp_path / "seed1" / "sft"
     model, rounds = bench_learning._rft(args, 1, start, ["env.max_turns=20"])
     assert model == tmp_path / "seed1" / "rft2" and [r["train_success"] for r in rounds] == [0.5, 0.5]
@@ -149,6 +149,9 @@ def test_bench_learning_rejection_sampling_rounds_chain_their_inputs(tmp_path, m
     sample2, sft2 = calls[4], calls[5]
     assert sample2[sample2.index("--model") + 1] == str(tmp_path / "seed1" / "rft1")
     assert "--config-tasks" in sample2 and "train" in sample2 and sample2[sample2.index("--seed") + 1] == "102"
+    # the training tasks are sampled in the sampler's dtype; held-out evaluations keep the policy's own
+    assert "rollout.dtype=bfloat16" in sample2 and not any("rollout.dtype" in a for a in sampled1)
+    assert "rollout.num_workers=2" in sample2 and sample2[sample2.index("--concurrency") + 1] == "128"
     rollouts = sft2[sft2.index("--from-rollouts") + 1: sft2.index("--per-task")]
     assert rollouts == [str(tmp_path / "seed1" / "sample1"), str(tmp_path / "seed1" / "sample2")]
     assert f"model.name={tmp_path / 'seed1' / 'rft1'}" in sft2 and sft2[-1] == "env.max_turns=20"

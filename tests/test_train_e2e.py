@@ -168,14 +168,16 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
     assert versions[4] == {2}  # async: sampled during step 3, by the weights step 3's episodes came from
     assert versions[5] == {4}  # the rebuilt learner's (step 4's checkpoint), synced before step 5 ran again
 
-    # The exported policy, evaluated the way tau2 does by `rl.evaluate --model RUN_DIR` (its weights and config)
+    # The exported policy, evaluated the way tau2 does by `rl.evaluate --model RUN_DIR` (its weights and config),
+    # sampled the way bench_learning's rejection-sampling rounds sample: two engines sharing the episodes, bfloat16
     from rl.evaluate import main as evaluate
 
     assert (run_dir / "model" / "telerl.yaml").is_file()
     out = tmp_path / "eval"
     try:
         assert evaluate(["--model", str(run_dir), "--split", "test", "--limit", "2", "--trials", "2",
-                         "--temperature", "0.7", "--out", str(out)]) == 0
+                         "--temperature", "0.7", "--out", str(out), "rollout.num_workers=2",
+                         "env_pool.num_workers=2", "rollout.dtype=bfloat16"]) == 0
     finally:
         ray.shutdown()
         cleanup_vllm_shm()
