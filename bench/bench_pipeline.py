@@ -395,8 +395,7 @@ def main(argv=None) -> dict:
         report["engines"] = bench_engines(settings, env, jobs, min(3, args.rounds), "engine", ("in_process", "async"))
         lap("engines")
         # as a rejection-sampling round samples: many episodes in flight, so attention over long contexts dominates
-        many = [EpisodeJob(t.model_dump(mode="json"), i) for i, t in
-                enumerate(tasks[i % len(tasks)] for i in range(args.sampler_episodes))]
+        many = [EpisodeJob(tasks[i % len(tasks)].model_dump(mode="json"), i) for i in range(args.sampler_episodes)]
         room = dataclasses.replace(settings, kv_cache_gib=1.0)  # KV for all of them in either dtype
         report["dtypes"] = bench_engines(room, env, many, min(3, args.rounds), "dtype", ("bfloat16", "float32"))
         lap("dtypes")
@@ -461,8 +460,7 @@ def _print(r: dict) -> None:
     d = r.get("dtypes")
     if d:  # rollout.dtype (bench_learning samples its rejection-sampling rounds in bfloat16 where the CPU has it)
         print(f"5. rollout.dtype, {r['sampler_episodes']} episodes at once: agent-loop generated tokens/s bfloat16 "
-              f"{d['tok_s']['bfloat16']}, float32 "
-              f"{d['tok_s']['float32']}: bfloat16 / float32 {d['tok_s_ratio']}x")
+              f"{d['tok_s']['bfloat16']}, float32 {d['tok_s']['float32']}: bfloat16 / float32 {d['tok_s_ratio']}x")
     parts = ", ".join(f"{k} {v}" for k, v in r["sections_s"].items())
     print(f"total {r['total_s']} s ({parts}); /dev/shm segments removed: {r['shm_segments_removed']}")
 

@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     todo = [(t, k) for k in range(args.trials) for t in tasks if (t.id, k) not in finished]
     name = args.agent or args.model or f"{args.served_model} @ {args.endpoint}"
     bar = tqdm(total=len(todo), desc=f"{name} ({mode})", unit="episode", file=sys.stderr, disable=None)
+    passed = sum(o.success for o in done)
     try:
         with (open(episodes_file, "a") as fh,
               _player(args, cfg, model_path, endpoint, mode, policy, limits) as play):
@@ -205,8 +206,9 @@ def main(argv: list[str] | None = None) -> int:
                 fh.write(json.dumps(outcome.row()) + "\n")
                 fh.flush()
                 done.append(outcome)
+                passed += outcome.success
                 bar.update(1)
-                bar.set_postfix(pass1=f"{sum(o.success for o in done) / len(done):.3f}", refresh=False)
+                bar.set_postfix(pass1=f"{passed / len(done):.3f}", refresh=False)
     except KeyboardInterrupt:
         print(f"\ninterrupted: {len(done)} episodes kept in {episodes_file} (--resume runs the rest)", file=sys.stderr)
     except ActorFailed as e:  # a dead or hung engine: one line, and what finished is kept
