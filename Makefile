@@ -37,8 +37,9 @@ DEMO_CONFIG ?= configs/learn_tiny.yaml
 # An agent that gets better, on a local Ray cluster without a GPU: the expert's success on tau2's base split (the
 # baseline; the held-out tasks are its 2-3-fault ones), the tiny model's SFT warm start on 100 expert conversations
 # of the training tasks, then one round of rejection sampling (it samples every training task 4 times, tau2's
-# verifier keeps the successes, and it is fine-tuned on them), with held-out greedy success before -> after
-# (configs/learn_tiny.yaml says which tasks are which; $(DEMO_DIR)/results.md, each stage's report in its folder).
+# verifier keeps the successes, and it is fine-tuned on them), with held-out greedy success before -> after, all in
+# one rl.rft program (configs/learn_tiny.yaml says which tasks are which; $(DEMO_DIR)/results.md, each stage's
+# report in its folder).
 demo: install
 	rm -rf $(DEMO_DIR)
 	$(PY) -m envs.tau2_telecom.replay --agent expert --split base --summary

@@ -280,6 +280,17 @@ class LearnerRank:
                 "tokens": float(n_tokens), "lr": float(self.engine.get_lr()[0]), "seconds": time.perf_counter() - t0,
                 **phases}
 
+    def new_schedule(self, lr: float, steps: int) -> None:
+        """Start a new fine-tuning stage on the weights as they are: a fresh AdamW state (its moments belong to the
+        last stage's data) and a fresh linear warm-up (5 %) then decay to 0 over `steps`, as a new learner would have
+        (rl.rft's rounds, without restarting the ranks)."""
+        from deepspeed.runtime.lr_schedules import WarmupDecayLR
+
+        self.engine.optimizer.optimizer.state.clear()  # torch's AdamW re-initialises an empty state at its next step
+        self.engine.lr_scheduler = WarmupDecayLR(self.engine.optimizer, total_num_steps=steps, warmup_min_lr=0.0,
+                                                 warmup_max_lr=lr, warmup_num_steps=max(1, steps // 20),
+                                                 warmup_type="linear")
+
     def _stopwatch(self, totals: dict):
         """lap(phase): adds the time since the previous lap to totals[phase] (after the GPU's queued work ends)."""
         last = [time.perf_counter()]
@@ -552,6 +563,10 @@ class LearnerGroup:
         for k in PHASES:  # the slowest rank's, as for the step
             out[k] = max(r[k] for r in results)
         return out
+
+    def new_schedule(self, lr: float, steps: int) -> None:
+        """A fresh optimizer state and warm-up/decay schedule over `steps` on every rank (LearnerRank.new_schedule)."""
+        self._call("new_schedule", [(lr, steps)] * self.num_ranks, spread=True)
 
     def logprobs(self, batch: TrainBatch, reference: bool = False) -> list[list[float]]:
         shares, n = self._split(batch)

@@ -5,25 +5,21 @@
                                    [--rft-rounds 0] [--rft-trials 8] [--rft-per-task 2] [--rft-engines 2]
                                    [--rft-dtype auto|float32|bfloat16] [--heldout-trials 0] [key=value ...]
 
-Per seed: SFT on `--sft-limit` expert conversations of the training tasks (rl.sft, the seed draws which), then
-`--rft-rounds` rounds of rejection-sampling fine-tuning (each samples every training task `--rft-trials` times at
-`--rft-temperature` with rl.evaluate, on `--rft-engines` engines in `--rft-dtype`, and fine-tunes the newest policy
-on the warm start's demonstrations plus every round's successes so far, at most `--rft-per-task` distinct ones per
-task: tau2's verdict is the only judge), then RL
-(rl.train, configured by --config and the overrides; train.steps=0 for none), held-out success before (the SFT
-start) and after. With RFT rounds, each stage's held-out greedy success is measured with rl.evaluate as well (and,
-with --heldout-trials k, its pass^1..k sampled at the rounds' temperature); with rounds and train.steps=0 there is
-no RL run and the last round is the end point.
+Per seed, one rl.rft program: SFT on `--sft-limit` expert conversations of the training tasks (the seed draws
+which), its held-out greedy success, then `--rft-rounds` rounds of rejection-sampling fine-tuning (each samples every
+training task `--rft-trials` times at `--rft-temperature` and fine-tunes the newest policy on the warm start's
+demonstrations plus every round's successes so far, at most `--rft-per-task` distinct ones per task: tau2's verdict
+is the only judge), held-out success after each (greedy, and with --heldout-trials k its pass^1..k sampled at the
+rounds' temperature); its engines (`--rft-engines`, in `--rft-dtype`) play every stage. Then RL (rl.train,
+configured by --config and the overrides, from the last policy; train.steps=0 for none, and the last round is the
+end point).
 For context beside it: the expert's success on the same held-out tasks, and a ceiling, SFT on every expert
-conversation of the training tasks (one seed), evaluated the same way (rl.train train.steps=0). Every step is a
-subprocess with its log in <out>; a step whose output exists is skipped, so a re-run finishes what is missing.
+conversation of the training tasks (one seed, rl.rft with no rounds). Each program's log is in <out>; a finished
+program is skipped and rl.rft finishes the stages it has not, so a re-run completes what is missing.
 
-    <out>/seed<k>/sft/           the warm start (HF folder)        <out>/seed<k>/rl/    the RL run's run_dir
-    <out>/seed<k>/sample<r>/     round r's episodes on the training tasks (rl.evaluate)
-    <out>/seed<k>/rft<r>/        round r's policy                  <out>/seed<k>/eval_<stage>/   held-out greedy
-    <out>/seed<k>/sampled_<stage>/  held-out sampled (--heldout-trials)
-    <out>/ceiling/sft/, rl/      SFT on all expert data, its eval  <out>/*.log          each step's output
-    <out>/results.json, results.md
+    <out>/seed<k>/   rl.rft's stages (sft/, eval_sft/, sample<r>/, rft<r>/, eval_rft<r>/, sampled_*/, summary.json)
+    <out>/seed<k>/rl/    the RL run's run_dir        <out>/ceiling/   SFT on all expert data and its evaluation
+    <out>/*.log          each program's output       <out>/results.json, results.md
 """
 from __future__ import annotations
 
@@ -38,6 +34,7 @@ from pathlib import Path
 from bench import finish
 from rl.choices import ROLLOUT_DTYPES
 from rl.config import load_config
+from rl.rft import policy_folders
 
 
 def _run(args: list[str], log: Path) -> None:
@@ -56,13 +53,19 @@ def _run(args: list[str], log: Path) -> None:
         raise SystemExit(f"bench_learning: `{' '.join(args)}` failed (exit {done.returncode}); {log}:\n{tail}")
 
 
-def _sft(config: str, seed: int, out: Path, limit: int | None, epochs: int, lr: float, overrides: list[str]) -> None:
-    if (out / "config.json").is_file():
-        return
-    _run(["-m", "rl.sft", "--config", config, f"seed={seed}", f"run_dir={out.parent}", "--out", str(out),
-          "--epochs", str(epochs), "--batch-size", "4", "--lr", str(lr), *(["--limit", str(limit)] if limit else []),
-          *overrides],
-         out.parent / "sft.log")
+def _recipe(args, seed: int, root: Path, sft_limit: int, rounds: int, overrides: list[str]) -> dict:
+    """rl.rft: the warm start and `rounds` rejection-sampling rounds in `root`; its summary.json."""
+    summary = root / "summary.json"
+    if not summary.is_file() or len(json.loads(summary.read_text())["rft"]) < rounds:
+        engines = [f"rollout.dtype={args.rft_dtype}", f"rollout.num_workers={args.rft_engines}",
+                   f"env_pool.num_workers={args.rft_engines}"]
+        _run(["-m", "rl.rft", "--config", args.config, f"seed={seed}", "--out", str(root), "--sft-limit",
+              str(sft_limit), "--sft-epochs", str(args.sft_epochs), "--sft-lr", str(args.sft_lr), "--rounds",
+              str(rounds), "--trials", str(args.rft_trials), "--temperature", str(args.rft_temperature),
+              "--per-task", str(args.rft_per_task), "--epochs", str(args.rft_epochs), "--lr", str(args.rft_lr),
+              "--heldout-trials", str(args.heldout_trials if rounds else 0), *overrides, *engines],
+             root.parent / f"{root.name}.log")
+    return json.loads(summary.read_text())
 
 
 def _train(config: str, seed: int, model: Path, run_dir: Path, overrides: list[str]) -> list[dict]:
@@ -75,56 +78,6 @@ def _train(config: str, seed: int, model: Path, run_dir: Path, overrides: list[s
     return read_jsonl(run_dir / "metrics.jsonl")
 
 
-def _evaluate(model: Path, out: Path, overrides: list[str], *flags: str) -> dict:
-    """rl.evaluate of a policy folder (held-out greedy unless `flags` say otherwise); its report.json."""
-    if not (out / "report.json").is_file():
-        resume = ["--resume"] if (out / "episodes.jsonl").is_file() else []
-        _run(["-m", "rl.evaluate", "--model", str(model), *flags, "--out", str(out), *resume, *overrides],
-             out.parent / f"{out.name}.log")
-    return json.loads((out / "report.json").read_text())
-
-
-def _heldout_greedy(model: Path, out: Path, overrides: list[str]) -> dict:
-    """Held-out greedy success of a policy, per number of faults too, keyed as rl.train's eval/ metrics."""
-    report = _evaluate(model, out, overrides, "--config-tasks", "heldout")
-    return {"eval/success": report["pass_hat_k"]["1"], "eval/tasks": report["tasks"],
-            **{f"eval/success/faults_{k}": v["success"] for k, v in report["by_faults"].items()}}
-
-
-def _heldout_sampled(args, model: Path, out: Path, overrides: list[str]) -> dict | None:
-    """tau2's pass^k on the held-out tasks, each sampled `args.heldout_trials` times at the rounds' temperature
-    (k = 1 .. trials; a fixed seed, so every stage sees the same draw of sampler seeds); None when not asked for."""
-    if not args.heldout_trials:
-        return None
-    return _evaluate(model, out, overrides, "--config-tasks", "heldout", "--trials", str(args.heldout_trials),
-                     "--temperature", str(args.rft_temperature), "--seed", "7", "--concurrency", "64")["pass_hat_k"]
-
-
-def _rft(args, seed: int, start: Path, overrides: list[str]) -> tuple[Path, list[dict]]:
-    """`args.rft_rounds` rounds of rejection-sampling fine-tuning from `start`; (the last policy, per round: the
-    training tasks' success as sampled, held-out success after the round: greedy, and sampled with
-    --heldout-trials)."""
-    root, model, samples, rounds = start.parent, start, [], []
-    for r in range(1, args.rft_rounds + 1):
-        sampler = [f"rollout.dtype={args.rft_dtype}", f"rollout.num_workers={args.rft_engines}",
-                   f"env_pool.num_workers={args.rft_engines}"]
-        sample = _evaluate(model, root / f"sample{r}", [*overrides, *sampler], "--config-tasks", "train", "--trials",
-                           str(args.rft_trials), "--temperature", str(args.rft_temperature), "--seed",
-                           str(seed * 100 + r), "--concurrency", str(64 * args.rft_engines))
-        samples.append(str(root / f"sample{r}"))
-        out = root / f"rft{r}"
-        if not (out / "config.json").is_file():
-            _run(["-m", "rl.sft", "--config", args.config, f"seed={seed}", f"run_dir={root / f'rft{r}_run'}",
-                  f"model.name={model}", "--limit", str(args.sft_limit), "--from-rollouts", *samples, "--per-task",
-                  str(args.rft_per_task), "--epochs", str(args.rft_epochs), "--lr", str(args.rft_lr), "--out",
-                  str(out), *overrides], root / f"rft{r}.log")
-        model = out
-        rounds.append({"round": r, "train_success": sample["pass_hat_k"]["1"],
-                       "heldout": _heldout_greedy(model, root / f"eval_rft{r}", overrides),
-                       "heldout_sampled": _heldout_sampled(args, model, root / f"sampled_rft{r}", overrides)})
-    return model, rounds
-
-
 def _native_bf16() -> bool:
     """A CPU with bfloat16 instructions (AVX512-BF16 or AMX), where a bfloat16 engine samples faster than float32."""
     try:
@@ -134,12 +87,12 @@ def _native_bf16() -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
-def _heldout(rows: list[dict], run_dir: Path) -> tuple[dict, dict]:
-    """(eval metrics of the starting weights, of the last evaluated step)."""
+def _last_heldout(rows: list[dict], run_dir: Path) -> dict:
+    """The eval metrics of an RL run's last evaluated step."""
     evals = [r for r in rows if "eval/success" in r]
     if not evals:
         raise SystemExit(f"bench_learning: {run_dir}/metrics.jsonl has no eval/success: set train.eval_tasks > 0")
-    return evals[0], evals[-1]
+    return evals[-1]
 
 
 def _expert_success(config: str, overrides: list[str]) -> float:
@@ -176,12 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rft-temperature", type=float, default=0.7)
     ap.add_argument("--rft-per-task", type=int, default=2, help="distinct successes kept per task")
     ap.add_argument("--rft-engines", type=int, default=2,
-                    help="vLLM engines sampling the training tasks, 64 episodes in flight each (a CPU engine runs "
-                         "its model on one thread: one per core)")
+                    help="rl.rft's vLLM engines (sampling and held-out evaluations), 64 episodes in flight each (a "
+                         "CPU engine runs its model on one thread: one per core)")
     ap.add_argument("--rft-dtype", choices=ROLLOUT_DTYPES, default="bfloat16" if _native_bf16() else "auto",
-                    help="the engine's dtype when sampling the training tasks (rollout.dtype; default: bfloat16 on "
-                         "a CPU with bf16 instructions, 1.3-1.45x faster; only the samples' tokens and tau2's verdicts "
-                         "are used, so the sampler need not match the learner's numerics)")
+                    help="rl.rft's engines' dtype (rollout.dtype; default: bfloat16 on a CPU with bf16 instructions, "
+                         "1.3-1.45x faster; every stage is evaluated in it, so before and after are measured alike)")
     ap.add_argument("--rft-epochs", type=int, default=3)
     ap.add_argument("--rft-lr", type=float, default=1e-3)
     ap.add_argument("--heldout-trials", type=int, default=0,
@@ -207,20 +159,16 @@ def main(argv: list[str] | None = None) -> int:
                     "runs": {}}
     cfg = load_config(args.config, args.overrides)
     for seed in args.seeds:
-        start = out / f"seed{seed}" / "sft"
-        _sft(args.config, seed, start, args.sft_limit, args.sft_epochs, args.sft_lr, args.overrides)
-        model, rft = _rft(args, seed, start, args.overrides) if args.rft_rounds else (start, [])
-        if rft and not cfg.train.steps:  # no RL after the rounds: the last round's held-out evaluation is the end point
-            rows, after = [], {**rft[-1]["heldout"], "step": 0}
-        else:
-            rows = _train(args.config, seed, model, out / f"seed{seed}" / "rl", args.overrides)
-            before, after = _heldout(rows, out / f"seed{seed}" / "rl")
-        before_sampled = None
-        if rft:  # the SFT start, measured the way the rounds are
-            before = _heldout_greedy(start, start.parent / "eval_sft", args.overrides)
-            before_sampled = _heldout_sampled(args, start, start.parent / "sampled_sft", args.overrides)
-        report["runs"][seed] = {"before": before, "after": after, "steps": after["step"], "rft": rft,
-                                "before_sampled": before_sampled,
+        root = out / f"seed{seed}"
+        recipe = _recipe(args, seed, root, args.sft_limit, args.rft_rounds, args.overrides)
+        rft = recipe["rft"]
+        if cfg.train.steps:
+            rows = _train(args.config, seed, policy_folders(root, args.rft_rounds)[-1], root / "rl", args.overrides)
+            after = _last_heldout(rows, root / "rl")
+        else:  # no RL: the last stage's held-out evaluation is the end point
+            rows, after = [], {**(rft[-1]["heldout"] if rft else recipe["before"]), "step": 0}
+        report["runs"][seed] = {"before": recipe["before"], "after": after, "steps": after["step"], "rft": rft,
+                                "before_sampled": recipe["before_sampled"],
                                 "train_success": [r.get("success_rate") for r in rows if r["step"] > 0],
                                 "tool_calls": [r.get("episode/tool_calls") for r in rows if r["step"] > 0]}
     runs = report["runs"].values()
@@ -230,10 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     tasks = int(next(iter(runs))["before"]["eval/tasks"])
     report["expert"] = _expert_success(args.config, args.overrides)
     if not args.no_ceiling:
-        _sft(args.config, args.seeds[0], out / "ceiling" / "sft", None, args.sft_epochs, args.sft_lr, args.overrides)
-        rows = _train(args.config, args.seeds[0], out / "ceiling" / "sft", out / "ceiling" / "rl",
-                      [*args.overrides, "train.steps=0"])
-        report["ceiling"] = _heldout(rows, out / "ceiling" / "rl")[0]["eval/success"]
+        ceiling = _recipe(args, args.seeds[0], out / "ceiling", 0, 0, args.overrides)  # every expert conversation
+        report["ceiling"] = ceiling["before"]["eval/success"]
     (out / "results.md").write_text("\n".join(_table(report, tasks)) + "\n")
     finish(report, str(out / "results.json"), lambda r: print("\n".join(_table(r, tasks))))
     where = f"{cfg.train.eval_split}, {tasks} tasks"

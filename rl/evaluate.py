@@ -193,46 +193,63 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     # -- episodes: each written as it finishes, so Ctrl-C or a crash keeps them
-    done = [EpisodeOutcome(**row) for row in read_jsonl(episodes_file)]
-    finished = {(o.task_id, o.trial) for o in done}
-    todo = [(t, k) for k in range(args.trials) for t in tasks if (t.id, k) not in finished]
     name = args.agent or args.model or f"{args.served_model} @ {args.endpoint}"
-    bar = tqdm(total=len(todo), desc=f"{name} ({mode})", unit="episode", file=sys.stderr, disable=None)
-    passed = sum(o.success for o in done)
     try:
-        with (open(episodes_file, "a") as fh,
-              _player(args, cfg, model_path, endpoint, mode, policy, limits) as play):
-            for outcome in play(todo):
-                fh.write(json.dumps(outcome.row()) + "\n")
-                fh.flush()
-                done.append(outcome)
-                passed += outcome.success
-                bar.update(1)
-                bar.set_postfix(pass1=f"{passed / len(done):.3f}", refresh=False)
+        with _player(args, cfg, model_path, endpoint, mode, policy, limits) as play:
+            play_into(episodes_file, tasks, args.trials, play, f"{name} ({mode})")
     except KeyboardInterrupt:
-        print(f"\ninterrupted: {len(done)} episodes kept in {episodes_file} (--resume runs the rest)", file=sys.stderr)
+        print(f"\ninterrupted: {len(read_jsonl(episodes_file))} episodes kept in {episodes_file} (--resume runs the "
+              f"rest)", file=sys.stderr)
     except ActorFailed as e:  # a dead or hung engine: one line, and what finished is kept
-        bar.close()
-        print(f"rl.evaluate: stopped: {e}; {len(done)} episodes kept in {episodes_file} (--resume runs the rest)",
-              file=sys.stderr)
+        print(f"rl.evaluate: stopped: {e}; {len(read_jsonl(episodes_file))} episodes kept in {episodes_file} "
+              f"(--resume runs the rest)", file=sys.stderr)
         return 1
-    bar.close()
 
     # -- report, and tau2's own format
-    ids = {t.id for t in tasks}
-    done = [o for o in done if o.task_id in ids]
     user = (cfg.env.user if cfg else "scripted") if mode == "dual" else "none (solo)"
-    report = build_report(done, {"agent": name, "tasks_from": tasks_from, "mode": mode, "user": user,
-                                 "trials": args.trials, "policy": policy,
-                                 "temperature": None if args.agent else args.temperature})
-    write_report_files(report, out)
-    results = tau2_results({t.id: t for t in tasks}, done, agent=name, user=user, policy=policy, trials=args.trials,
-                           max_steps=limits.max_turns, max_errors=limits.max_errors, seed=cfg.seed if cfg else None)
-    results.save(out / "tau2_results.json")
+    report = write_evaluation(out, tasks, args.trials, limits, cfg.seed if cfg else None,
+                              {"agent": name, "tasks_from": tasks_from, "mode": mode, "user": user,
+                               "trials": args.trials, "policy": policy,
+                               "temperature": None if args.agent else args.temperature})
     k = ", ".join(f"pass^{k} {v:.3f}" for k, v in report["pass_hat_k"].items())
     print(f"{name} on {tasks_from} ({report['tasks']} tasks, {mode}): {k}; average reward "
           f"{report['avg_reward']:.3f}; report: {out / 'report.md'}")
     return 0
+
+
+def play_into(episodes_file: Path, tasks: list[t2.Task], trials: int, play: Callable, desc: str) -> None:
+    """Every (task, trial) not yet in `episodes_file` played by `play` (an iterator of outcomes, as they finish),
+    each appended as it ends: an interruption or a dead engine loses none of the finished ones."""
+    finished = {(row["task_id"], row["trial"]) for row in read_jsonl(episodes_file)}
+    todo = [(t, k) for k in range(trials) for t in tasks if (t.id, k) not in finished]
+    bar = tqdm(total=len(todo), desc=desc, unit="episode", file=sys.stderr, disable=None)
+    played = passed = 0
+    try:
+        with open(episodes_file, "a") as fh:
+            for outcome in play(todo):
+                fh.write(json.dumps(outcome.row()) + "\n")
+                fh.flush()
+                played += 1
+                passed += outcome.success
+                bar.update(1)
+                bar.set_postfix(pass1=f"{passed / played:.3f}", refresh=False)
+    finally:
+        bar.close()
+
+
+def write_evaluation(out: Path, tasks: list[t2.Task], trials: int, limits: SessionLimits, seed: int | None,
+                     meta: dict) -> dict:
+    """report.json / report.md and tau2's results file from the episodes of `tasks` in out/episodes.jsonl; the
+    report. meta: who played (agent, mode, user, policy, temperature ...), as the report states it."""
+    ids = {t.id for t in tasks}
+    done = [o for o in (EpisodeOutcome(**row) for row in read_jsonl(out / "episodes.jsonl")) if o.task_id in ids]
+    report = build_report(done, meta)
+    write_report_files(report, out)
+    results = tau2_results({t.id: t for t in tasks}, done, agent=meta["agent"], user=meta["user"],
+                           policy=meta["policy"], trials=trials, max_steps=limits.max_turns,
+                           max_errors=limits.max_errors, seed=seed)
+    results.save(out / "tau2_results.json")
+    return report
 
 
 @contextmanager

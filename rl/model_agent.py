@@ -78,9 +78,16 @@ class ModelAgent:
 
     def __init__(self, cfg: Config, model_path: str):
         self.cfg, self.model_path = cfg, model_path
-        self.env, self.workers = None, []
+        self.env, self.workers, self._starting = None, [], []
 
     def __enter__(self) -> ModelAgent:
+        self.launch()
+        self.wait_started()
+        return self
+
+    def launch(self) -> None:
+        """Start the env actors and the engines without waiting for the engines to be ready (rl.rft trains while
+        they start); wait_started() waits."""
         from actors.env_worker import EnvPool, EnvSettings
         from actors.rollout_worker import RolloutSettings, RolloutWorker
         from rl.runtime import actor_runtime_env, cluster_has_gpus, init_ray
@@ -93,9 +100,20 @@ class ModelAgent:
         self.workers = [RolloutWorker.options(**res, runtime_env=actor_runtime_env()).remote(
             replace(RolloutSettings.from_config(cfg, self.model_path, worker=i), tau2_messages=True),
             self.env.workers, env_settings, f"eval{i}") for i in range(cfg.rollout.num_workers)]
-        wait([w.start.remote() for w in self.workers], cfg.rollout.timeout_s, "the rollout workers (engine start)",
-             "rollout.timeout_s")
-        return self
+        self._starting = [w.start.remote() for w in self.workers]
+
+    def wait_started(self) -> None:
+        wait(self._starting, self.cfg.rollout.timeout_s, "the rollout workers (engine start)", "rollout.timeout_s")
+
+    def load_weights(self, weights, version: int) -> None:
+        """Every engine reloads `weights` (an ObjectRef of a state dict: LearnerGroup.state_dict_ref) in place."""
+        wait([w.sync_weights.remote(weights, version) for w in self.workers], self.cfg.rollout.timeout_s,
+             "the rollout workers (weight sync)", "rollout.timeout_s")
+
+    def sequence_logprobs(self, token_ids: list[int]) -> list[list[float]]:
+        """Each engine's per-token logprobs of one sequence (position 0 is 0), to compare with the learner's."""
+        return wait([w.sequence_logprobs.remote(token_ids) for w in self.workers], self.cfg.rollout.timeout_s,
+                    "the rollout workers (sequence_logprobs)", "rollout.timeout_s")
 
     def play(self, jobs: list[tuple[dict, int]], greedy: bool, concurrency: int) -> Iterator[EpisodeOutcome]:
         """One episode per (task dict, trial), yielded as each finishes: `concurrency` in flight at a time, each
@@ -132,6 +150,10 @@ class ModelAgent:
             yield outcome(traj, trial)
 
     def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the engines and the env actors."""
         import ray
 
         try:

@@ -41,36 +41,54 @@ def run_sft(cfg: Config, epochs: int, batch_size: int, lr: float | None, out: Pa
     to `out`. Needs Ray initialised."""
     from transformers import AutoTokenizer
 
-    from actors.learner import LearnerGroup, LearnerSettings
+    from actors.learner import LearnerGroup
     from rl.models import MODEL_CONFIG_FILE, resolve_model
 
     base = resolve_model(cfg.model.name, asdict(cfg.model.tiny))
     data = demonstration_rows(cfg, AutoTokenizer.from_pretrained(base), teacher, rollouts, limit, per_task)
-    steps = epochs * ((len(data) + batch_size - 1) // batch_size)
-    # A warm-up then linear decay to 0: a constant lr high enough to fit a small model in few steps leaves it noisy.
-    settings = replace(LearnerSettings.from_config(cfg, str(base)), lr=lr or cfg.learner.lr * 10, kl_coef=0.0,
-                       demo_coef=1.0, lr_schedule_steps=steps, temperature=1.0)
-    learner = LearnerGroup(settings, num_ranks=cfg.learner.num_ranks)
-    rng = random.Random(cfg.seed)
-    nll_curve = []
+    steps = sft_steps(len(data), epochs, batch_size)
+    learner = LearnerGroup(sft_settings(cfg, str(base), lr, steps), num_ranks=cfg.learner.num_ranks)
     t0 = time.perf_counter()
     try:
-        bar = tqdm(total=steps, desc="sft", unit="step", file=sys.stderr)
-        for _ in range(epochs):
-            rng.shuffle(data)
-            for i in range(0, len(data), batch_size):
-                chunk = data[i: i + batch_size]
-                m = learner.train_step(None, demo=TrainBatch(input_ids=[c[0] for c in chunk],
-                                                             loss_mask=[c[1] for c in chunk]))
-                nll_curve.append(m["demo_nll"])  # before the step, as the forward saw it
-                bar.set_postfix(nll_per_token=f"{nll_curve[-1]:.3f}", grad_norm=f"{m.get('grad_norm', 0):.2f}")
-                bar.update(1)
-        bar.close()
+        nll_curve = fit(learner, data, epochs, batch_size, random.Random(cfg.seed))
         learner.save_hf(str(out), {MODEL_CONFIG_FILE: redacted_yaml(cfg)})
     finally:
         learner.shutdown()
     return {"path": str(out), "conversations": len(data), "steps": len(nll_curve), "nll_first": nll_curve[0],
             "nll_last": nll_curve[-1], "seconds": time.perf_counter() - t0}
+
+
+def sft_steps(rows: int, epochs: int, batch_size: int) -> int:
+    return epochs * ((rows + batch_size - 1) // batch_size)
+
+
+def sft_settings(cfg: Config, model_path: str, lr: float | None, steps: int):
+    """The learner for fine-tuning on demonstrations: their NLL alone (no KL, no policy loss), untempered, peak lr
+    `lr` (default learner.lr x 10) with a warm-up then a linear decay to 0 over `steps`: a constant lr high enough to
+    fit a small model in few steps leaves it noisy."""
+    from actors.learner import LearnerSettings
+
+    return replace(LearnerSettings.from_config(cfg, model_path), lr=lr or cfg.learner.lr * 10, kl_coef=0.0,
+                   demo_coef=1.0, lr_schedule_steps=steps, temperature=1.0)
+
+
+def fit(learner, data: list[tuple[list[int], list[int]]], epochs: int, batch_size: int, rng: random.Random,
+        desc: str = "sft") -> list[float]:
+    """`epochs` passes over (token ids, loss mask) rows in shuffled batches, one optimizer step each; the NLL per
+    token of every step's batch (before its step, as the forward saw it)."""
+    nll_curve = []
+    bar = tqdm(total=sft_steps(len(data), epochs, batch_size), desc=desc, unit="step", file=sys.stderr)
+    for _ in range(epochs):
+        rng.shuffle(data)
+        for i in range(0, len(data), batch_size):
+            chunk = data[i: i + batch_size]
+            m = learner.train_step(None, demo=TrainBatch(input_ids=[c[0] for c in chunk],
+                                                         loss_mask=[c[1] for c in chunk]))
+            nll_curve.append(m["demo_nll"])
+            bar.set_postfix(nll_per_token=f"{nll_curve[-1]:.3f}", grad_norm=f"{m.get('grad_norm', 0):.2f}")
+            bar.update(1)
+    bar.close()
+    return nll_curve
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -333,11 +333,11 @@ def test_bench_learning_reads_overrides_anywhere(tmp_path, monkeypatch):
     from bench import bench_learning
 
     seen = {}
-    monkeypatch.setattr(bench_learning, "_sft", lambda *a: seen.setdefault("sft_overrides", a[-1]))
+    monkeypatch.setattr(bench_learning, "_recipe", lambda *a: seen.setdefault("overrides", a[-1]) and {"rft": []})
     monkeypatch.setattr(bench_learning, "_train", lambda *a: (_ for _ in ()).throw(SystemExit("stop here")))
     with pytest.raises(SystemExit, match="stop here"):
         bench_learning.main(["--out", str(tmp_path), "env.max_turns=20", "--seeds", "3", "algorithm.update_epochs=2"])
-    assert seen["sft_overrides"] == ["env.max_turns=20", "algorithm.update_epochs=2"]
+    assert seen["overrides"] == ["env.max_turns=20", "algorithm.update_epochs=2"]
 
 
 def test_parse_cli_without_args_gives_defaults():

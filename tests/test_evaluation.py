@@ -116,9 +116,9 @@ def test_bench_learning_table_reports_mean_std_gain_and_context():
     assert "| after | 0.40 |" in text  # per fault count, mean over seeds
 
 
-def test_bench_learning_rejection_sampling_rounds_chain_their_inputs(tmp_path, monkeypatch):
-    """Each round samples the newest policy on the training tasks, then fine-tunes it on the warm start's
-    demonstrations plus every round's samples so far; a finished step is not run again."""
+def test_bench_learning_runs_each_seed_as_one_rl_rft_program(tmp_path, monkeypatch):
+    """A seed's warm start and rounds are one rl.rft program with the bench's recipe and engines; the ceiling is rl.rft
+    on every expert conversation with no rounds (no sampled held-out evaluation); a finished recipe is not re-run."""
     from argparse import Namespace
 
     from bench import bench_learning
@@ -129,35 +129,31 @@ def test_bench_learning_rejection_sampling_rounds_chain_their_inputs(tmp_path, m
         calls.append(args)
         out = Path(args[args.index("--out") + 1])
         out.mkdir(parents=True, exist_ok=True)
-        if args[1] == "rl.sft":
-            (out / "config.json").write_text("{}")
-        else:
-            (out / "report.json").write_text(json.dumps({"pass_hat_k": {"1": 0.5, "2": 0.25}, "tasks": 40,
-                                                         "by_faults": {"2": {"success": 0.5}}}))
+        rounds = int(args[args.index("--rounds") + 1])
+        (out / "summary.json").write_text(json.dumps({"before": {"eval/success": 0.25}, "before_sampled": None,
+                                                      "rft": [{"round": r + 1} for r in range(rounds)]}))
 
     monkeypatch.setattr(bench_learning, "_run", fake_run)
     args = Namespace(rft_rounds=2, rft_trials=8, rft_temperature=0.7, rft_per_task=2, rft_epochs=3, rft_lr=1e-3,
-                     rft_dtype="bfloat16", rft_engines=2, config="c.yaml", sft_limit=100, heldout_trials=2)
-    start = tmp_path / "seed1" / "sft"
-    model, rounds = bench_learning._rft(args, 1, start, ["env.max_turns=20"])
-    assert model == tmp_path / "seed1" / "rft2" and [r["train_success"] for r in rounds] == [0.5, 0.5]
-    assert rounds[1]["heldout"] == {"eval/success": 0.5, "eval/tasks": 40, "eval/success/faults_2": 0.5}
-    assert rounds[1]["heldout_sampled"] == {"1": 0.5, "2": 0.25}
-    sampled1 = calls[3]  # each round: sample, fine-tune, held-out greedy, held-out sampled
-    assert sampled1[sampled1.index("--model") + 1] == str(tmp_path / "seed1" / "rft1") and "heldout" in sampled1
-    assert [sampled1[sampled1.index(f) + 1] for f in ("--trials", "--temperature", "--seed")] == ["2", "0.7", "7"]
-    sample2, sft2 = calls[4], calls[5]
-    assert sample2[sample2.index("--model") + 1] == str(tmp_path / "seed1" / "rft1")
-    assert "--config-tasks" in sample2 and "train" in sample2 and sample2[sample2.index("--seed") + 1] == "102"
-    # the training tasks are sampled in the sampler's dtype; held-out evaluations keep the policy's own
-    assert "rollout.dtype=bfloat16" in sample2 and not any("rollout.dtype" in a for a in sampled1)
-    assert "rollout.num_workers=2" in sample2 and sample2[sample2.index("--concurrency") + 1] == "128"
-    rollouts = sft2[sft2.index("--from-rollouts") + 1: sft2.index("--per-task")]
-    assert rollouts == [str(tmp_path / "seed1" / "sample1"), str(tmp_path / "seed1" / "sample2")]
-    assert f"model.name={tmp_path / 'seed1' / 'rft1'}" in sft2 and sft2[-1] == "env.max_turns=20"
-    n = len(calls)
-    bench_learning._rft(args, 1, start, ["env.max_turns=20"])
-    assert len(calls) == n  # every output exists: nothing re-runs
+                     rft_dtype="bfloat16", rft_engines=2, config="c.yaml", sft_epochs=20, sft_lr=3e-3,
+                     heldout_trials=4)
+    summary = bench_learning._recipe(args, 1, tmp_path / "seed1", 100, 2, ["env.max_turns=20"])
+    assert len(summary["rft"]) == 2
+    (cmd,) = calls
+    flags = {f: cmd[cmd.index(f) + 1] for f in ("--out", "--sft-limit", "--sft-epochs", "--rounds", "--trials",
+                                                "--temperature", "--per-task", "--epochs", "--lr", "--heldout-trials")}
+    assert cmd[1] == "rl.rft" and "seed=1" in cmd and "env.max_turns=20" in cmd
+    assert flags == {"--out": str(tmp_path / "seed1"), "--sft-limit": "100", "--sft-epochs": "20", "--rounds": "2",
+                     "--trials": "8", "--temperature": "0.7", "--per-task": "2", "--epochs": "3", "--lr": "0.001",
+                     "--heldout-trials": "4"}
+    assert {"rollout.dtype=bfloat16", "rollout.num_workers=2", "env_pool.num_workers=2"} <= set(cmd)
+    bench_learning._recipe(args, 1, tmp_path / "seed1", 100, 2, ["env.max_turns=20"])
+    assert len(calls) == 1  # finished: not re-run
+    bench_learning._recipe(args, 1, tmp_path / "seed1", 100, 3, [])
+    assert len(calls) == 2  # one more round asked for: rl.rft finishes it
+    bench_learning._recipe(args, 0, tmp_path / "ceiling", 0, 0, [])
+    ceiling = calls[-1]
+    assert ceiling[ceiling.index("--sft-limit") + 1] == "0" and ceiling[ceiling.index("--heldout-trials") + 1] == "0"
 
 
 def test_bench_learning_with_rounds_and_no_rl_ends_at_the_last_round(tmp_path, monkeypatch, capsys):
@@ -165,27 +161,25 @@ def test_bench_learning_with_rounds_and_no_rl_ends_at_the_last_round(tmp_path, m
     policy), the gain is the last round's held-out success over the SFT start's."""
     from bench import bench_learning
 
-    success = {"eval_sft": 0.25, "eval_rft1": 0.4, "eval_rft2": 0.5, "sample1": 0.3, "sample2": 0.35,
-               "sampled_sft": 0.2, "sampled_rft1": 0.3, "sampled_rft2": 0.5}
-    programs = []
+    def heldout(p):
+        return {"eval/success": p, "eval/tasks": 40, "eval/success/faults_2": p}
 
     def fake_run(args, log):
-        programs.append(args[1])
+        assert args[1] == "rl.rft"
         out = Path(args[args.index("--out") + 1])
         out.mkdir(parents=True, exist_ok=True)
-        if args[1] == "rl.sft":
-            (out / "config.json").write_text("{}")
-        else:
-            p = success[out.name]
-            (out / "report.json").write_text(json.dumps({"pass_hat_k": {"1": p, "4": p / 2}, "tasks": 40,
-                                                         "by_faults": {"2": {"success": p}}}))
+        (out / "summary.json").write_text(json.dumps({
+            "before": heldout(0.25), "before_sampled": {"1": 0.2, "4": 0.1},
+            "rft": [{"round": 1, "train_success": 0.3, "heldout": heldout(0.4),
+                     "heldout_sampled": {"1": 0.3, "4": 0.15}},
+                    {"round": 2, "train_success": 0.35, "heldout": heldout(0.5),
+                     "heldout_sampled": {"1": 0.5, "4": 0.25}}]}))
 
     monkeypatch.setattr(bench_learning, "_run", fake_run)
     monkeypatch.setattr(bench_learning, "_train", lambda *a: pytest.fail("rl.train ran with train.steps=0"))
     monkeypatch.setattr(bench_learning, "_expert_success", lambda *a: 1.0)
     assert bench_learning.main(["--out", str(tmp_path), "--seeds", "0", "--no-ceiling", "--rft-rounds", "2",
                                 "--heldout-trials", "4", "train.steps=0"]) == 0
-    assert set(programs) == {"rl.sft", "rl.evaluate"}
     with pytest.raises(SystemExit):  # sampled held-out evaluations belong to the rounds
         bench_learning.main(["--out", str(tmp_path / "x"), "--heldout-trials", "4"])
     report = json.loads((tmp_path / "results.json").read_text())

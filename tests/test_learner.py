@@ -273,6 +273,33 @@ def test_sampling_temperature_sft_lr_schedule_and_demonstration_term(ray_cluster
         group.shutdown()
 
 
+def test_new_schedule_continues_like_a_fresh_learner_on_the_same_weights(ray_cluster, model_path, tmp_path):
+    """rl.rft's rounds keep the ranks: new_schedule must leave them as a learner started from the saved weights would
+    be (Adam's moments of the last stage dropped, the warm-up and decay over the new stage's steps), or a round would
+    train differently in one program than in one program per round."""
+    settings = LearnerSettings(model_path=str(model_path), micro_batch_size=2, demo_coef=1.0, kl_coef=0.0)
+    demos = [make_batch(4, seed=30 + i) for i in range(4)]
+    kept = LearnerGroup(replace(settings, lr=3e-3, lr_schedule_steps=3), num_ranks=2, timeout_s=TIMEOUT)
+    try:
+        for demo in demos[:3]:  # a first stage: its moments would change the next stage's steps
+            kept.train_step(None, demo)
+        kept.save_hf(tmp_path / "stage1")
+        kept.new_schedule(1e-3, 4)
+        lrs_kept = [kept.train_step(None, demo)["lr"] for demo in demos]
+        weights_kept = gathered(kept)
+    finally:
+        kept.shutdown()
+    fresh = LearnerGroup(replace(settings, model_path=str(tmp_path / "stage1"), lr=1e-3, lr_schedule_steps=4),
+                         num_ranks=2, timeout_s=TIMEOUT)
+    try:
+        lrs_fresh = [fresh.train_step(None, demo)["lr"] for demo in demos]
+        weights_fresh = gathered(fresh)
+    finally:
+        fresh.shutdown()
+    assert lrs_kept == lrs_fresh and max(lrs_kept) == pytest.approx(1e-3)
+    assert max((weights_kept[k] - weights_fresh[k]).abs().max().item() for k in weights_kept) < 1e-6
+
+
 def grouped_batch(seed):
     """12 episodes, 6 per rank, micro batches of 4 then 2. Rank 0: a GRPO group of 4 sharing a 30-token prompt
     (continuations of 3-25 tokens, some loss inside the prompt's last turn too), then 2 sharing 25 tokens. Rank 1: 3

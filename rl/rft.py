@@ -1,0 +1,324 @@
+"""Rejection-sampling fine-tuning (expert iteration: STaR, RAFT, ReST-EM; slime's SFT -> RFT) in one program: the
+warm start, `--rounds` rounds of sampling the training tasks and fine-tuning on what tau2's evaluator passes, and a
+held-out evaluation after each stage, with one Ray session, one ZeRO-3 learner and one set of vLLM engines for the
+whole recipe (after each fine-tuning the learner's weights are loaded into the engines in place, as rl.train syncs
+them; a program per stage spent ~70 s starting each).
+
+    python -m rl.rft --config configs/learn_tiny.yaml --out runs/rft [--teacher expert|oracle] [--sft-limit 100]
+                     [--sft-epochs 20] [--sft-lr 3e-3] [--sft-batch 4] [--rounds 1] [--trials 8]
+                     [--temperature 0.7] [--per-task 2] [--epochs 3] [--lr 1e-3] [--batch 8]
+                     [--heldout-trials 0] [key=value ...]
+
+Stages, each a folder of --out:
+    sft/            the warm start: SFT on --sft-limit of the teacher's conversations of the training tasks (drawn
+                    with the config's seed; every one without a limit), an HF folder with its config (telerl.yaml)
+    eval_sft/       its held-out greedy evaluation (rl.evaluate's files: episodes.jsonl, report.json, tau2 results)
+    sampled_sft/    with --heldout-trials k: the held-out tasks sampled k times at --temperature (tau2's pass^k)
+    sample<r>/      round r: every training task sampled --trials times at --temperature
+    rft<r>/         round r's policy: the newest policy fine-tuned (fresh optimizer, warm-up then decay) on the warm
+                    start's conversations plus every round's successes so far, at most --per-task distinct ones a task
+    eval_rft<r>/, sampled_rft<r>/   its held-out evaluations
+    summary.json    held-out success per stage (per number of faults too), the training tasks' sampled success
+The training and held-out tasks are rl.train's (train.eval_split / train.eval_tasks): no held-out task is ever
+sampled or imitated. A re-run with the same --out skips the finished stages (a half-written evaluation is
+finished), starting the learner and the engines from the newest policy folder.
+
+The engines run in rollout.dtype for every stage, held-out evaluations included, so all stages are measured alike
+(bfloat16 samples 1.3-1.45x faster than float32 on a CPU with bf16 instructions; bench_learning --rft-dtype).
+Sampling draws from the engines' random streams (seed: the config's), so a re-run does not repeat the same samples.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from rl.config import Config, parse_cli, redacted_yaml
+
+STAGE_SUMMARY = "summary.json"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What rl.rft's flags set (documented in main)."""
+
+    teacher: str = "expert"
+    sft_limit: int | None = 100
+    sft_epochs: int = 20
+    sft_lr: float = 3e-3
+    sft_batch: int = 4
+    rounds: int = 1
+    trials: int = 8
+    temperature: float = 0.7
+    per_task: int = 2
+    epochs: int = 3
+    lr: float = 1e-3
+    batch: int = 8
+    heldout_trials: int = 0
+
+
+def policy_folders(out: Path, rounds: int) -> list[Path]:
+    """The recipe's policies in order: the warm start, then each round's."""
+    return [out / "sft", *(out / f"rft{r}" for r in range(1, rounds + 1))]
+
+
+def newest_policy(out: Path, rounds: int) -> Path | None:
+    """The last policy folder a previous run finished (a re-run starts there), None for a fresh start."""
+    done = [p for p in policy_folders(out, rounds) if (p / "config.json").is_file()]
+    return done[-1] if done else None
+
+
+def heldout_metrics(report: dict) -> dict:
+    """A held-out greedy report as rl.train's eval/ metrics (bench_learning reads both alike)."""
+    return {"eval/success": report["pass_hat_k"]["1"], "eval/tasks": report["tasks"],
+            **{f"eval/success/faults_{k}": v["success"] for k, v in report["by_faults"].items()}}
+
+
+class RejectionSampling:
+    """The recipe's actors (engines, learner) and its stages; run() plays every stage not finished yet."""
+
+    def __init__(self, cfg: Config, recipe: Recipe, out: Path):
+        from rl.runtime import split_tasks
+
+        self.saved_cfg = cfg  # what a policy folder's telerl.yaml says (as rl.sft writes it)
+        self.cfg = replace(cfg, rollout=replace(cfg.rollout, temperature=recipe.temperature))  # the engines' sampling
+        self.recipe, self.out = recipe, out
+        split = split_tasks(cfg)
+        if not split.heldout:
+            raise ValueError("rl.rft reports held-out success: set train.eval_tasks > 0 (and train.eval_split)")
+        self.train_tasks, self.heldout = self._tasks(split.train), self._tasks(split.heldout)
+        self.concurrency = 64 * cfg.rollout.num_workers  # per engine: what keeps a CPU engine's batch full
+        self.version = 0  # the engines' policy: 0 the base model, 1 the warm start, r + 1 round r's
+        # policy -> its fine-tuning: steps, NLL per token first and last, and how far the engines' logprobs were from
+        # the learner's after the load (kept across re-runs in summary.json)
+        self.fine_tuning: dict[str, dict] = {}
+        self.engines_hold: Path | None = None  # the policy folder whose weights the engines run (None: the base)
+
+    @staticmethod
+    def _tasks(tasks: dict[str, dict]):
+        from envs.tau2_telecom import tau2_api as t2
+
+        return [t2.Task.model_validate(t) for t in tasks.values()]
+
+    def run(self) -> dict:
+        from transformers import AutoTokenizer
+
+        from actors.learner import LearnerGroup
+        from rl.demonstrations import demonstration_rows
+        from rl.model_agent import ModelAgent
+        from rl.models import resolve_model
+        from rl.runtime import init_ray
+        from rl.sft import sft_settings, sft_steps
+
+        cfg, recipe, out = self.cfg, self.recipe, self.out
+        if (out / STAGE_SUMMARY).is_file():  # a finished recipe: nothing to start
+            summary = json.loads((out / STAGE_SUMMARY).read_text())
+            if summary["recipe"] == asdict(recipe) and len(summary["rft"]) == recipe.rounds:
+                print(f"rft: every stage is done ({out / STAGE_SUMMARY})", flush=True)
+                return summary
+        init_ray(cfg, cfg.learner.num_ranks * cfg.learner.num_cpus + cfg.rollout.num_workers * cfg.rollout.num_cpus,
+                 log_to_driver=False)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(redacted_yaml(self.saved_cfg))
+        base = str(resolve_model(cfg.model.name, asdict(cfg.model.tiny)))
+        start = self.engines_hold = newest_policy(out, recipe.rounds)
+        self.version = policy_folders(out, recipe.rounds).index(start) + 1 if start else 0
+        self.tokenizer = AutoTokenizer.from_pretrained(base)
+        self.engines = ModelAgent(cfg, str(start or base))
+        self.learner = None
+        try:
+            with timed("start: engines, learner, the teacher's demonstrations"):
+                self.engines.launch()  # the engines start while the demonstrations are played and the learner starts
+                self.warm = demonstration_rows(cfg, self.tokenizer, recipe.teacher, None, recipe.sft_limit)
+                self.learner = LearnerGroup(
+                    sft_settings(cfg, str(start or base), recipe.sft_lr,
+                                 sft_steps(len(self.warm), recipe.sft_epochs, recipe.sft_batch)),
+                    num_ranks=cfg.learner.num_ranks, timeout_s=cfg.learner.timeout_s)
+                self.engines.wait_started()
+            return self._stages()
+        finally:
+            if self.learner is not None:
+                self.learner.shutdown()
+            self.engines.close()
+
+    def _stages(self) -> dict:
+        from rl.demonstrations import demonstration_rows
+        from rl.sft import sft_steps
+
+        recipe, out = self.recipe, self.out
+        rng = random.Random(self.cfg.seed)
+        if (out / STAGE_SUMMARY).is_file():  # a re-run: the finished fine-tunings' records stay
+            self.fine_tuning = json.loads((out / STAGE_SUMMARY).read_text()).get("fine_tuning", {})
+        sft = out / "sft"
+        if not (sft / "config.json").is_file():
+            self._fine_tune(sft, self.warm, recipe.sft_epochs, recipe.sft_batch, rng, "sft")
+        summary = {"recipe": asdict(recipe), "before": self._heldout_greedy(sft),
+                   "before_sampled": self._heldout_sampled(sft), "rft": []}
+        samples = []
+        for r in range(1, recipe.rounds + 1):
+            policy, sample = out / f"rft{r}", out / f"sample{r}"
+            samples.append(str(sample))
+            sampled = self._evaluate(sample, policy_folders(out, r)[-2], self.train_tasks, recipe.trials,
+                                     greedy=False, what=f"round {r}: sampling the training tasks")
+            if not (policy / "config.json").is_file():
+                try:
+                    own = demonstration_rows(self.cfg, self.tokenizer, None, samples, None, recipe.per_task)
+                except ValueError as e:  # not one success yet (or none fits the context): the round still counts
+                    print(f"rft: round {r}: {e}; fine-tuning on the warm start's conversations alone", flush=True)
+                    own = []
+                self.learner.new_schedule(recipe.lr, sft_steps(len(self.warm) + len(own), recipe.epochs, recipe.batch))
+                self._fine_tune(policy, self.warm + own, recipe.epochs, recipe.batch, rng, f"round {r}")
+            summary["rft"].append({"round": r, "train_success": sampled["pass_hat_k"]["1"],
+                                   "heldout": self._heldout_greedy(policy),
+                                   "heldout_sampled": self._heldout_sampled(policy)})
+            self._write(summary)
+        self._write(summary)
+        return summary
+
+    def _write(self, summary: dict) -> None:
+        summary["fine_tuning"] = self.fine_tuning
+        (self.out / STAGE_SUMMARY).write_text(json.dumps(summary, indent=1))
+
+    def _fine_tune(self, policy: Path, rows: list, epochs: int, batch: int, rng: random.Random, what: str) -> None:
+        """Fine-tune the learner's weights on `rows`, save them as `policy`, load them into the engines."""
+        from rl.models import MODEL_CONFIG_FILE
+        from rl.sft import fit
+
+        with timed(f"{what}: fine-tuning on {len(rows)} conversations"):
+            nll = fit(self.learner, list(rows), epochs, batch, rng, desc=what)
+            self.learner.save_hf(str(policy), {MODEL_CONFIG_FILE: redacted_yaml(self.saved_cfg)})
+            self.version = policy_folders(self.out, self.recipe.rounds).index(policy) + 1
+            self.engines.load_weights(self.learner.state_dict_ref(), self.version)
+            self.engines_hold = policy
+        gap = self._engine_gap(rows[0][0][:512])
+        self.fine_tuning[policy.name] = {"conversations": len(rows), "steps": len(nll), "nll_first": nll[0],
+                                         "nll_last": nll[-1], "engine_gap": gap}
+        print(f"rft: {what}: {len(nll)} steps, NLL/token {nll[0]:.2f} -> {nll[-1]:.2f}; wrote {policy}; the engines "
+              f"score a conversation within {gap:.4f} nats/token of the learner", flush=True)
+
+    def _engine_gap(self, probe: list[int]) -> float:
+        """Largest per-token logprob difference between the learner and any engine on `probe`: a weight load that
+        went wrong shows here (bfloat16 engines differ by rounding: ~1e-2; float32 ~1e-5)."""
+        from rl.contracts import TrainBatch
+
+        ours = self.learner.logprobs(TrainBatch(input_ids=[probe], loss_mask=[[1] * len(probe)]))[0]
+        return max(abs(a - b) for theirs in self.engines.sequence_logprobs(probe) for a, b in zip(ours[1:], theirs[1:]))
+
+    def _heldout_greedy(self, policy: Path) -> dict:
+        report = self._evaluate(self.out / f"eval_{policy.name}", policy, self.heldout, 1, greedy=True,
+                                what=f"{policy.name}: held-out, greedy")
+        return heldout_metrics(report)
+
+    def _heldout_sampled(self, policy: Path) -> dict | None:
+        k = self.recipe.heldout_trials
+        if not k:
+            return None
+        return self._evaluate(self.out / f"sampled_{policy.name}", policy, self.heldout, k, greedy=False,
+                              what=f"{policy.name}: held-out, sampled {k} times")["pass_hat_k"]
+
+    def _evaluate(self, folder: Path, policy: Path, tasks: list, trials: int, greedy: bool, what: str) -> dict:
+        """rl.evaluate's files for `policy` (the one the engines run) in `folder`, finished if half-written; its
+        report."""
+        from envs.tau2_telecom.session import SessionLimits
+        from rl.evaluate import play_into, write_evaluation
+
+        if (folder / "report.json").is_file():
+            return json.loads((folder / "report.json").read_text())
+        if policy != self.engines_hold:  # only when a folder was removed by hand after a later stage finished
+            raise ValueError(f"{folder} is unfinished, but a later policy ({self.engines_hold}) exists: remove the "
+                             f"folders after {policy.name} to redo them")
+        cfg = self.cfg
+        folder.mkdir(parents=True, exist_ok=True)
+        with timed(what):
+            play_into(folder / "episodes.jsonl", tasks, trials,
+                      lambda pairs: self.engines.play([(t.model_dump(mode="json"), k) for t, k in pairs], greedy,
+                                                      self.concurrency), what)
+            report = write_evaluation(
+                folder, tasks, trials, SessionLimits(cfg.env.max_turns, cfg.env.max_errors), cfg.seed,
+                {"agent": f"{policy} (rl.rft)", "tasks_from": what,
+                 "mode": cfg.env.mode, "user": cfg.env.user if cfg.env.mode == "dual" else "none (solo)",
+                 "trials": trials, "policy": cfg.env.policy, "temperature": 0.0 if greedy else cfg.rollout.temperature})
+        print(f"rft: {what}: pass^1 {report['pass_hat_k']['1']:.3f} over {report['tasks']} tasks", flush=True)
+        return report
+
+
+@contextmanager
+def timed(what: str):
+    """A line on stdout when a stage ends, with its wall time."""
+    t0 = time.perf_counter()
+    yield
+    print(f"rft: {what}: {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import ray
+
+    def flags(p: argparse.ArgumentParser) -> None:
+        d = Recipe()
+        p.add_argument("--out", required=True, help="the recipe's folder (a re-run finishes what is missing)")
+        p.add_argument("--teacher", choices=("expert", "oracle"), default=d.teacher,
+                       help="who demonstrates the warm start's conversations")
+        p.add_argument("--sft-limit", type=int, default=d.sft_limit,
+                       help="the teacher's conversations in the warm start (0: every one)")
+        p.add_argument("--sft-epochs", type=int, default=d.sft_epochs)
+        p.add_argument("--sft-lr", type=float, default=d.sft_lr, help="the warm start's peak lr")
+        p.add_argument("--sft-batch", type=int, default=d.sft_batch, help="the warm start's conversations per step")
+        p.add_argument("--rounds", type=int, default=d.rounds, help="rejection-sampling rounds (0: the warm start)")
+        p.add_argument("--trials", type=int, default=d.trials, help="samples of each training task per round")
+        p.add_argument("--temperature", type=float, default=d.temperature, help="the rounds' sampling temperature")
+        p.add_argument("--per-task", type=int, default=d.per_task, help="distinct successes kept per task")
+        p.add_argument("--epochs", type=int, default=d.epochs, help="each round's passes over its data")
+        p.add_argument("--lr", type=float, default=d.lr, help="each round's peak lr")
+        p.add_argument("--batch", type=int, default=d.batch, help="each round's conversations per step")
+        p.add_argument("--heldout-trials", type=int, default=d.heldout_trials,
+                       help="also sample the held-out tasks this many times at --temperature after each stage "
+                            "(tau2's pass^k: less noisy than one greedy pass)")
+
+    cfg, args = parse_cli(argv, description=__doc__, add_arguments=flags)
+    counts = {"--sft-epochs": args.sft_epochs, "--sft-batch": args.sft_batch, "--trials": args.trials,
+              "--per-task": args.per_task, "--epochs": args.epochs, "--batch": args.batch}
+    bad = [k for k, v in counts.items() if v < 1] + [k for k, v in (("--sft-limit", args.sft_limit),
+                                                                     ("--rounds", args.rounds),
+                                                                     ("--heldout-trials", args.heldout_trials))
+                                                    if v < 0]
+    if bad or args.temperature <= 0:
+        print(f"rl.rft: {', '.join(bad) or '--temperature'} out of range (counts >= 1, --sft-limit / --rounds / "
+              f"--heldout-trials >= 0, --temperature > 0)", file=sys.stderr)
+        return 2
+    recipe = Recipe(teacher=args.teacher, sft_limit=args.sft_limit or None, sft_epochs=args.sft_epochs,
+                    sft_lr=args.sft_lr, sft_batch=args.sft_batch, rounds=args.rounds, trials=args.trials,
+                    temperature=args.temperature, per_task=args.per_task, epochs=args.epochs, lr=args.lr,
+                    batch=args.batch, heldout_trials=args.heldout_trials)
+    try:
+        job = RejectionSampling(cfg, recipe, Path(args.out))
+    except ValueError as e:
+        print(f"rl.rft: {e}", file=sys.stderr)
+        return 2
+    from actors.learner import LearnerFailed
+    from rl.actor_calls import ActorFailed
+
+    try:
+        summary = job.run()
+    except (ValueError, ActorFailed, LearnerFailed) as e:  # bad data, a dead engine or rank: one line
+        print(f"rl.rft: stopped: {e}; the finished stages are kept in {args.out} (the same command finishes the "
+              f"rest)", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\nrl.rft: interrupted; the finished stages are kept in {args.out} (the same command finishes the "
+              f"rest)", file=sys.stderr)
+        return 130
+    finally:
+        ray.shutdown()
+    after = summary["rft"][-1]["heldout"] if summary["rft"] else summary["before"]
+    print(f"held-out success ({cfg.train.eval_split}, {after['eval/tasks']} tasks): before "
+          f"{summary['before']['eval/success']:.2f} -> after {after['eval/success']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

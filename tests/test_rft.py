@@ -1,0 +1,169 @@
+"""rl.rft's recipe: which policy plays each stage, what each round fine-tunes on, and a re-run that finishes only
+what is missing. The learner and the engines here are stand-ins that record their calls (the real ones run the same
+stages in tests/test_train_e2e.py's rl.rft test); the evaluations are rl.evaluate's own code."""
+import json
+from pathlib import Path
+
+import pytest
+
+from rl.config import load_config
+from rl.eval_report import EpisodeOutcome
+from rl.rft import Recipe, RejectionSampling, newest_policy
+from tests.conftest import REPO_ROOT
+
+OVERRIDES = ["train.eval_split=test", "train.eval_tasks=2"]  # 20 training tasks of the small split, 2 held out
+
+
+class Learner:
+    def __init__(self, log):
+        self.log = log
+
+    def train_step(self, batch, demo):
+        self.log.append(("step", len(demo.input_ids)))
+        return {"demo_nll": 1.0, "grad_norm": 0.5}
+
+    def new_schedule(self, lr, steps):
+        self.log.append(("schedule", lr, steps))
+
+    def save_hf(self, path, extra):
+        Path(path).mkdir(parents=True)
+        (Path(path) / "config.json").write_text("{}")
+        self.log.append(("save", Path(path).name))
+
+    def state_dict_ref(self):
+        return "weights"
+
+    def logprobs(self, batch):
+        return [[0.0] * len(batch.input_ids[0])]
+
+
+class Engines:
+    """Policy version v passes the first 5 * v training tasks (a better policy each round), no held-out one."""
+
+    def __init__(self, log, version, train_ids):
+        self.log, self.version, self.train_ids = log, version, train_ids
+
+    def load_weights(self, weights, version):
+        self.version = version
+        self.log.append(("load", version))
+
+    def sequence_logprobs(self, ids):
+        return [[0.0] * len(ids)]
+
+    def play(self, jobs, greedy, concurrency):
+        self.log.append(("play", self.version, greedy, len(jobs)))
+        for task, trial in jobs:
+            passed = task["id"] in self.train_ids[:5 * self.version]
+            yield EpisodeOutcome(task["id"], trial, float(passed), passed, "agent_stop",
+                                 messages=[], chat_messages=[{"role": "assistant", "content": str(self.version)}])
+
+
+def _job(tmp_path, rounds, log, monkeypatch, version=0):
+    seen = []
+
+    def own_rows(cfg, tokenizer, teacher, rollouts, limit, per_task):
+        seen.append(list(rollouts))
+        passed = [row for r in rollouts for row in map(json.loads, (Path(r) / "episodes.jsonl").open())
+                  if row["success"]]
+        if not passed:
+            raise ValueError("no passed rollouts episode")
+        return [([1, 2, 3], [0, 1, 1])] * len(passed)
+
+    monkeypatch.setattr("rl.demonstrations.demonstration_rows", own_rows)
+    cfg = load_config(f"{REPO_ROOT}/configs/test_tiny.yaml", OVERRIDES)
+    job = RejectionSampling(cfg, Recipe(sft_limit=3, sft_epochs=2, sft_batch=2, rounds=rounds, trials=2, per_task=2,
+                                        epochs=1, batch=4, lr=5e-4), tmp_path)
+    job.learner, job.engines, job.tokenizer = Learner(log), Engines(log, version, [t.id for t in job.train_tasks]), None
+    job.engines_hold = newest_policy(tmp_path, rounds)
+    job.version = version
+    job.warm = [([1, 2], [0, 1])] * 3
+    return job, seen
+
+
+def test_each_round_samples_the_newest_policy_and_fine_tunes_on_every_success_so_far(tmp_path, monkeypatch):
+    log = []
+    job, seen = _job(tmp_path, 2, log, monkeypatch)
+    summary = job._stages()
+    plays = [e for e in log if e[0] == "play"]
+    # (policy version, greedy, episodes): held-out after SFT; each round samples 20 tasks x 2, then the held-out
+    assert plays == [("play", 1, True, 2), ("play", 1, False, 40), ("play", 2, True, 2), ("play", 2, False, 40),
+                     ("play", 3, True, 2)]
+    assert seen == [[str(tmp_path / "sample1")], [str(tmp_path / "sample1"), str(tmp_path / "sample2")]]
+    # SFT: 3 conversations x 2 epochs in batches of 2 (4 steps), its own schedule; each round a fresh schedule
+    # sized to the warm start's 3 plus the successes so far (policy 1 passes 5 tasks twice: 10; policy 2 20 more)
+    schedules = [e for e in log if e[0] == "schedule"]
+    assert schedules == [("schedule", 5e-4, 4), ("schedule", 5e-4, 9)]  # ceil(13 / 4), ceil(33 / 4)
+    assert [e for e in log if e[0] in ("save", "load")] == [("save", "sft"), ("load", 1), ("save", "rft1"),
+                                                            ("load", 2), ("save", "rft2"), ("load", 3)]
+    assert [r["train_success"] for r in summary["rft"]] == [0.25, 0.5]
+    assert json.loads((tmp_path / "summary.json").read_text())["rft"][1]["round"] == 2
+    for stage in ("eval_sft", "sample1", "rft1", "eval_rft1", "sample2", "eval_rft2"):
+        assert (tmp_path / stage).is_dir(), stage
+    assert json.loads((tmp_path / "eval_rft2" / "report.json").read_text())["tasks"] == 2
+
+
+def test_a_rerun_finishes_only_what_is_missing(tmp_path, monkeypatch):
+    log = []
+    _job(tmp_path, 1, log, monkeypatch)[0]._stages()
+    # one more round: starts from rft1 (the engines and the learner hold it), plays only round 2's stages
+    log.clear()
+    job, seen = _job(tmp_path, 2, log, monkeypatch, version=2)
+    assert job.engines_hold == tmp_path / "rft1"
+    summary = job._stages()
+    assert [e for e in log if e[0] == "play"] == [("play", 2, False, 40), ("play", 3, True, 2)]
+    assert [e[1] for e in log if e[0] == "save"] == ["rft2"] and len(summary["rft"]) == 2
+    assert set(summary["fine_tuning"]) == {"sft", "rft1", "rft2"}  # the first run's records are kept
+    # a half-written evaluation of an earlier policy cannot be finished by the engines' newer one
+    (tmp_path / "eval_rft1" / "report.json").unlink()
+    job, _ = _job(tmp_path, 2, log, monkeypatch, version=3)
+    with pytest.raises(ValueError, match="eval_rft1 is unfinished, but a later policy"):
+        job._stages()
+
+
+def test_a_round_without_a_success_fine_tunes_on_the_warm_start_alone(tmp_path, monkeypatch, capsys):
+    log = []
+    job, _ = _job(tmp_path, 1, log, monkeypatch)
+    job.engines.play = lambda jobs, greedy, concurrency: (
+        EpisodeOutcome(t["id"], k, 0.0, False, "agent_stop", messages=[], chat_messages=[]) for t, k in jobs)
+    summary = job._stages()
+    assert "fine-tuning on the warm start's conversations alone" in capsys.readouterr().out
+    assert ("schedule", 5e-4, 1) in log and summary["rft"][0]["train_success"] == 0.0
+
+
+def test_held_out_success_is_required(tmp_path):
+    cfg = load_config(f"{REPO_ROOT}/configs/test_tiny.yaml")  # train.eval_tasks: 0
+    with pytest.raises(ValueError, match="train.eval_tasks > 0"):
+        RejectionSampling(cfg, Recipe(), tmp_path)
+
+
+@pytest.mark.slow
+def test_rl_rft_runs_the_recipe_on_real_engines_and_learner(tmp_path, capsys):
+    """rl.rft end to end on a local Ray cluster (the tiny random model, one float32 engine, two ZeRO-3 ranks): the warm
+    start, its held-out evaluation, a round that samples the training tasks (no success: the round fine-tunes on the
+    warm start alone, with a fresh schedule) and the round's evaluation; after each fine-tuning the engine scores a
+    conversation exactly as the learner does (the weights were loaded in place); a re-run starts nothing."""
+    from rl.rft import main
+    from tests.conftest import cleanup_vllm_shm
+
+    out = tmp_path / "rft"
+    argv = ["--config", f"{REPO_ROOT}/configs/test_tiny.yaml", "--out", str(out), "--sft-limit", "4", "--sft-epochs",
+            "6", "--rounds", "1", "--trials", "1", "--epochs", "1", *OVERRIDES]
+    try:
+        assert main(argv) == 0
+    finally:
+        cleanup_vllm_shm()
+    summary = json.loads((out / "summary.json").read_text())
+    # the learner moved (6 steps of SFT), and the engine runs exactly what it learned
+    tuned = summary["fine_tuning"]
+    assert set(tuned) == {"sft", "rft1"} and tuned["sft"]["steps"] == 6 and tuned["rft1"]["conversations"] == 4
+    assert tuned["rft1"]["nll_first"] < tuned["sft"]["nll_first"] - 0.1, tuned
+    assert max(t["engine_gap"] for t in tuned.values()) < 1e-3, tuned
+    assert summary["before"]["eval/tasks"] == 2 and len(summary["rft"]) == 1
+    sampled = [json.loads(line) for line in (out / "sample1" / "episodes.jsonl").open()]
+    assert len(sampled) == 20 and all(e["chat_messages"] and e["tokens"] > 0 for e in sampled)
+    for policy in ("sft", "rft1"):
+        assert (out / policy / "telerl.yaml").is_file() and any((out / policy).glob("*.safetensors"))
+        assert json.loads((out / f"eval_{policy}" / "report.json").read_text())["episodes"] == 2
+    assert (out / "eval_rft1" / "tau2_results.json").is_file()
+    capsys.readouterr()
+    assert main(argv) == 0 and "every stage is done" in capsys.readouterr().out  # finished: starts nothing
