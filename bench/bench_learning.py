@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             rows, after = [], {**(rft[-1]["heldout"] if rft else recipe["before"]), "step": 0}
         report["runs"][seed] = {"before": recipe["before"], "after": after, "steps": after["step"], "rft": rft,
                                 "before_sampled": recipe["before_sampled"],
+                                "before_validation": recipe.get("before_validation"),
                                 "train_success": [r.get("success_rate") for r in rows if r["step"] > 0],
                                 "tool_calls": [r.get("episode/tool_calls") for r in rows if r["step"] > 0]}
     runs = report["runs"].values()
@@ -225,6 +226,13 @@ def _table(r: dict, tasks: int) -> list[str]:
         lines += [f"| {name} | {ms(_mean_std([p['1'] for p in ps]))} | {ms(_mean_std([p[str(k)] for p in ps]))} |"
                   for name, ps in stages]
         lines.append(f"| gain | {ms(_mean_std([b['1'] - a['1'] for a, b in zip(stages[0][1], stages[-1][1])]))} | |")
+    if runs[0].get("before_validation"):  # train.validation_tasks: what settings may be chosen by
+        stages = [("SFT start", [run["before_validation"] for run in runs])] + [
+            (f"after rejection-sampling round {i + 1}", [run["rft"][i]["validation"] for run in runs])
+            for i in range(rounds)]
+        lines += ["", f"Validation: {int(runs[0]['before_validation']['eval/tasks'])} training tasks set aside "
+                  "(greedy; to choose settings by, never trained on):", "", "| | validation success |", "|---|---|"]
+        lines += [f"| {name} | {ms(_mean_std([v['eval/success'] for v in vs]))} |" for name, vs in stages]
     lines += ["", "Per number of faults (mean over seeds):", "",
               "| faults | " + " | ".join(k.rsplit("_", 1)[1] for k in faults) + " |", "|---|" + "---|" * len(faults)]
     for when in ("before", "after"):

@@ -301,6 +301,10 @@ class TrainConfig:
     eval_tasks: int = 0  # held-out tasks (a fixed sample when fewer than the split has); 0 = no evaluation
     eval_every: int = 0  # steps between held-out evaluations (also before step 1 and after the last); 0 = only those
     eval_trials: int = 0  # sampled episodes per held-out task for tau2's pass^1..pass^k; 0 = greedy success only
+    # Training tasks set aside to choose a recipe or its settings without looking at the held-out tasks (a fixed draw,
+    # the same for every seed): never trained on, sampled or imitated (rl.train, rl.sft, rl.rft); rl.rft evaluates
+    # them greedy after every stage. 0 = none.
+    validation_tasks: int = 0
     keep_checkpoints: int = 2  # newest kept on disk
     # 1 = one-step off-policy: the next step's episodes are generated, by the weights of the step before, while
     # the learner trains this one (weights sync when both are done; the PPO ratio is taken against the logprobs
@@ -420,7 +424,7 @@ RULES: dict[type, dict[str, Check]] = {
                         "keep_checkpoints": positive},
     TrainConfig: {"steps": non_negative, "tasks_per_step": positive, "checkpoint_every": positive,
                   "eval_split": one_of(*SPLITS), "eval_tasks": non_negative, "eval_every": non_negative,
-                  "eval_trials": non_negative,
+                  "eval_trials": non_negative, "validation_tasks": non_negative,
                   "async_steps": lambda v: None if v in (0, 1) else "0 (synchronous) or 1 (one step off-policy)",
                   "keep_checkpoints": positive, "max_failed_episodes": optional(non_negative),
                   "task_ids": optional(lambda v: None if len(v) else "a non-empty list of task ids")},

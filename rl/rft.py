@@ -18,10 +18,14 @@ Stages, each a folder of --out:
     rft<r>/         round r's policy: the newest policy fine-tuned (fresh optimizer, warm-up then decay) on the warm
                     start's conversations plus every round's successes so far, at most --per-task distinct ones a task
     eval_rft<r>/, sampled_rft<r>/   its held-out evaluations
-    summary.json    held-out success per stage (per number of faults too), the training tasks' sampled success
-The training and held-out tasks are rl.train's (train.eval_split / train.eval_tasks): no held-out task is ever
-sampled or imitated. A re-run with the same --out skips the finished stages (a half-written evaluation is
-finished), starting the learner and the engines from the newest policy folder.
+    val_sft/, val_rft<r>/   with train.validation_tasks: greedy success on the training tasks set aside (to choose
+                    settings by, never the held-out numbers)
+    summary.json    per stage: held-out (per number of faults too) and validation success, the training tasks'
+                    sampled success, each fine-tuning's steps, NLL and the engines' logprob gap to the learner
+The training, held-out and validation tasks are rl.train's (train.eval_split / train.eval_tasks,
+train.validation_tasks): no held-out or validation task is ever sampled or imitated. A re-run with the same --out
+skips the finished stages (a half-written evaluation is finished), starting the learner and the engines from the
+newest policy folder.
 
 The engines run in rollout.dtype for every stage, held-out evaluations included, so all stages are measured alike
 (bfloat16 samples 1.3-1.45x faster than float32 on a CPU with bf16 instructions; bench_learning --rft-dtype).
@@ -92,6 +96,7 @@ class RejectionSampling:
         if not split.heldout:
             raise ValueError("rl.rft reports held-out success: set train.eval_tasks > 0 (and train.eval_split)")
         self.train_tasks, self.heldout = self._tasks(split.train), self._tasks(split.heldout)
+        self.validation = self._tasks(split.validation)  # train.validation_tasks: never sampled or imitated
         self.concurrency = 64 * cfg.rollout.num_workers  # per engine: what keeps a CPU engine's batch full
         self.version = 0  # the engines' policy: 0 the base model, 1 the warm start, r + 1 round r's
         # policy -> its fine-tuning: steps, NLL per token first and last, and how far the engines' logprobs were from
@@ -158,7 +163,7 @@ class RejectionSampling:
         if not (sft / "config.json").is_file():
             self._fine_tune(sft, self.warm, recipe.sft_epochs, recipe.sft_batch, rng, "sft")
         summary = {"recipe": asdict(recipe), "before": self._heldout_greedy(sft),
-                   "before_sampled": self._heldout_sampled(sft), "rft": []}
+                   "before_sampled": self._heldout_sampled(sft), "before_validation": self._validation(sft), "rft": []}
         samples = []
         for r in range(1, recipe.rounds + 1):
             policy, sample = out / f"rft{r}", out / f"sample{r}"
@@ -175,7 +180,8 @@ class RejectionSampling:
                 self._fine_tune(policy, self.warm + own, recipe.epochs, recipe.batch, rng, f"round {r}")
             summary["rft"].append({"round": r, "train_success": sampled["pass_hat_k"]["1"],
                                    "heldout": self._heldout_greedy(policy),
-                                   "heldout_sampled": self._heldout_sampled(policy)})
+                                   "heldout_sampled": self._heldout_sampled(policy),
+                                   "validation": self._validation(policy)})
             self._write(summary)
         self._write(summary)
         return summary
@@ -213,6 +219,13 @@ class RejectionSampling:
         report = self._evaluate(self.out / f"eval_{policy.name}", policy, self.heldout, 1, greedy=True,
                                 what=f"{policy.name}: held-out, greedy")
         return heldout_metrics(report)
+
+    def _validation(self, policy: Path) -> dict | None:
+        """Greedy success on the training tasks set aside (train.validation_tasks); None without them."""
+        if not self.validation:
+            return None
+        return heldout_metrics(self._evaluate(self.out / f"val_{policy.name}", policy, self.validation, 1, greedy=True,
+                                              what=f"{policy.name}: validation, greedy"))
 
     def _heldout_sampled(self, policy: Path) -> dict | None:
         k = self.recipe.heldout_trials

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -67,29 +67,36 @@ def load_tasks(cfg: Config, split: str | None = None) -> dict[str, dict]:
 
 @dataclass(frozen=True)
 class TaskSplit:
-    """The tasks a run trains on and the held-out ones it reports; no task is in both."""
+    """The tasks a run trains on, the held-out ones it reports and the validation ones it may choose settings by;
+    no task is in two of them."""
 
     train: dict[str, dict]
     heldout: dict[str, dict]  # empty when train.eval_tasks = 0
     left_out: int  # training tasks dropped because they belong to train.eval_split
+    validation: dict[str, dict] = field(default_factory=dict)  # train.validation_tasks of the training tasks
 
 
 def split_tasks(cfg: Config) -> TaskSplit:
-    """Training and held-out tasks, the same for rl.train and rl.sft: with train.eval_tasks > 0 the whole
-    train.eval_split is kept out of training (demonstrations included), so no reported number comes from a
-    task the policy learned from."""
-    from rl.evaluation import hold_out
+    """Training, held-out and validation tasks, the same for rl.train, rl.sft and rl.rft: with train.eval_tasks > 0
+    the whole train.eval_split is kept out of training (demonstrations included), so no reported number comes from a
+    task the policy learned from; train.validation_tasks more are set aside from the training tasks."""
+    from rl.evaluation import hold_out, select_eval_tasks
 
     train = load_tasks(cfg)
-    heldout, left_out = {}, 0
+    heldout, left_out, validation = {}, 0, {}
     if cfg.train.eval_tasks:
         where = f"train.eval_split={cfg.train.eval_split!r}"
         train, heldout, left_out = hold_out(train, load_tasks(cfg, cfg.train.eval_split), cfg.train.eval_tasks, where)
+    if cfg.train.validation_tasks:
+        if cfg.train.validation_tasks >= len(train):
+            raise ValueError(f"train.validation_tasks={cfg.train.validation_tasks} leaves no training task (this "
+                             f"config has {len(train)})")
+        validation = {tid: train.pop(tid) for tid in select_eval_tasks(list(train), cfg.train.validation_tasks)}
     if cfg.train.task_ids:
         missing = [tid for tid in cfg.train.task_ids if tid not in train]
         if missing:
             raise ValueError(f"train.task_ids: {len(missing)} of {len(cfg.train.task_ids)} are not training tasks of "
-                             f"this config (not in env.split / env.tasks_file, over env.max_faults, or held out), "
-                             f"e.g. {missing[0]!r}")
+                             f"this config (not in env.split / env.tasks_file, over env.max_faults, held out or set "
+                             f"aside for validation), e.g. {missing[0]!r}")
         train = {tid: train[tid] for tid in cfg.train.task_ids}
-    return TaskSplit(train, heldout, left_out)
+    return TaskSplit(train, heldout, left_out, validation)

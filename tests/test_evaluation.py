@@ -114,6 +114,13 @@ def test_bench_learning_table_reports_mean_std_gain_and_context():
     assert "1 round of rejection sampling (8 samples" in text and "then RL (20 steps)" in text
     assert "ceiling" in text and "| the expert (scripted, same tasks) | 1.000 |" in text
     assert "| after | 0.40 |" in text  # per fault count, mean over seeds
+    assert "Validation" not in text
+    for s, run in runs.items():  # train.validation_tasks: its own table, by stage
+        run["before_validation"] = {"eval/success": 0.5, "eval/tasks": 30}
+        run["rft"][0]["validation"] = {"eval/success": 0.6 + s / 10, "eval/tasks": 30}
+    text = "\n".join(_table(report, 40))
+    assert "Validation: 30 training tasks set aside" in text
+    assert "| SFT start | 0.500 ± 0.000 |\n| after rejection-sampling round 1 | 0.700 ± 0.100 |" in text
 
 
 def test_bench_learning_runs_each_seed_as_one_rl_rft_program(tmp_path, monkeypatch):
@@ -220,3 +227,27 @@ def test_sft_demonstrations_and_rl_training_tasks_share_one_hold_out():
     held = sorted(test_ids)[0]
     with pytest.raises(ValueError, match=r"train.task_ids: 1 of 2 are not training tasks .*held out"):
         split_tasks(replace(few, train=replace(few.train, task_ids=[some[0], held])))
+
+
+def test_validation_tasks_are_set_aside_from_training_the_same_for_every_seed():
+    """train.validation_tasks: training tasks to choose settings by, never trained on or imitated; a fixed draw, so
+    every seed of a sweep is validated on the same tasks."""
+    from rl.config import ConfigError, load_config
+    from rl.demonstrations import teacher_demonstrations
+    from rl.runtime import split_tasks
+
+    base = ["env.split=base", "env.max_faults=2", "env.prompt=minimal", "train.eval_split=test", "train.eval_tasks=40"]
+    whole = split_tasks(load_config(None, base))
+    cfg = load_config(None, [*base, "train.validation_tasks=5"])
+    tasks = split_tasks(cfg)
+    assert len(tasks.validation) == 5 and len(tasks.train) == 10 and tasks.heldout == whole.heldout
+    assert set(tasks.validation) | set(tasks.train) == set(whole.train) and not set(tasks.validation) & set(tasks.train)
+    assert split_tasks(load_config(None, [*base, "train.validation_tasks=5", "seed=7"])).validation == tasks.validation
+    assert teacher_demonstrations(cfg, "expert").considered == 10
+    with pytest.raises(ValueError, match="train.validation_tasks=15 leaves no training task"):
+        split_tasks(load_config(None, [*base, "train.validation_tasks=15"]))
+    with pytest.raises(ValueError, match="set aside for validation"):
+        split_tasks(load_config(None, [*base, "train.validation_tasks=5",
+                                       f"train.task_ids=[{sorted(tasks.validation)[0]!r}]"]))
+    with pytest.raises(ConfigError, match="train.validation_tasks"):
+        load_config(None, ["train.validation_tasks=-1"])

@@ -58,7 +58,7 @@ class Engines:
                                  messages=[], chat_messages=[{"role": "assistant", "content": str(self.version)}])
 
 
-def _job(tmp_path, rounds, log, monkeypatch, version=0):
+def _job(tmp_path, rounds, log, monkeypatch, version=0, extra=()):
     seen = []
 
     def own_rows(cfg, tokenizer, teacher, rollouts, limit, per_task):
@@ -70,7 +70,7 @@ def _job(tmp_path, rounds, log, monkeypatch, version=0):
         return [([1, 2, 3], [0, 1, 1])] * len(passed)
 
     monkeypatch.setattr("rl.demonstrations.demonstration_rows", own_rows)
-    cfg = load_config(f"{REPO_ROOT}/configs/test_tiny.yaml", OVERRIDES)
+    cfg = load_config(f"{REPO_ROOT}/configs/test_tiny.yaml", [*OVERRIDES, *extra])
     job = RejectionSampling(cfg, Recipe(sft_limit=3, sft_epochs=2, sft_batch=2, rounds=rounds, trials=2, per_task=2,
                                         epochs=1, batch=4, lr=5e-4), tmp_path)
     job.learner, job.engines, job.tokenizer = Learner(log), Engines(log, version, [t.id for t in job.train_tasks]), None
@@ -128,6 +128,18 @@ def test_a_round_without_a_success_fine_tunes_on_the_warm_start_alone(tmp_path, 
     summary = job._stages()
     assert "fine-tuning on the warm start's conversations alone" in capsys.readouterr().out
     assert ("schedule", 5e-4, 1) in log and summary["rft"][0]["train_success"] == 0.0
+
+
+def test_validation_tasks_are_evaluated_after_every_stage_and_never_sampled(tmp_path, monkeypatch):
+    log = []
+    job, _ = _job(tmp_path, 1, log, monkeypatch, extra=["train.validation_tasks=4"])
+    summary = job._stages()
+    # 16 training tasks sampled twice; the 4 set aside played greedy after SFT and after the round, like the held-out
+    assert [e[2:] for e in log if e[0] == "play"] == [(True, 2), (True, 4), (False, 32), (True, 2), (True, 4)]
+    sampled = {json.loads(line)["task_id"] for line in (tmp_path / "sample1" / "episodes.jsonl").open()}
+    validation = {json.loads(line)["task_id"] for line in (tmp_path / "val_rft1" / "episodes.jsonl").open()}
+    assert len(validation) == 4 and not sampled & validation
+    assert summary["before_validation"]["eval/tasks"] == 4 and summary["rft"][0]["validation"]["eval/tasks"] == 4
 
 
 def test_held_out_success_is_required(tmp_path):
