@@ -201,19 +201,22 @@ class RejectionSampling:
             self.version = policy_folders(self.out, self.recipe.rounds).index(policy) + 1
             self.engines.load_weights(self.learner.state_dict_ref(), self.version)
             self.engines_hold = policy
-        gap = self._engine_gap(rows[0][0][:512])
+        worst, mean = self._engine_gap(rows[0][0][:512])
         self.fine_tuning[policy.name] = {"conversations": len(rows), "steps": len(nll), "nll_first": nll[0],
-                                         "nll_last": nll[-1], "engine_gap": gap}
+                                         "nll_last": nll[-1], "engine_gap": worst, "engine_gap_mean": mean}
         print(f"rft: {what}: {len(nll)} steps, NLL/token {nll[0]:.2f} -> {nll[-1]:.2f}; wrote {policy}; the engines "
-              f"score a conversation within {gap:.4f} nats/token of the learner", flush=True)
+              f"score a conversation {mean:.4f} nats/token from the learner on average, {worst:.4f} at most",
+              flush=True)
 
-    def _engine_gap(self, probe: list[int]) -> float:
-        """Largest per-token logprob difference between the learner and any engine on `probe`: a weight load that
-        went wrong shows here (bfloat16 engines differ by rounding: ~1e-2; float32 ~1e-5)."""
+    def _engine_gap(self, probe: list[int]) -> tuple[float, float]:
+        """(largest, mean) per-token logprob difference between the learner and the engines on `probe`: a weight
+        load that went wrong shows here as nats. bfloat16 engines differ by rounding, more on unlikely tokens as the
+        policy sharpens (measured: at most 0.09 -> 0.28 over two rounds); float32 ~1e-6."""
         from rl.contracts import TrainBatch
 
         ours = self.learner.logprobs(TrainBatch(input_ids=[probe], loss_mask=[[1] * len(probe)]))[0]
-        return max(abs(a - b) for theirs in self.engines.sequence_logprobs(probe) for a, b in zip(ours[1:], theirs[1:]))
+        gaps = [abs(a - b) for theirs in self.engines.sequence_logprobs(probe) for a, b in zip(ours[1:], theirs[1:])]
+        return max(gaps), sum(gaps) / len(gaps)
 
     def _heldout_greedy(self, policy: Path) -> dict:
         report = self._evaluate(self.out / f"eval_{policy.name}", policy, self.heldout, 1, greedy=True,

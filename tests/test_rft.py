@@ -169,7 +169,7 @@ def test_rl_rft_runs_the_recipe_on_real_engines_and_learner(tmp_path, capsys):
     tuned = summary["fine_tuning"]
     assert set(tuned) == {"sft", "rft1"} and tuned["sft"]["steps"] == 6 and tuned["rft1"]["conversations"] == 4
     assert tuned["rft1"]["nll_first"] < tuned["sft"]["nll_first"] - 0.1, tuned
-    assert max(t["engine_gap"] for t in tuned.values()) < 1e-3, tuned
+    assert max(t["engine_gap"] for t in tuned.values()) < 1e-3 and tuned["sft"]["engine_gap_mean"] < 1e-4, tuned
     assert summary["before"]["eval/tasks"] == 2 and len(summary["rft"]) == 1
     sampled = [json.loads(line) for line in (out / "sample1" / "episodes.jsonl").open()]
     assert len(sampled) == 20 and all(e["chat_messages"] and e["tokens"] > 0 for e in sampled)
