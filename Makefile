@@ -65,7 +65,8 @@ bench: install
 
 # Held-out success (greedy, and pass^1..4 sampled) at the SFT start and after 3 rounds of rejection sampling over 3
 # seeds (mean ± std), beside the expert and an SFT-on-all-expert-data ceiling: runs/bench_learning/results.md.
-# GRPO after the rounds: set train.steps. Hours on 2 cores; re-running finishes what is missing.
+# GRPO after the rounds: set train.steps. One rl.rft program per seed, ~35-45 min each with 3 rounds on 2 cores
+# (the ceiling ~25 min more); re-running finishes what is missing.
 bench-learning: install
 	$(PY) -m bench.bench_learning --config $(DEMO_CONFIG) --seeds 0 1 2 --rft-rounds 3 --heldout-trials 4 train.steps=0
 
