@@ -159,6 +159,6 @@ class ModelAgent:
         try:
             ray.get([w.shutdown.remote() for w in self.workers], timeout=60)
         except Exception as e:  # noqa: BLE001 - best effort on the way out
-            print(f"rl.evaluate: engine shutdown: {e}", file=sys.stderr)
+            print(f"engine shutdown: {e}", file=sys.stderr)
         if self.env is not None:
             self.env.shutdown()

@@ -77,8 +77,8 @@ def newest_policy(out: Path, rounds: int) -> Path | None:
     return done[-1] if done else None
 
 
-def heldout_metrics(report: dict) -> dict:
-    """A held-out greedy report as rl.train's eval/ metrics (bench_learning reads both alike)."""
+def report_metrics(report: dict) -> dict:
+    """A greedy evaluation's report.json as rl.train's eval/ metrics (bench_learning reads both alike)."""
     return {"eval/success": report["pass_hat_k"]["1"], "eval/tasks": report["tasks"],
             **{f"eval/success/faults_{k}": v["success"] for k, v in report["by_faults"].items()}}
 
@@ -98,7 +98,6 @@ class RejectionSampling:
         self.train_tasks, self.heldout = self._tasks(split.train), self._tasks(split.heldout)
         self.validation = self._tasks(split.validation)  # train.validation_tasks: never sampled or imitated
         self.concurrency = 64 * cfg.rollout.num_workers  # per engine: what keeps a CPU engine's batch full
-        self.version = 0  # the engines' policy: 0 the base model, 1 the warm start, r + 1 round r's
         # policy -> its fine-tuning: steps, NLL per token first and last, and how far the engines' logprobs were from
         # the learner's after the load (kept across re-runs in summary.json)
         self.fine_tuning: dict[str, dict] = {}
@@ -132,7 +131,6 @@ class RejectionSampling:
         (out / "config.yaml").write_text(redacted_yaml(self.saved_cfg))
         base = str(resolve_model(cfg.model.name, asdict(cfg.model.tiny)))
         start = self.engines_hold = newest_policy(out, recipe.rounds)
-        self.version = policy_folders(out, recipe.rounds).index(start) + 1 if start else 0
         self.tokenizer = AutoTokenizer.from_pretrained(base)
         self.engines = ModelAgent(cfg, str(start or base))
         self.learner = None
@@ -162,8 +160,9 @@ class RejectionSampling:
         sft = out / "sft"
         if not (sft / "config.json").is_file():
             self._fine_tune(sft, self.warm, recipe.sft_epochs, recipe.sft_batch, rng, "sft")
-        summary = {"recipe": asdict(recipe), "before": self._heldout_greedy(sft),
-                   "before_sampled": self._heldout_sampled(sft), "before_validation": self._validation(sft), "rft": []}
+        summary = {"recipe": asdict(recipe), "before": self._greedy(sft, "eval"),
+                   "before_sampled": self._heldout_sampled(sft), "before_validation": self._greedy(sft, "val"),
+                   "rft": []}
         samples = []
         for r in range(1, recipe.rounds + 1):
             policy, sample = out / f"rft{r}", out / f"sample{r}"
@@ -179,9 +178,9 @@ class RejectionSampling:
                 self.learner.new_schedule(recipe.lr, sft_steps(len(self.warm) + len(own), recipe.epochs, recipe.batch))
                 self._fine_tune(policy, self.warm + own, recipe.epochs, recipe.batch, rng, f"round {r}")
             summary["rft"].append({"round": r, "train_success": sampled["pass_hat_k"]["1"],
-                                   "heldout": self._heldout_greedy(policy),
+                                   "heldout": self._greedy(policy, "eval"),
                                    "heldout_sampled": self._heldout_sampled(policy),
-                                   "validation": self._validation(policy)})
+                                   "validation": self._greedy(policy, "val")})
             self._write(summary)
         self._write(summary)
         return summary
@@ -198,8 +197,9 @@ class RejectionSampling:
         with timed(f"{what}: fine-tuning on {len(rows)} conversations"):
             nll = fit(self.learner, list(rows), epochs, batch, rng, desc=what)
             self.learner.save_hf(str(policy), {MODEL_CONFIG_FILE: redacted_yaml(self.saved_cfg)})
-            self.version = policy_folders(self.out, self.recipe.rounds).index(policy) + 1
-            self.engines.load_weights(self.learner.state_dict_ref(), self.version)
+            # the engines' policy version: 1 the warm start, r + 1 round r's
+            self.engines.load_weights(self.learner.state_dict_ref(),
+                                      policy_folders(self.out, self.recipe.rounds).index(policy) + 1)
             self.engines_hold = policy
         worst, mean = self._engine_gap(rows[0][0][:512])
         self.fine_tuning[policy.name] = {"conversations": len(rows), "steps": len(nll), "nll_first": nll[0],
@@ -218,17 +218,14 @@ class RejectionSampling:
         gaps = [abs(a - b) for theirs in self.engines.sequence_logprobs(probe) for a, b in zip(ours[1:], theirs[1:])]
         return max(gaps), sum(gaps) / len(gaps)
 
-    def _heldout_greedy(self, policy: Path) -> dict:
-        report = self._evaluate(self.out / f"eval_{policy.name}", policy, self.heldout, 1, greedy=True,
-                                what=f"{policy.name}: held-out, greedy")
-        return heldout_metrics(report)
-
-    def _validation(self, policy: Path) -> dict | None:
-        """Greedy success on the training tasks set aside (train.validation_tasks); None without them."""
-        if not self.validation:
+    def _greedy(self, policy: Path, which: str) -> dict | None:
+        """Greedy success of `policy` on the held-out tasks (which="eval") or on the training tasks set aside
+        (which="val", train.validation_tasks; None without them), as eval/ metrics."""
+        tasks, name = (self.heldout, "held-out") if which == "eval" else (self.validation, "validation")
+        if not tasks:
             return None
-        return heldout_metrics(self._evaluate(self.out / f"val_{policy.name}", policy, self.validation, 1, greedy=True,
-                                              what=f"{policy.name}: validation, greedy"))
+        return report_metrics(self._evaluate(self.out / f"{which}_{policy.name}", policy, tasks, 1, greedy=True,
+                                             what=f"{policy.name}: {name}, greedy"))
 
     def _heldout_sampled(self, policy: Path) -> dict | None:
         k = self.recipe.heldout_trials
@@ -296,12 +293,11 @@ def main(argv: list[str] | None = None) -> int:
                             "(tau2's pass^k: less noisy than one greedy pass)")
 
     cfg, args = parse_cli(argv, description=__doc__, add_arguments=flags)
-    counts = {"--sft-epochs": args.sft_epochs, "--sft-batch": args.sft_batch, "--trials": args.trials,
-              "--per-task": args.per_task, "--epochs": args.epochs, "--batch": args.batch}
-    bad = [k for k, v in counts.items() if v < 1] + [k for k, v in (("--sft-limit", args.sft_limit),
-                                                                     ("--rounds", args.rounds),
-                                                                     ("--heldout-trials", args.heldout_trials))
-                                                    if v < 0]
+    least = {"--sft-epochs": (args.sft_epochs, 1), "--sft-batch": (args.sft_batch, 1), "--trials": (args.trials, 1),
+             "--per-task": (args.per_task, 1), "--epochs": (args.epochs, 1), "--batch": (args.batch, 1),
+             "--sft-limit": (args.sft_limit, 0), "--rounds": (args.rounds, 0),
+             "--heldout-trials": (args.heldout_trials, 0)}
+    bad = [flag for flag, (value, lowest) in least.items() if value < lowest]
     if bad or args.temperature <= 0:
         print(f"rl.rft: {', '.join(bad) or '--temperature'} out of range (counts >= 1, --sft-limit / --rounds / "
               f"--heldout-trials >= 0, --temperature > 0)", file=sys.stderr)

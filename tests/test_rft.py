@@ -75,7 +75,6 @@ def _job(tmp_path, rounds, log, monkeypatch, version=0, extra=()):
                                         epochs=1, batch=4, lr=5e-4), tmp_path)
     job.learner, job.engines, job.tokenizer = Learner(log), Engines(log, version, [t.id for t in job.train_tasks]), None
     job.engines_hold = newest_policy(tmp_path, rounds)
-    job.version = version
     job.warm = [([1, 2], [0, 1])] * 3
     return job, seen
 
