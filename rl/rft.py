@@ -154,12 +154,11 @@ class RejectionSampling:
         from rl.sft import sft_steps
 
         recipe, out = self.recipe, self.out
-        rng = random.Random(self.cfg.seed)
         if (out / STAGE_SUMMARY).is_file():  # a re-run: the finished fine-tunings' records stay
             self.fine_tuning = json.loads((out / STAGE_SUMMARY).read_text()).get("fine_tuning", {})
         sft = out / "sft"
         if not (sft / "config.json").is_file():
-            self._fine_tune(sft, self.warm, recipe.sft_epochs, recipe.sft_batch, rng, "sft")
+            self._fine_tune(sft, self.warm, recipe.sft_epochs, recipe.sft_batch, random.Random(self.cfg.seed), "sft")
         summary = {"recipe": asdict(recipe), "before": self._greedy(sft, "eval"),
                    "before_sampled": self._heldout_sampled(sft), "before_validation": self._greedy(sft, "val"),
                    "rft": []}
@@ -176,7 +175,9 @@ class RejectionSampling:
                     print(f"rft: round {r}: {e}; fine-tuning on the warm start's conversations alone", flush=True)
                     own = []
                 self.learner.new_schedule(recipe.lr, sft_steps(len(self.warm) + len(own), recipe.epochs, recipe.batch))
-                self._fine_tune(policy, self.warm + own, recipe.epochs, recipe.batch, rng, f"round {r}")
+                # each stage's own shuffle (rl.sft's for the warm start), so a resumed recipe trains as an unbroken one
+                self._fine_tune(policy, self.warm + own, recipe.epochs, recipe.batch,
+                                random.Random(f"{self.cfg.seed}/round {r}"), f"round {r}")
             summary["rft"].append({"round": r, "train_success": sampled["pass_hat_k"]["1"],
                                    "heldout": self._greedy(policy, "eval"),
                                    "heldout_sampled": self._heldout_sampled(policy),
