@@ -6,7 +6,7 @@ them; a program per stage spent ~70 s starting each).
 
     python -m rl.rft --config configs/learn_tiny.yaml --out runs/rft [--teacher expert|oracle] [--sft-limit 100]
                      [--sft-epochs 20] [--sft-lr 3e-3] [--sft-batch 4] [--rounds 1] [--trials 8]
-                     [--temperature 0.7] [--per-task 2] [--epochs 3] [--lr 1e-3] [--batch 8]
+                     [--sample-tasks 0] [--temperature 0.7] [--per-task 2] [--epochs 3] [--lr 1e-3] [--batch 8]
                      [--heldout-trials 0] [key=value ...]
 
 Stages, each a folder of --out:
@@ -14,7 +14,8 @@ Stages, each a folder of --out:
                     with the config's seed; every one without a limit), an HF folder with its config (telerl.yaml)
     eval_sft/       its held-out greedy evaluation (rl.evaluate's files: episodes.jsonl, report.json, tau2 results)
     sampled_sft/    with --heldout-trials k: the held-out tasks sampled k times at --temperature (tau2's pass^k)
-    sample<r>/      round r: every training task sampled --trials times at --temperature
+    sample<r>/      round r: every training task (or a fixed draw of --sample-tasks of them, the same each round:
+                    what a larger model's sampling can afford on a CPU) sampled --trials times at --temperature
     rft<r>/         round r's policy: the newest policy fine-tuned (fresh optimizer, warm-up then decay) on the warm
                     start's conversations plus every round's successes so far, at most --per-task distinct ones a task
     eval_rft<r>/, sampled_rft<r>/   its held-out evaluations
@@ -58,6 +59,7 @@ class Recipe:
     sft_batch: int = 4
     rounds: int = 1
     trials: int = 8
+    sample_tasks: int | None = None
     temperature: float = 0.7
     per_task: int = 2
     epochs: int = 3
@@ -96,6 +98,13 @@ class RejectionSampling:
         if not split.heldout:
             raise ValueError("rl.rft reports held-out success: set train.eval_tasks > 0 (and train.eval_split)")
         self.train_tasks, self.heldout = self._tasks(split.train), self._tasks(split.heldout)
+        if recipe.sample_tasks:  # a fixed draw, the same every round and every seed
+            from rl.evaluation import select_eval_tasks
+
+            drawn = set(select_eval_tasks([t.id for t in self.train_tasks], recipe.sample_tasks))
+            self.sampled_tasks = [t for t in self.train_tasks if t.id in drawn]
+        else:
+            self.sampled_tasks = self.train_tasks
         self.validation = self._tasks(split.validation)  # train.validation_tasks: never sampled or imitated
         self.concurrency = 64 * cfg.rollout.num_workers  # per engine: what keeps a CPU engine's batch full
         # policy -> its fine-tuning: steps, NLL per token first and last, and how far the engines' logprobs were from
@@ -166,7 +175,7 @@ class RejectionSampling:
         for r in range(1, recipe.rounds + 1):
             policy, sample = out / f"rft{r}", out / f"sample{r}"
             samples.append(str(sample))
-            sampled = self._evaluate(sample, policy_folders(out, r)[-2], self.train_tasks, recipe.trials,
+            sampled = self._evaluate(sample, policy_folders(out, r)[-2], self.sampled_tasks, recipe.trials,
                                      greedy=False, what=f"round {r}: sampling the training tasks")
             if not (policy / "config.json").is_file():
                 try:
@@ -284,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--sft-batch", type=int, default=d.sft_batch, help="the warm start's conversations per step")
         p.add_argument("--rounds", type=int, default=d.rounds, help="rejection-sampling rounds (0: the warm start)")
         p.add_argument("--trials", type=int, default=d.trials, help="samples of each training task per round")
+        p.add_argument("--sample-tasks", type=int, default=0,
+                       help="sample a fixed draw of this many training tasks each round (0: every one)")
         p.add_argument("--temperature", type=float, default=d.temperature, help="the rounds' sampling temperature")
         p.add_argument("--per-task", type=int, default=d.per_task, help="distinct successes kept per task")
         p.add_argument("--epochs", type=int, default=d.epochs, help="each round's passes over its data")
@@ -297,16 +308,16 @@ def main(argv: list[str] | None = None) -> int:
     least = {"--sft-epochs": (args.sft_epochs, 1), "--sft-batch": (args.sft_batch, 1), "--trials": (args.trials, 1),
              "--per-task": (args.per_task, 1), "--epochs": (args.epochs, 1), "--batch": (args.batch, 1),
              "--sft-limit": (args.sft_limit, 0), "--rounds": (args.rounds, 0),
-             "--heldout-trials": (args.heldout_trials, 0)}
+             "--heldout-trials": (args.heldout_trials, 0), "--sample-tasks": (args.sample_tasks, 0)}
     bad = [flag for flag, (value, lowest) in least.items() if value < lowest]
     if bad or args.temperature <= 0:
         print(f"rl.rft: {', '.join(bad) or '--temperature'} out of range (counts >= 1, --sft-limit / --rounds / "
-              f"--heldout-trials >= 0, --temperature > 0)", file=sys.stderr)
+              f"--heldout-trials / --sample-tasks >= 0, --temperature > 0)", file=sys.stderr)
         return 2
     recipe = Recipe(teacher=args.teacher, sft_limit=args.sft_limit or None, sft_epochs=args.sft_epochs,
                     sft_lr=args.sft_lr, sft_batch=args.sft_batch, rounds=args.rounds, trials=args.trials,
-                    temperature=args.temperature, per_task=args.per_task, epochs=args.epochs, lr=args.lr,
-                    batch=args.batch, heldout_trials=args.heldout_trials)
+                    sample_tasks=args.sample_tasks or None, temperature=args.temperature, per_task=args.per_task,
+                    epochs=args.epochs, lr=args.lr, batch=args.batch, heldout_trials=args.heldout_trials)
     try:
         job = RejectionSampling(cfg, recipe, Path(args.out))
     except ValueError as e:

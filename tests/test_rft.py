@@ -58,7 +58,7 @@ class Engines:
                                  messages=[], chat_messages=[{"role": "assistant", "content": str(self.version)}])
 
 
-def _job(tmp_path, rounds, log, monkeypatch, version=0, extra=()):
+def _job(tmp_path, rounds, log, monkeypatch, version=0, extra=(), **recipe):
     seen = []
 
     def own_rows(cfg, tokenizer, teacher, rollouts, limit, per_task):
@@ -72,7 +72,7 @@ def _job(tmp_path, rounds, log, monkeypatch, version=0, extra=()):
     monkeypatch.setattr("rl.demonstrations.demonstration_rows", own_rows)
     cfg = load_config(f"{REPO_ROOT}/configs/test_tiny.yaml", [*OVERRIDES, *extra])
     job = RejectionSampling(cfg, Recipe(sft_limit=3, sft_epochs=2, sft_batch=2, rounds=rounds, trials=2, per_task=2,
-                                        epochs=1, batch=4, lr=5e-4), tmp_path)
+                                        epochs=1, batch=4, lr=5e-4, **recipe), tmp_path)
     job.learner, job.engines, job.tokenizer = Learner(log), Engines(log, version, [t.id for t in job.train_tasks]), None
     job.engines_hold = newest_policy(tmp_path, rounds)
     job.warm = [([1, 2], [0, 1])] * 3
@@ -139,6 +139,16 @@ def test_validation_tasks_are_evaluated_after_every_stage_and_never_sampled(tmp_
     validation = {json.loads(line)["task_id"] for line in (tmp_path / "val_rft1" / "episodes.jsonl").open()}
     assert len(validation) == 4 and not sampled & validation
     assert summary["before_validation"]["eval/tasks"] == 4 and summary["rft"][0]["validation"]["eval/tasks"] == 4
+
+
+def test_sample_tasks_draws_the_same_training_tasks_every_round(tmp_path, monkeypatch):
+    log = []
+    job, _ = _job(tmp_path, 2, log, monkeypatch, sample_tasks=6)
+    job._stages()
+    assert [e[2:] for e in log if e[0] == "play" and not e[2]] == [(False, 12), (False, 12)]  # 6 tasks x 2 trials
+    drawn = [sorted({json.loads(line)["task_id"] for line in (tmp_path / f"sample{r}" / "episodes.jsonl").open()})
+             for r in (1, 2)]
+    assert drawn[0] == drawn[1] and len(drawn[0]) == 6 and set(drawn[0]) <= {t.id for t in job.train_tasks}
 
 
 def test_held_out_success_is_required(tmp_path):
