@@ -14,8 +14,10 @@ rounds' temperature); its engines (`--rft-engines`, in `--rft-dtype`) play every
 configured by --config and the overrides, from the last policy; train.steps=0 for none, and the last round is the
 end point).
 For context beside it: the expert's success on the same held-out tasks, and a ceiling, SFT on every expert
-conversation of the training tasks (one seed, rl.rft with no rounds). Each program's log is in <out>; a finished
-program is skipped and rl.rft finishes the stages it has not, so a re-run completes what is missing.
+conversation of the training tasks (one seed, rl.rft with no rounds). With train.validation_tasks=N, each stage's
+success on those N training tasks set aside, and the held-out success of the stage each seed's validation picks.
+Each program's log is in <out>; a finished program is skipped and rl.rft finishes the stages it has not, so a re-run
+completes what is missing.
 
     <out>/seed<k>/   rl.rft's stages (sft/, eval_sft/, sample<r>/, rft<r>/, eval_rft<r>/, sampled_*/, summary.json)
     <out>/seed<k>/rl/    the RL run's run_dir        <out>/ceiling/   SFT on all expert data and its evaluation
@@ -190,6 +192,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _chosen_by_validation(runs: list[dict], rounds: int) -> list[int]:
+    """Per seed, the number of rounds whose policy did best on the validation tasks (0: the warm start; the fewer
+    rounds on a tie): how many rounds to keep, chosen without looking at a held-out number."""
+    def val(run, i):
+        return (run["rft"][i - 1]["validation"] if i else run["before_validation"])["eval/success"]
+
+    return [max(range(rounds + 1), key=lambda i: (val(run, i), -i)) for run in runs]
+
+
 def _table(r: dict, tasks: int) -> list[str]:
     def ms(d: dict) -> str:
         return f"{d['mean']:.3f} ± {d['std']:.3f}"
@@ -233,6 +244,12 @@ def _table(r: dict, tasks: int) -> list[str]:
         lines += ["", f"Validation: {int(runs[0]['before_validation']['eval/tasks'])} training tasks set aside "
                   "(greedy; to choose settings by, never trained on):", "", "| | validation success |", "|---|---|"]
         lines += [f"| {name} | {ms(_mean_std([v['eval/success'] for v in vs]))} |" for name, vs in stages]
+        picked = _chosen_by_validation(runs, rounds)
+        held = _mean_std([run["rft"][i - 1]["heldout"]["eval/success"] if i else run["before"]["eval/success"]
+                          for run, i in zip(runs, picked)])
+        lines += ["", f"Each seed's stage with the best validation success (rounds {' / '.join(map(str, picked))}; "
+                  f"0 = the start, the earlier on a tie): held-out greedy {ms(held)}, gain "
+                  f"{ms(_mean_std([h - run['before']['eval/success'] for run, h in zip(runs, held['values'])]))}"]
     lines += ["", "Per number of faults (mean over seeds):", "",
               "| faults | " + " | ".join(k.rsplit("_", 1)[1] for k in faults) + " |", "|---|" + "---|" * len(faults)]
     for when in ("before", "after"):

@@ -121,6 +121,12 @@ def test_bench_learning_table_reports_mean_std_gain_and_context():
     text = "\n".join(_table(report, 40))
     assert "Validation: 30 training tasks set aside" in text
     assert "| SFT start | 0.500 ± 0.000 |\n| after rejection-sampling round 1 | 0.700 ± 0.100 |" in text
+    # the number of rounds kept by validation: round 1 validates better than the start in every seed; on a tie the
+    # start is kept, and its held-out success is the start's (gain 0)
+    assert "(rounds 1 / 1 / 1; 0 = the start" in text and "held-out greedy 0.400 ± 0.100, gain 0.300 ± 0.100" in text
+    runs[2]["rft"][0]["validation"]["eval/success"] = 0.5  # a tie with the start: the start is kept
+    text = "\n".join(_table(report, 40))
+    assert "(rounds 1 / 1 / 0; 0 = the start" in text and "held-out greedy 0.267 ± 0.252, gain 0.167 ± 0.153" in text
 
 
 def test_bench_learning_runs_each_seed_as_one_rl_rft_program(tmp_path, monkeypatch):
