@@ -20,6 +20,7 @@ class Learner:
 
     def train_step(self, batch, demo):
         self.log.append(("step", len(demo.input_ids)))
+        self.log.append(("rows", tuple(len(ids) for ids in demo.input_ids)))  # which rows, in the order shuffled
         return {"demo_nll": 1.0, "grad_norm": 0.5}
 
     def new_schedule(self, lr, steps):
@@ -117,6 +118,21 @@ def test_a_rerun_finishes_only_what_is_missing(tmp_path, monkeypatch):
     job, _ = _job(tmp_path, 2, log, monkeypatch, version=3)
     with pytest.raises(ValueError, match="eval_rft1 is unfinished, but a later policy"):
         job._stages()
+
+
+def test_a_resumed_recipe_shuffles_a_round_as_an_unbroken_one(tmp_path, monkeypatch):
+    def round_2_batches(log):
+        saves = [i for i, e in enumerate(log) if e[0] == "save"]
+        return [e[1] for e in log[saves[-2]:saves[-1]] if e[0] == "rows"]
+
+    unbroken = []
+    _job(tmp_path / "a", 2, unbroken, monkeypatch)[0]._stages()
+    _job(tmp_path / "b", 1, [], monkeypatch)[0]._stages()
+    resumed = []
+    _job(tmp_path / "b", 2, resumed, monkeypatch, version=2)[0]._stages()
+    resumed = [("save", "rft1")] + resumed  # round 2's steps come after the first run's last save
+    assert round_2_batches(resumed) == round_2_batches(unbroken)
+    assert len(set(round_2_batches(unbroken))) > 1  # warm-start (2-token) and own (3-token) rows are mixed differently
 
 
 def test_a_round_without_a_success_fine_tunes_on_the_warm_start_alone(tmp_path, monkeypatch, capsys):
