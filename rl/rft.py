@@ -7,7 +7,7 @@ them; a program per stage spent ~70 s starting each).
     python -m rl.rft --config configs/learn_tiny.yaml --out runs/rft [--teacher expert|oracle] [--sft-limit 100]
                      [--sft-epochs 20] [--sft-lr 3e-3] [--sft-batch 4] [--rounds 1] [--trials 8]
                      [--sample-tasks 0] [--temperature 0.7] [--per-task 2] [--epochs 3] [--lr 1e-3] [--batch 8]
-                     [--heldout-trials 0] [key=value ...]
+                     [--heldout-trials 0] [--select verifier|reward] [--min-reward X] [key=value ...]
 
 Stages, each a folder of --out:
     sft/            the warm start: SFT on --sft-limit of the teacher's conversations of the training tasks (drawn
@@ -17,12 +17,15 @@ Stages, each a folder of --out:
     sample<r>/      round r: every training task (or a fixed draw of --sample-tasks of them, the same each round:
                     what a larger model's sampling can afford on a CPU) sampled --trials times at --temperature
     rft<r>/         round r's policy: the newest policy fine-tuned (fresh optimizer, warm-up then decay) on the warm
-                    start's conversations plus every round's successes so far, at most --per-task distinct ones a task
+                    start's conversations plus what --select chooses of every round's samples so far: tau2's passes
+                    (verifier), or the reward section's best (reward; rl/rft_selection.py: the reward-mixing
+                    ablation), at most --per-task distinct ones a task
     eval_rft<r>/, sampled_rft<r>/   its held-out evaluations
     val_sft/, val_rft<r>/   with train.validation_tasks: greedy success on the training tasks set aside (to choose
                     settings by, never the held-out numbers)
     summary.json    per stage: held-out (per number of faults too) and validation success, the training tasks'
-                    sampled success, each fine-tuning's steps, NLL and the engines' logprob gap to the learner
+                    sampled success, each fine-tuning's steps, NLL and the engines' logprob gap to the learner; with
+                    --select reward, what each round chose (how much of it tau2 passes, the reward model's audit)
 The training, held-out and validation tasks are rl.train's (train.eval_split / train.eval_tasks,
 train.validation_tasks): no held-out or validation task is ever sampled or imitated. A re-run with the same --out
 skips the finished stages (a half-written evaluation is finished), starting the learner and the engines from the
@@ -44,6 +47,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from rl.config import Config, parse_cli, redacted_yaml
+from rl.rft_selection import SELECTIONS
 
 STAGE_SUMMARY = "summary.json"
 
@@ -66,6 +70,8 @@ class Recipe:
     lr: float = 1e-3
     batch: int = 8
     heldout_trials: int = 0
+    select: str = "verifier"
+    min_reward: float | None = None
 
 
 def policy_folders(out: Path, rounds: int) -> list[Path]:
@@ -94,6 +100,10 @@ class RejectionSampling:
         self.saved_cfg = cfg  # what a policy folder's telerl.yaml says (as rl.sft writes it)
         self.cfg = replace(cfg, rollout=replace(cfg.rollout, temperature=recipe.temperature))  # the engines' sampling
         self.recipe, self.out = recipe, out
+        if recipe.select == "reward":
+            from rl.rft_selection import check_reward_section
+
+            check_reward_section(cfg.reward)  # before anything starts
         split = split_tasks(cfg)
         if not split.heldout:
             raise ValueError("rl.rft reports held-out success: set train.eval_tasks > 0 (and train.eval_split)")
@@ -110,6 +120,7 @@ class RejectionSampling:
         # policy -> its fine-tuning: steps, NLL per token first and last, and how far the engines' logprobs were from
         # the learner's after the load (kept across re-runs in summary.json)
         self.fine_tuning: dict[str, dict] = {}
+        self.selection: dict[str, dict] = {}  # policy -> what --select reward chose for it (kept like fine_tuning)
         self.engines_hold: Path | None = None  # the policy folder whose weights the engines run (None: the base)
 
     @staticmethod
@@ -131,7 +142,8 @@ class RejectionSampling:
         cfg, recipe, out = self.cfg, self.recipe, self.out
         if (out / STAGE_SUMMARY).is_file():  # a finished recipe: nothing to start
             summary = json.loads((out / STAGE_SUMMARY).read_text())
-            if summary["recipe"] == asdict(recipe) and len(summary["rft"]) == recipe.rounds:
+            # a summary from before a flag existed holds that flag's default
+            if {**asdict(Recipe()), **summary["recipe"]} == asdict(recipe) and len(summary["rft"]) == recipe.rounds:
                 print(f"rft: every stage is done ({out / STAGE_SUMMARY})", flush=True)
                 return summary
         init_ray(cfg, cfg.learner.num_ranks * cfg.learner.num_cpus + cfg.rollout.num_workers * cfg.rollout.num_cpus,
@@ -164,7 +176,8 @@ class RejectionSampling:
 
         recipe, out = self.recipe, self.out
         if (out / STAGE_SUMMARY).is_file():  # a re-run: the finished fine-tunings' records stay
-            self.fine_tuning = json.loads((out / STAGE_SUMMARY).read_text()).get("fine_tuning", {})
+            before = json.loads((out / STAGE_SUMMARY).read_text())
+            self.fine_tuning, self.selection = before.get("fine_tuning", {}), before.get("selection", {})
         sft = out / "sft"
         if not (sft / "config.json").is_file():
             self._fine_tune(sft, self.warm, recipe.sft_epochs, recipe.sft_batch, random.Random(self.cfg.seed), "sft")
@@ -179,7 +192,8 @@ class RejectionSampling:
                                      greedy=False, what=f"round {r}: sampling the training tasks")
             if not (policy / "config.json").is_file():
                 try:
-                    own = demonstration_rows(self.cfg, self.tokenizer, None, samples, None, recipe.per_task)
+                    own = demonstration_rows(self.cfg, self.tokenizer, None, self._chosen(policy, samples), None,
+                                             recipe.per_task)
                 except ValueError as e:  # not one success yet (or none fits the context): the round still counts
                     print(f"rft: round {r}: {e}; fine-tuning on the warm start's conversations alone", flush=True)
                     own = []
@@ -187,6 +201,7 @@ class RejectionSampling:
                 # each stage's own shuffle (rl.sft's for the warm start), so a resumed recipe trains as an unbroken one
                 self._fine_tune(policy, self.warm + own, recipe.epochs, recipe.batch,
                                 random.Random(f"{self.cfg.seed}/round {r}"), f"round {r}")
+                self.fine_tuning[policy.name]["own"] = len(own)  # the policy's own conversations among them
             summary["rft"].append({"round": r, "train_success": sampled["pass_hat_k"]["1"],
                                    "heldout": self._greedy(policy, "eval"),
                                    "heldout_sampled": self._heldout_sampled(policy),
@@ -195,8 +210,29 @@ class RejectionSampling:
         self._write(summary)
         return summary
 
+    def _chosen(self, policy: Path, samples: list[str]):
+        """What `policy`'s fine-tuning imitates of the samples: their folders (tau2's passes are taken from them) or,
+        with --select reward, the conversations the reward section ranks best."""
+        if self.recipe.select == "verifier":
+            return samples
+        from rl.demonstrations import chosen_demonstrations
+        from rl.rft_selection import select_by_reward
+
+        with timed(f"{policy.name}: scoring {len(samples)} round(s) of samples with the reward section"):
+            chosen, record = select_by_reward(self.cfg.reward, samples, self.recipe.per_task, self.recipe.min_reward,
+                                              {t.id for t in self.train_tasks})
+        self.selection[policy.name] = record
+        audit = {k: f"{v:.3f}" for k, v in record.get("rm_vs_verifier", {}).items() if k != "pairs"}
+        print(f"rft: {policy.name}: chose {record['chosen']} conversations of {record['tasks_chosen']} tasks, "
+              f"{record['chosen_passing']} of them passed by tau2 ({record['tasks_chosen_without_a_pass']} tasks "
+              f"with no pass); the reward model against tau2 on the samples: {audit or 'no reward model'}",
+              flush=True)
+        return chosen_demonstrations(self.cfg, chosen)
+
     def _write(self, summary: dict) -> None:
         summary["fine_tuning"] = self.fine_tuning
+        if self.selection:
+            summary["selection"] = self.selection
         (self.out / STAGE_SUMMARY).write_text(json.dumps(summary, indent=1))
 
     def _fine_tune(self, policy: Path, rows: list, epochs: int, batch: int, rng: random.Random, what: str) -> None:
@@ -303,6 +339,11 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--heldout-trials", type=int, default=d.heldout_trials,
                        help="also sample the held-out tasks this many times at --temperature after each stage "
                             "(tau2's pass^k: less noisy than one greedy pass)")
+        p.add_argument("--select", choices=SELECTIONS, default=d.select,
+                       help="what a round imitates: tau2's passes, or the config's reward section's best "
+                            "(rl/rft_selection.py)")
+        p.add_argument("--min-reward", type=float, default=None,
+                       help="with --select reward: keep only episodes scoring at least this (default: no floor)")
 
     cfg, args = parse_cli(argv, description=__doc__, add_arguments=flags)
     least = {"--sft-epochs": (args.sft_epochs, 1), "--sft-batch": (args.sft_batch, 1), "--trials": (args.trials, 1),
@@ -310,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
              "--sft-limit": (args.sft_limit, 0), "--rounds": (args.rounds, 0),
              "--heldout-trials": (args.heldout_trials, 0), "--sample-tasks": (args.sample_tasks, 0)}
     bad = [flag for flag, (value, lowest) in least.items() if value < lowest]
+    if args.min_reward is not None and args.select != "reward":
+        print("rl.rft: --min-reward needs --select reward", file=sys.stderr)
+        return 2
     if bad or args.temperature <= 0:
         print(f"rl.rft: {', '.join(bad) or '--temperature'} out of range (counts >= 1, --sft-limit / --rounds / "
               f"--heldout-trials / --sample-tasks >= 0, --temperature > 0)", file=sys.stderr)
@@ -317,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     recipe = Recipe(teacher=args.teacher, sft_limit=args.sft_limit or None, sft_epochs=args.sft_epochs,
                     sft_lr=args.sft_lr, sft_batch=args.sft_batch, rounds=args.rounds, trials=args.trials,
                     sample_tasks=args.sample_tasks or None, temperature=args.temperature, per_task=args.per_task,
-                    epochs=args.epochs, lr=args.lr, batch=args.batch, heldout_trials=args.heldout_trials)
+                    epochs=args.epochs, lr=args.lr, batch=args.batch, heldout_trials=args.heldout_trials,
+                    select=args.select, min_reward=args.min_reward)
     try:
         job = RejectionSampling(cfg, recipe, Path(args.out))
     except ValueError as e:

@@ -167,6 +167,53 @@ def test_sample_tasks_draws_the_same_training_tasks_every_round(tmp_path, monkey
     assert drawn[0] == drawn[1] and len(drawn[0]) == 6 and set(drawn[0]) <= {t.id for t in job.train_tasks}
 
 
+@pytest.mark.parametrize("min_reward, chosen, passing", [(None, 20, 5), (1.0, 5, 5)])
+def test_select_reward_imitates_what_the_reward_section_ranks_best(tmp_path, monkeypatch, min_reward, chosen, passing):
+    """--select reward (tau2's reward alone here): without a floor every sampled task gives its best conversation,
+    passed or not; at the pass level the choice is the verifier's. The summary says how much of it tau2 passes."""
+    from rl.demonstrations import Demonstrations
+
+    log, imitated = [], []
+    job, _ = _job(tmp_path, 1, log, monkeypatch, select="reward", min_reward=min_reward)
+
+    def rows(cfg, tokenizer, teacher, rollouts, limit, per_task):
+        assert isinstance(rollouts, Demonstrations)
+        imitated.append(rollouts.conversations)
+        return [([1, 2, 3], [0, 1, 1])] * len(rollouts.conversations)
+
+    monkeypatch.setattr("rl.demonstrations.demonstration_rows", rows)
+    summary = job._stages()
+    # a policy's samples of a task are alike here: one distinct conversation a task; policy 1 passes 5 of 20 tasks
+    assert len(imitated[0]) == chosen
+    record = summary["selection"]["rft1"]
+    assert (record["chosen"], record["chosen_passing"], record["tasks_chosen_without_a_pass"]) == (
+        chosen, passing, chosen - passing)
+    assert ("schedule", 5e-4, -(-(3 + chosen) // 4)) in log  # the warm start's 3 plus what was chosen
+    assert summary["fine_tuning"]["rft1"]["own"] == chosen
+    assert json.loads((tmp_path / "summary.json").read_text())["selection"] == summary["selection"]
+
+
+def test_selection_flags_are_checked_before_anything_starts(tmp_path, capsys):
+    from rl.rft import main
+
+    config = f"{REPO_ROOT}/configs/learn_tiny.yaml"  # partial credit and a format penalty in its reward section
+    assert main(["--config", config, "--out", str(tmp_path), "--min-reward", "1"]) == 2
+    assert "--min-reward needs --select reward" in capsys.readouterr().err
+    assert main(["--config", config, "--out", str(tmp_path), "--select", "reward"]) == 2
+    assert "set reward.env_assertion_weight=0.25, reward.action_weight=0.25" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_recipe_finished_before_a_flag_existed_is_done(tmp_path, capsys):
+    from dataclasses import asdict
+
+    recipe = Recipe(rounds=1)
+    older = {k: v for k, v in asdict(recipe).items() if k not in ("select", "min_reward")}
+    (tmp_path / "summary.json").write_text(json.dumps({"recipe": older, "rft": [{"round": 1}]}))
+    job = RejectionSampling(load_config(f"{REPO_ROOT}/configs/test_tiny.yaml", OVERRIDES), recipe, tmp_path)
+    assert job.run()["rft"] == [{"round": 1}] and "every stage is done" in capsys.readouterr().out
+
+
 def test_held_out_success_is_required(tmp_path):
     cfg = load_config(f"{REPO_ROOT}/configs/test_tiny.yaml")  # train.eval_tasks: 0
     with pytest.raises(ValueError, match="train.eval_tasks > 0"):

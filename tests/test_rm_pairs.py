@@ -118,6 +118,20 @@ def test_cli_tau2_and_split_by_task(tmp_path, capsys):
     assert [p.task_id for p in train] == ["not-a-test-task", None] and [p.task_id for p in held] == [test_ids[0]]
 
 
+def test_cli_tau2_pairs_of_a_configs_training_tasks_leave_its_held_out_tasks_out(tmp_path):
+    from rl.config import load_config
+    from rl.runtime import split_tasks
+    from tests.conftest import REPO_ROOT
+
+    config = tmp_path / "c.yaml"
+    config.write_text(f"base: {REPO_ROOT}/configs/test_tiny.yaml\ntrain:\n  eval_split: test\n  eval_tasks: 2\n")
+    out = tmp_path / "p.jsonl"
+    assert cli.main(["tau2", "--training-tasks-of", str(config), "--kinds", "no_resolution", "--out", str(out)]) == 0
+    split = split_tasks(load_config(str(config)))
+    assert {p.task_id for p in read_pairs(out)} == set(split.train) and len(split.heldout) == 2
+    assert cli.main(["tau2", "--training-tasks-of", str(tmp_path / "none.yaml"), "--out", str(out)]) == 2
+
+
 # ----------------------------------------------------------------------------------------- JSONL format
 def _pair(**kw):
     d = {"prompt": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}],

@@ -15,6 +15,14 @@ from rl.rm.pairs.rollouts import rollout_pairs
 from rl.rm.pairs.teleqna import teleqna_pairs
 
 
+def _training_tasks(config: str) -> list:
+    from envs.tau2_telecom.tau2_api import Task
+    from rl.config import load_config
+    from rl.runtime import split_tasks
+
+    return [Task.model_validate(t) for t in split_tasks(load_config(config)).train.values()]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m rl.rm.pairs", description=package.__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -23,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     src = t.add_mutually_exclusive_group(required=True)
     src.add_argument("--split", help="one of tau2's telecom splits (small, train, test, base, full)")
     src.add_argument("--tasks", metavar="FILE", help="a tau2 task file (JSON)")
+    src.add_argument("--training-tasks-of", metavar="CONFIG",
+                     help="the training tasks of an rl.train / rl.rft config (never its held-out or validation ones)")
     t.add_argument("--mode", choices=("solo", "dual"), default="solo")
     t.add_argument("--kinds", default=",".join(ALL_KINDS), help=f"comma-separated subset of {','.join(ALL_KINDS)}")
     t.add_argument("--limit", type=int, default=None, help="only the first N tasks")
@@ -57,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 if args.split:
                     tasks = load_split(args.split)
+                elif args.training_tasks_of:
+                    tasks = _training_tasks(args.training_tasks_of)
                 else:
                     loaded = load_task_file(args.tasks)
                     tasks = loaded.tasks

@@ -1,0 +1,145 @@
+"""rl.rft --select reward (rl/rft_selection.py): which sampled episodes a round imitates under each reward mixing,
+and what it records of them."""
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from rl.config import RewardConfig, load_config
+from rl.rft_selection import (
+    SampledEpisode,
+    check_reward_section,
+    episode_rewards,
+    read_samples,
+    select_by_reward,
+    selection_summary,
+    top_per_task,
+)
+from tests.conftest import REPO_ROOT
+
+
+def _episode(task, success, text):
+    return SampledEpisode(task, success, float(success), [{"role": "assistant", "content": text}],
+                          [{"role": "assistant", "content": text}])
+
+
+# task a: one pass among three samples; task b: none passes
+EPISODES = [_episode("a", False, "a0"), _episode("a", True, "a1"), _episode("a", False, "a2"),
+            _episode("b", False, "b0"), _episode("b", False, "b1")]
+RM = [0.9, 0.2, 0.5, 0.3, 0.8]  # prefers a failure on task a
+
+
+def _chosen(w, min_reward=None, per_task=1):
+    rewards = episode_rewards(EPISODES, w, RM)
+    return [EPISODES[i].chat[0]["content"] for i in top_per_task(EPISODES, rewards, per_task, min_reward)]
+
+
+def test_each_mixing_chooses_what_its_reward_ranks_first():
+    rm_only = RewardConfig(task_weight=0.0, rm_path="rm", rm_weight=1.0)
+    assert _chosen(rm_only) == ["a0", "b1"]  # the reward model alone picks its favourite failure on task a
+    gated = RewardConfig(task_weight=1.0, rm_path="rm", rm_weight=0.5, mixing="gated")
+    assert _chosen(gated, min_reward=1.0) == ["a1"]  # tau2's pass outranks any score; the floor drops task b
+    weighted = RewardConfig(task_weight=1.0, rm_path="rm", rm_weight=0.5)
+    assert _chosen(weighted) == ["a1", "b1"]  # no floor: task b gets the reward model's favourite failure
+    assert _chosen(weighted, per_task=2) == ["a1", "a0", "b1", "b0"]
+    checks = RewardConfig(task_weight=1.0)
+    assert _chosen(checks, min_reward=1.0, per_task=2) == ["a1"]  # the verifier's choice: passes only
+
+
+def test_equal_rewards_keep_sampling_order_and_a_repeated_conversation_counts_once():
+    episodes = [_episode("a", True, "same"), _episode("a", True, "same"), _episode("a", True, "other")]
+    assert top_per_task(episodes, [1.0, 1.0, 1.0], 2, None) == [0, 2]
+
+
+def test_the_summary_shows_a_reward_model_that_prefers_failures():
+    rewards = episode_rewards(EPISODES, RewardConfig(task_weight=0.0, rm_path="rm", rm_weight=1.0), RM)
+    record = selection_summary(EPISODES, rewards, [0, 4], RM)
+    assert record["chosen"] == 2 and record["chosen_passing"] == 0 and record["tasks_chosen_without_a_pass"] == 1
+    audit = record["rm_vs_verifier"]
+    assert audit["pairwise_acc"] == 0.0 and audit["best_of_group"] == 0.0  # a1 is scored below a0 and a2
+    assert "rm_vs_verifier" not in selection_summary(EPISODES, rewards, [1], [None] * 5)
+
+
+def test_keys_the_episode_files_cannot_supply_are_named():
+    cfg = load_config(f"{REPO_ROOT}/configs/learn_tiny.yaml")  # partial credit and a format penalty
+    with pytest.raises(ValueError, match=r"reward.env_assertion_weight=0.25, reward.action_weight=0.25, "
+                                         r"reward.malformed_call_penalty=0.05"):
+        check_reward_section(cfg.reward)
+    with pytest.raises(ValueError, match="scores every episode alike"):
+        check_reward_section(RewardConfig(task_weight=0.0))
+    check_reward_section(replace(cfg.reward, env_assertion_weight=0.0, action_weight=0.0, malformed_call_penalty=0.0))
+
+
+def test_a_broken_episode_line_is_named(tmp_path):
+    (tmp_path / "episodes.jsonl").write_text('{"task_id": "a", "success": true}\n')
+    with pytest.raises(ValueError, match=r"episodes.jsonl:1: not an rl.evaluate --model episode"):
+        read_samples(tmp_path)
+
+
+def test_the_reward_model_scores_the_samples_it_selects_from(tmp_path, untrained_rm):
+    """Through the real scorer: rm_only picks each task's top-scored episode, held-out tasks are never read."""
+    from rl.rm.model import RewardModelScorer
+
+    rows = [{"task_id": e.task_id, "success": e.success, "reward": e.tau2_reward, "messages": e.messages,
+             "chat_messages": e.chat} for e in EPISODES]
+    rows.append({**rows[0], "task_id": "held-out"})
+    (tmp_path / "episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    w = RewardConfig(task_weight=0.0, rm_path=untrained_rm, rm_weight=1.0)
+    chosen, record = select_by_reward(w, [tmp_path], 1, None, {"a", "b"})
+    raw = RewardModelScorer(untrained_rm).score([e.messages for e in EPISODES])
+    best = {t: max((i for i, e in enumerate(EPISODES) if e.task_id == t), key=lambda i: raw[i]) for t in "ab"}
+    assert chosen == [EPISODES[best["a"]].chat, EPISODES[best["b"]].chat]
+    assert record["episodes"] == 5 and record["rm_vs_verifier"]["pairs"] == 2
+
+
+def test_bench_selection_shares_the_start_and_tabulates_each_arm(tmp_path, monkeypatch, capsys):
+    """Without --start the verifier arm makes the warm start and the samples, and every other arm links to them;
+    the reward arms score with the given reward model and zero what the episode files lack; a finished arm is not
+    re-run."""
+    from bench import bench_selection
+
+    rm = tmp_path / "rm"
+    rm.mkdir()
+    (rm / "telerl_rm.json").write_text("{}")
+    calls = []
+    held = {"verifier": 0.5, "rm_only": 0.25, "gated": 0.5, "weighted": 0.375}
+
+    def fake_run(who, args, log):
+        out = Path(args[args.index("--out") + 1])
+        arm, seed = out.name, int(args[4].split("=")[1])
+        calls.append((seed, arm, args))
+        for name in bench_selection.SHARED:  # the verifier arm makes them; the others find links
+            (out / name).mkdir(parents=True, exist_ok=True)
+            (out / name / ("config.json" if name == "sft" else "report.json")).write_text("{}")
+        own, passing = (40, 40) if arm == "verifier" else (60, 30 + seed)
+        summary = {"before": {"eval/success": 0.25, "eval/tasks": 40}, "before_sampled": {"1": 0.3},
+                   "rft": [{"heldout": {"eval/success": held[arm] + seed / 40}, "heldout_sampled": {"1": 0.4}}],
+                   "fine_tuning": {"rft1": {"conversations": 100 + own, "own": own}}}
+        if arm != "verifier":
+            summary["selection"] = {"rft1": {"chosen": own, "chosen_passing": passing,
+                                             "rm_vs_verifier": {"pairwise_acc": 0.6 + seed / 10,
+                                                                "best_of_group": 0.5}}}
+        (out / "summary.json").write_text(json.dumps(summary))
+
+    monkeypatch.setattr(bench_selection, "run_program", fake_run)
+    argv = ["--rm", str(rm), "--out", str(tmp_path / "b"), "--seeds", "0", "1", "--arms", "rm_only", "verifier",
+            "gated", "env.max_turns=20"]
+    assert bench_selection.main(argv) == 0
+    assert [(s, a) for s, a, _ in calls] == [(0, "verifier"), (0, "rm_only"), (0, "gated"), (1, "verifier"),
+                                             (1, "rm_only"), (1, "gated")]
+    shared = tmp_path / "b" / "seed1" / "verifier" / "sample1"
+    assert (tmp_path / "b" / "seed1" / "gated" / "sample1").resolve() == shared.resolve()
+    flags = {a: args for s, a, args in calls if s == 0}
+    assert "--select" not in flags["verifier"] and not any(a.startswith("reward.") for a in flags["verifier"])
+    assert flags["gated"][flags["gated"].index("--min-reward") + 1] == "1"
+    assert {"reward.malformed_call_penalty=0", f"reward.rm_path={rm.resolve()}", "reward.mixing=gated",
+            "env.max_turns=20"} <= set(flags["gated"])
+    report = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert report["arms"]["verifier"]["passing_share"]["mean"] == 1.0
+    assert report["arms"]["rm_only"]["passing_share"]["values"] == [0.5, 31 / 60]
+    assert report["arms"]["rm_only"]["gain"]["values"] == pytest.approx([0.0, 0.025])
+    assert "| rm_only | 60 | 0.508 ± 0.012 | 0.263 ± 0.018 | 0.013 ± 0.018 |" in capsys.readouterr().out
+    assert "pairwise_acc 0.650 ± 0.071" in (tmp_path / "b" / "results.md").read_text()
+    calls.clear()
+    assert bench_selection.main(argv) == 0 and calls == []  # every arm finished: nothing runs again
