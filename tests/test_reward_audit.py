@@ -70,3 +70,27 @@ def test_offline_audit_of_a_runs_logged_scores(tmp_path, capsys):
     assert "--rm PATH" in capsys.readouterr().err
     assert main(["--rollouts", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
     assert "no trajectories.jsonl" in capsys.readouterr().err
+
+
+def test_offline_audit_of_an_rl_rft_sampling_round(tmp_path):
+    """rl.evaluate's episodes.jsonl (rl.rft's sample<r>/): one step, a group per task, tau2's reward as checks."""
+    from rl.rm.eval import audit_rollouts
+
+    rows = [{"task_id": g, "trial": i, "success": ok, "reward": float(ok), "chat_messages": [],
+             "messages": [{"role": "assistant", "content": str(r)}]}
+            for i, (g, ok, r) in enumerate(zip(GROUPS, PASSED, RM))]
+
+    class Scorer:  # scores an episode by the number in its reply: the RM column above
+        path = "stub"
+
+        def score(self, conversations):
+            return [float(c[-1]["content"]) for c in conversations]
+
+    (tmp_path / "episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    audit = audit_rollouts([str(tmp_path)], Scorer())
+    assert audit["episodes"] == 7 and audit["passed"] == 2 and set(audit["per_step"]) == {"0"}
+    assert audit["overall"]["reward/rm_vs_verifier/pairwise_acc"] == pytest.approx(0.5)
+    rows[3]["messages"] = []  # a scripted agent's episode keeps no conversation to score
+    (tmp_path / "episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match=r"episodes.jsonl:4: no messages to score"):
+        audit_rollouts([str(tmp_path)], Scorer())

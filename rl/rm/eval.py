@@ -25,7 +25,8 @@ pair judged once.
   a wrong order). A score that learned "fewer turns" or "no transfer" passes most pairs but none of these, so a gap
   between "overall" and this line says how much of the accuracy is the surface.
 
-On-policy audit (`--rollouts RUN_DIR ...`, with or without --pairs): the episodes of runs' trajectories.jsonl,
+On-policy audit (`--rollouts RUN_DIR ...`, with or without --pairs): the episodes of runs' trajectories.jsonl
+(or of rl.evaluate --model folders' episodes.jsonl, such as rl.rft's sample<r>/: one step, tau2's reward as checks),
 scored by --rm (or, without --rm, by the rm / judge scores the run logged), against tau2's verdict on the same
 episodes: pairwise accuracy over (passed, failed) episodes of one task and step, best-of-group, Spearman with the
 checks score, within-group spread (rl/reward_audit.py; rl.train logs the same numbers every step).
@@ -447,35 +448,54 @@ def _audit_only(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------ on-policy audit
-def audit_rollouts(run_dirs: list[str], scorer=None, batch: int = 8) -> dict:
-    """The on-policy audit (rl/reward_audit.py) over the episodes of runs' trajectories.jsonl: with `scorer`, its
-    scores replace the logged `rm` component (the audit is rank-based, so raw scores do). A group is one task's
-    episodes of one step of one run. Overall, and per step."""
+def _audited_episodes(d: str) -> list[tuple[int, object, list[dict], dict]]:
+    """(step, group, messages, components) of each episode of a run's trajectories.jsonl, or of an rl.evaluate
+    --model folder's episodes.jsonl (an rl.rft sampling round: one step, a group per task, tau2's reward as checks)."""
     from rl.contracts import EpisodeRecord
-    from rl.reward_audit import audit_step
     from rl.run_dir import read_jsonl
 
-    records = []
-    for d in run_dirs:
-        path = Path(d) / "trajectories.jsonl" if Path(d).is_dir() else Path(d)
-        if not path.is_file():
-            raise FileNotFoundError(f"--rollouts {d}: no trajectories.jsonl there")
-        records += [(str(d), EpisodeRecord.from_row(row)) for row in read_jsonl(path)]
+    path = Path(d)
+    if path.is_dir():
+        path = next((path / n for n in ("trajectories.jsonl", "episodes.jsonl") if (path / n).is_file()), path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--rollouts {d}: no trajectories.jsonl (rl.train) or episodes.jsonl (rl.evaluate "
+                                "--model, rl.rft's sample<r>/) there")
+    out = []
+    for line, row in enumerate(read_jsonl(path), 1):
+        if "trial" not in row:
+            r = EpisodeRecord.from_row(row)
+            out.append((r.step, r.group, r.messages, dict(r.components)))
+        elif isinstance(row.get("messages"), list) and row["messages"]:
+            out.append((0, row["task_id"], row["messages"],
+                        {"success": float(row["success"]), "tau2": float(row["reward"])}))
+        else:
+            raise ValueError(f"{path}:{line}: no messages to score (an rl.evaluate episode of a scripted agent?)")
+    return out
+
+
+def audit_rollouts(run_dirs: list[str], scorer=None, batch: int = 8) -> dict:
+    """The on-policy audit (rl/reward_audit.py) over the episodes of runs' trajectories.jsonl or rl.evaluate
+    folders' episodes.jsonl: with `scorer`, its scores replace the logged `rm` component (the audit is rank-based,
+    so raw scores do). A group is one task's episodes of one step of one run. Overall, and per step."""
+    from rl.reward_audit import audit_step
+
+    records = [(str(d), step, group, messages, components) for d in run_dirs
+               for step, group, messages, components in _audited_episodes(d)]
     if not records:
         raise ValueError(f"--rollouts {', '.join(run_dirs)}: no episodes")
-    components = [dict(r.components) for _, r in records]
+    components = [r[4] for r in records]
     if scorer is not None:
         for s in _chunks(len(records), batch, "scoring episodes", True):
-            for c, v in zip(components[s:s + batch], scorer.score([r.messages for _, r in records[s:s + batch]])):
+            for c, v in zip(components[s:s + batch], scorer.score([r[3] for r in records[s:s + batch]])):
                 c["rm"] = float(v)
     if not any(k in c for c in components for k in ("rm", "judge")):
         raise ValueError("--rollouts: the runs logged no rm or judge score; give --rm PATH to score their episodes")
-    groups = [(d, r.step, r.group) for d, r in records]
+    groups = [(d, step, group) for d, step, group, _, _ in records]
     verdicts = [bool(c.get("success", 0.0)) for c in components]
-    steps = sorted({r.step for _, r in records})
+    steps = sorted({r[1] for r in records})
     per_step = {}
     for step in steps:
-        idx = [i for i, (_, r) in enumerate(records) if r.step == step]
+        idx = [i for i, r in enumerate(records) if r[1] == step]
         per_step[str(step)] = audit_step([groups[i] for i in idx], [verdicts[i] for i in idx],
                                          [components[i] for i in idx])
     return {"runs": list(run_dirs), "episodes": len(records), "passed": sum(verdicts),
