@@ -66,6 +66,7 @@ def test_offline_audit_of_a_runs_logged_scores(tmp_path, capsys):
     assert audit["overall"]["reward/rm_vs_verifier/pairwise_acc"] == pytest.approx(0.5)
     assert audit["per_step"]["2"]["reward/rm_vs_verifier/best_of_group"] == pytest.approx(0.25)
     assert "| rm_vs_verifier/pairwise_acc | 0.500 |" in (out / "report.md").read_text()
+    assert "| rm_vs_verifier/pairs | 6 | 3 | 3 |" in (out / "report.md").read_text()
     assert main(["--rollouts", str(_run_dir(tmp_path, with_rm=False)), "--out", str(out)]) == 2
     assert "--rm PATH" in capsys.readouterr().err
     assert main(["--rollouts", str(tmp_path / "nowhere"), "--out", str(out)]) == 2

@@ -243,7 +243,7 @@ def evaluate_judge(pairs: list, judge, seed: int = 0, chunk: int = 16, progress:
 
 # ----------------------------------------------------------------------------------------------- outputs
 def _fmt(x: float | None) -> str:
-    return "-" if x is None else f"{x:.3f}"
+    return "-" if x is None else str(x) if isinstance(x, int) else f"{x:.3f}"  # counts as counts
 
 
 def markdown_table(report: dict) -> str:
