@@ -38,8 +38,9 @@ class SampledEpisode:
     task_id: str
     success: bool  # tau2's verdict
     tau2_reward: float
-    messages: list[dict]  # the conversation as the reward actor reads a Trajectory's
-    chat: list[dict]  # the policy's own chat messages: what fine-tuning imitates
+    # the policy's chat messages (Trajectory.messages): what the reward model reads, in rl.train too, and what
+    # fine-tuning imitates (the row's `messages` is tau2's own log, in tau2's format)
+    chat: list[dict]
 
 
 def read_samples(folder: str | Path) -> list[SampledEpisode]:
@@ -51,7 +52,7 @@ def read_samples(folder: str | Path) -> list[SampledEpisode]:
             try:
                 row = json.loads(text)
                 out.append(SampledEpisode(row["task_id"], bool(row["success"]), float(row["reward"]),
-                                          row["messages"], row["chat_messages"]))
+                                          row["chat_messages"]))
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise ValueError(f"{path}:{line}: not an rl.evaluate --model episode ({e!r})") from e
     return out
@@ -125,7 +126,7 @@ def select_by_reward(w: RewardConfig, folders: list[str | Path], per_task: int, 
         from rl.rm.model import RewardModelScorer, normalise
 
         scorer = RewardModelScorer(w.rm_path, max_len=w.rm_max_len)
-        rm = normalise(scorer.score([e.messages for e in episodes]), w.rm_normalization, scorer.stats)
+        rm = normalise(scorer.score([e.chat for e in episodes]), w.rm_normalization, scorer.stats)
     rewards = episode_rewards(episodes, w, rm)
     chosen = top_per_task(episodes, rewards, per_task, min_reward)
     return [episodes[i].chat for i in chosen], selection_summary(episodes, rewards, chosen, rm)

@@ -77,8 +77,8 @@ def test_offline_audit_of_an_rl_rft_sampling_round(tmp_path):
     """rl.evaluate's episodes.jsonl (rl.rft's sample<r>/): one step, a group per task, tau2's reward as checks."""
     from rl.rm.eval import audit_rollouts
 
-    rows = [{"task_id": g, "trial": i, "success": ok, "reward": float(ok), "chat_messages": [],
-             "messages": [{"role": "assistant", "content": str(r)}]}
+    rows = [{"task_id": g, "trial": i, "success": ok, "reward": float(ok), "messages": [],  # tau2's log: not scored
+             "chat_messages": [{"role": "assistant", "content": str(r)}]}
             for i, (g, ok, r) in enumerate(zip(GROUPS, PASSED, RM))]
 
     class Scorer:  # scores an episode by the number in its reply: the RM column above
@@ -91,7 +91,7 @@ def test_offline_audit_of_an_rl_rft_sampling_round(tmp_path):
     audit = audit_rollouts([str(tmp_path)], Scorer())
     assert audit["episodes"] == 7 and audit["passed"] == 2 and set(audit["per_step"]) == {"0"}
     assert audit["overall"]["reward/rm_vs_verifier/pairwise_acc"] == pytest.approx(0.5)
-    rows[3]["messages"] = []  # a scripted agent's episode keeps no conversation to score
+    rows[3]["chat_messages"] = None  # a scripted agent's episode keeps no conversation of a policy
     (tmp_path / "episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(ValueError, match=r"episodes.jsonl:4: no messages to score"):
+    with pytest.raises(ValueError, match=r"episodes.jsonl:4: no chat_messages to score"):
         audit_rollouts([str(tmp_path)], Scorer())

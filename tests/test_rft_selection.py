@@ -20,8 +20,7 @@ from tests.conftest import REPO_ROOT
 
 
 def _episode(task, success, text):
-    return SampledEpisode(task, success, float(success), [{"role": "assistant", "content": text}],
-                          [{"role": "assistant", "content": text}])
+    return SampledEpisode(task, success, float(success), [{"role": "assistant", "content": text}])
 
 
 # task a: one pass among three samples; task b: none passes
@@ -81,13 +80,13 @@ def test_the_reward_model_scores_the_samples_it_selects_from(tmp_path, untrained
     """Through the real scorer: rm_only picks each task's top-scored episode, held-out tasks are never read."""
     from rl.rm.model import RewardModelScorer
 
-    rows = [{"task_id": e.task_id, "success": e.success, "reward": e.tau2_reward, "messages": e.messages,
+    rows = [{"task_id": e.task_id, "success": e.success, "reward": e.tau2_reward, "messages": [],  # tau2's log
              "chat_messages": e.chat} for e in EPISODES]
     rows.append({**rows[0], "task_id": "held-out"})
     (tmp_path / "episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     w = RewardConfig(task_weight=0.0, rm_path=untrained_rm, rm_weight=1.0)
     chosen, record = select_by_reward(w, [tmp_path], 1, None, {"a", "b"})
-    raw = RewardModelScorer(untrained_rm).score([e.messages for e in EPISODES])
+    raw = RewardModelScorer(untrained_rm).score([e.chat for e in EPISODES])
     best = {t: max((i for i, e in enumerate(EPISODES) if e.task_id == t), key=lambda i: raw[i]) for t in "ab"}
     assert chosen == [EPISODES[best["a"]].chat, EPISODES[best["b"]].chat]
     assert record["episodes"] == 5 and record["rm_vs_verifier"]["pairs"] == 2

@@ -465,11 +465,12 @@ def _audited_episodes(d: str) -> list[tuple[int, object, list[dict], dict]]:
         if "trial" not in row:
             r = EpisodeRecord.from_row(row)
             out.append((r.step, r.group, r.messages, dict(r.components)))
-        elif isinstance(row.get("messages"), list) and row["messages"]:
-            out.append((0, row["task_id"], row["messages"],
+        elif isinstance(row.get("chat_messages"), list) and row["chat_messages"]:  # what the reward actor scores
+            out.append((0, row["task_id"], row["chat_messages"],
                         {"success": float(row["success"]), "tau2": float(row["reward"])}))
         else:
-            raise ValueError(f"{path}:{line}: no messages to score (an rl.evaluate episode of a scripted agent?)")
+            raise ValueError(f"{path}:{line}: no chat_messages to score (only rl.evaluate --model episodes keep the "
+                             "policy's conversation)")
     return out
 
 
