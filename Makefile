@@ -73,7 +73,8 @@ bench-learning: install
 # The reward-mixing ablation on the same recipe: a reward model trained on verifier-labelled perturbation pairs of
 # the training tasks, then per seed one rejection-sampling round per selection (tau2's passes, the reward model alone,
 # the passes the reward model prefers) from a shared warm start and shared samples: runs/bench_selection/results.md.
-# ~25 min a seed on 2 cores with bench-learning's seeds (--start runs/bench_learning: no warm start of its own).
+# ~45 min a seed on 2 cores (the rm_only arm fine-tunes on twice the conversations) with bench-learning's seeds
+# (--start runs/bench_learning: no warm start of its own).
 bench-selection: install
 	$(PY) -m rl.rm.pairs tau2 --training-tasks-of $(DEMO_CONFIG) --out runs/rm_learn/pairs_train.jsonl
 	$(PY) -m rl.rm.pairs tau2 --split test --out runs/rm_learn/pairs_test.jsonl

@@ -13,9 +13,9 @@ recipe that learns.
 
 rl.evaluate's episode files keep tau2's reward, not its partial credit or the rejected-call count, so the reward
 section's env_assertion_weight, action_weight, malformed_call_penalty and judge_weight must be 0 here (an error
-names the key otherwise). Whatever the selection, the reward model's on-policy audit on the round's samples
-(rl/reward_audit.py: pairwise accuracy within a task, best-of-group, Spearman with the checks) and how many of the
-chosen conversations tau2 passes go into rl.rft's summary.
+names the key otherwise). The round's record in rl.rft's summary says how many of the chosen conversations tau2
+passes and holds the reward model's on-policy audit on the round's samples (rl/reward_audit.py: pairwise accuracy
+within a task, best-of-group, Spearman with the checks).
 """
 from __future__ import annotations
 
