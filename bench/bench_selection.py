@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
 from bench import finish, run_program
+from bench.bench_learning import _mean_std as _ms
 from bench.bench_learning import _native_bf16
 from rl.choices import ROLLOUT_DTYPES
 
@@ -58,11 +58,6 @@ def _link_shared(source: Path, arm_dir: Path) -> None:
     for name in SHARED:
         if not (arm_dir / name).exists():
             (arm_dir / name).symlink_to((source / name).resolve(), target_is_directory=True)
-
-
-def _ms(values: list[float]) -> dict:
-    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "values": values}
 
 
 def _arm_result(summary: dict) -> dict:

@@ -11,7 +11,6 @@ import random
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from rl.config import Config
 from rl.runtime import split_tasks
@@ -83,14 +82,9 @@ def _episode_rows(source: str) -> list[tuple[str, bool, list]]:
     """[(task id, tau2's success, the policy's chat messages)] of a run's trajectories.jsonl or an
     rl.evaluate folder's episodes.jsonl (a folder holding either, or the file itself)."""
     from rl.contracts import EpisodeRecord
-    from rl.run_dir import read_jsonl
+    from rl.run_dir import episode_file, read_jsonl
 
-    path = Path(source)
-    if path.is_dir():
-        path = next((path / n for n in ("trajectories.jsonl", "episodes.jsonl") if (path / n).is_file()), path)
-    if not path.is_file():
-        raise ValueError(f"--from-rollouts {source}: no trajectories.jsonl (rl.train) or episodes.jsonl "
-                         "(rl.evaluate --model) there")
+    path = episode_file(source, "--from-rollouts")
     rows = []
     for line, row in enumerate(read_jsonl(path), 1):
         if "trial" in row:  # rl.evaluate: the chat conversation is kept for model agents only

@@ -45,16 +45,16 @@ class SampledEpisode:
 
 def read_samples(folder: str | Path) -> list[SampledEpisode]:
     """A sampling folder's episodes, in file order."""
-    path = Path(folder) / "episodes.jsonl"
+    from rl.run_dir import episode_file, read_jsonl
+
+    path = episode_file(folder, "rl.rft --select reward:")
     out = []
-    with path.open() as f:
-        for line, text in enumerate(f, 1):
-            try:
-                row = json.loads(text)
-                out.append(SampledEpisode(row["task_id"], bool(row["success"]), float(row["reward"]),
-                                          row["chat_messages"]))
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{line}: not an rl.evaluate --model episode ({e!r})") from e
+    for line, row in enumerate(read_jsonl(path), 1):
+        try:
+            out.append(SampledEpisode(row["task_id"], bool(row["success"]), float(row["reward"]),
+                                      row["chat_messages"]))
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{path}:{line}: not an rl.evaluate --model episode ({e!r})") from e
     return out
 
 

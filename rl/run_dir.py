@@ -25,6 +25,18 @@ from rl.config import Config, redact_overrides, redacted_yaml
 from rl.contracts import EpisodeRecord, Score, Trajectory
 
 
+def episode_file(source: str | Path, flag: str) -> Path:
+    """The episodes of `source`: a run's trajectories.jsonl (rl.train) or an rl.evaluate folder's episodes.jsonl
+    (a folder holding either, or the file itself); a ValueError that names `flag` when there is none."""
+    path = Path(source)
+    if path.is_dir():
+        path = next((path / n for n in ("trajectories.jsonl", "episodes.jsonl") if (path / n).is_file()), path)
+    if not path.is_file():
+        raise ValueError(f"{flag} {source}: no trajectories.jsonl (rl.train) or episodes.jsonl (rl.evaluate "
+                         "--model, rl.rft's sample<r>/) there")
+    return path
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     """Rows of a JSONL file this package wrote (metrics, trajectories); [] if it does not exist. A torn last line
     (the writer was killed mid-write) is skipped; a bad line anywhere else is an error naming file:line."""

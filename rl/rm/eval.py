@@ -452,14 +452,9 @@ def _audited_episodes(d: str) -> list[tuple[int, object, list[dict], dict]]:
     """(step, group, messages, components) of each episode of a run's trajectories.jsonl, or of an rl.evaluate
     --model folder's episodes.jsonl (an rl.rft sampling round: one step, a group per task, tau2's reward as checks)."""
     from rl.contracts import EpisodeRecord
-    from rl.run_dir import read_jsonl
+    from rl.run_dir import episode_file, read_jsonl
 
-    path = Path(d)
-    if path.is_dir():
-        path = next((path / n for n in ("trajectories.jsonl", "episodes.jsonl") if (path / n).is_file()), path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--rollouts {d}: no trajectories.jsonl (rl.train) or episodes.jsonl (rl.evaluate "
-                                "--model, rl.rft's sample<r>/) there")
+    path = episode_file(d, "--rollouts")
     out = []
     for line, row in enumerate(read_jsonl(path), 1):
         if "trial" not in row:
