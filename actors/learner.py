@@ -481,14 +481,42 @@ LearnerActor = ray.remote(LearnerRank)
 """Ray actor class; LearnerGroup sets its resources (settings.num_cpus on CPU, num_gpus=1 on GPU)."""
 
 
+RENDEZVOUS_TRIES = 3  # group starts before giving up when rank 0's TCP store finds its port taken
+
+
+def _free_port_outside_ephemeral_range() -> int:
+    """A port free now, chosen below the kernel's ephemeral range (and above Ray's worker ports, 10002-19999) when
+    there is room: the TCP store binds it only after rank 0 has imported DeepSpeed, seconds later, and in between
+    every outgoing connection and every bind(0) on the node (vLLM, Ray, another run's learner) draws from the
+    ephemeral range. Outside it, only another explicit choice can collide, and LearnerGroup retries those."""
+    import random
+
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):  # not Linux: let the kernel pick
+        low = 0
+    candidates = random.sample(range(20000, low), min(20, low - 20000)) if low > 20000 else []
+    for port in candidates + [0]:
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise OSError("no free port for the learner's rendezvous")
+
+
 @ray.remote(num_cpus=0)
 def _rendezvous_address() -> tuple[str, int]:
     """Runs in rank 0's bundle: torch.distributed's TCP store listens on rank 0's node, so the address and the
     free port must both be that node's."""
-    with socket.socket() as s:
-        s.bind(("", 0))
-        port = s.getsockname()[1]
-    return ray.util.get_node_ip_address(), port
+    return ray.util.get_node_ip_address(), _free_port_outside_ephemeral_range()
+
+
+def _port_was_taken(error: LearnerFailed) -> bool:
+    """torch's TCP store could not listen: another process bound the port between its choice and the bind."""
+    text = str(error).lower()
+    return "eaddrinuse" in text or "address already in use" in text
 
 
 class LearnerGroup:
@@ -510,17 +538,28 @@ class LearnerGroup:
         self.pg = placement_group or _reserve(bundle, num_ranks, init_timeout_s)
         self.ranks = []
         try:
-            addr, port = ray.get(_rendezvous_address.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
-                self.pg, placement_group_bundle_index=0)).remote(), timeout=init_timeout_s)
-            for r in range(num_ranks):
-                self.ranks.append(self.actor_class.options(
-                    num_cpus=cpus, num_gpus=1 if use_gpu else 0,
-                    scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=r),
-                ).remote(settings, r, num_ranks, addr, port, use_gpu))
-            self.info = self._wait_ready(init_timeout_s)
+            for attempt in range(1, RENDEZVOUS_TRIES + 1):
+                addr, self.master_port = self._rendezvous(init_timeout_s)
+                for r in range(num_ranks):
+                    self.ranks.append(self.actor_class.options(
+                        num_cpus=cpus, num_gpus=1 if use_gpu else 0,
+                        scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=r),
+                    ).remote(settings, r, num_ranks, addr, self.master_port, use_gpu))
+                try:
+                    self.info = self._wait_ready(init_timeout_s)
+                    break
+                except LearnerFailed as e:
+                    if attempt == RENDEZVOUS_TRIES or not _port_was_taken(e):
+                        raise
+                    self._kill_ranks()  # and again on a fresh port, in the same placement group
         except BaseException:
             self.shutdown()
             raise
+
+    def _rendezvous(self, timeout_s: float) -> tuple[str, int]:
+        """Rank 0's node address and a port free there now (a test overrides it to hand out a taken port)."""
+        return ray.get(_rendezvous_address.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
+            self.pg, placement_group_bundle_index=0)).remote(), timeout=timeout_s)
 
     def _wait_ready(self, timeout_s: float) -> list[dict]:
         return self._collect([a.ready.remote() for a in self.ranks], timeout_s, "failed to start")
@@ -613,10 +652,13 @@ class LearnerGroup:
     def stats(self) -> list[dict]:
         return self._call("stats", [()] * self.num_ranks, spread=True)
 
-    def shutdown(self) -> None:
+    def _kill_ranks(self) -> None:
         for a in self.ranks:
             ray.kill(a)
         self.ranks = []
+
+    def shutdown(self) -> None:
+        self._kill_ranks()
         if self._own_pg and self.pg is not None:
             remove_placement_group(self.pg)
             self.pg = None

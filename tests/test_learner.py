@@ -3,6 +3,7 @@
 About 2 minutes on the 2-core machine (3.5 under load), nearly all of it two group start-ups (Ray worker start +
 importing transformers/DeepSpeed on both ranks at once); the steps themselves take well under a second."""
 import math
+import socket
 import time
 from dataclasses import replace
 
@@ -10,7 +11,15 @@ import pytest
 import ray
 import torch
 
-from actors.learner import PHASES, LearnerFailed, LearnerGroup, LearnerRank, LearnerSettings, shared_prefix_len
+from actors.learner import (
+    PHASES,
+    LearnerFailed,
+    LearnerGroup,
+    LearnerRank,
+    LearnerSettings,
+    _free_port_outside_ephemeral_range,
+    shared_prefix_len,
+)
 from rl.algorithms import policy_loss, token_logprobs
 from rl.contracts import TrainBatch
 from rl.runtime import init_ray
@@ -216,6 +225,45 @@ def test_num_cpus_gives_a_rank_its_cpus_as_torch_threads(ray_cluster, model_path
         assert ray.available_resources().get("CPU", 0) == 0  # the cluster's 2 CPUs are the rank's bundle
     finally:
         group.shutdown()
+
+
+class _GroupOfferedATakenPortFirst(LearnerGroup):
+    """Its first rendezvous port is one another process listens on: what a port taken between its choice and rank
+    0's bind looks like (two runs starting side by side on one node)."""
+
+    taken_port: int = 0
+    offered: list = []
+
+    def _rendezvous(self, timeout_s):
+        addr, port = super()._rendezvous(timeout_s)
+        port = port if self.offered else self.taken_port
+        self.offered.append(port)
+        return addr, port
+
+
+def test_a_taken_rendezvous_port_starts_the_group_again_on_a_fresh_one(ray_cluster, model_path):
+    with socket.socket() as taken:
+        taken.bind(("", 0))
+        taken.listen()
+        _GroupOfferedATakenPortFirst.taken_port = taken.getsockname()[1]
+        group = _GroupOfferedATakenPortFirst(LearnerSettings(model_path=str(model_path)), num_ranks=1,
+                                             timeout_s=TIMEOUT)
+    try:
+        offered = _GroupOfferedATakenPortFirst.offered
+        assert len(offered) == 2 and offered[0] == _GroupOfferedATakenPortFirst.taken_port != offered[1]
+        assert group.master_port == offered[1] and [i["rank"] for i in group.info] == [0]
+        assert ray.available_resources().get("CPU", 0) == 1  # the first try's rank is gone, its bundle reused
+    finally:
+        group.shutdown()
+
+
+def test_the_rendezvous_port_is_free_and_below_the_ephemeral_range():
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    for _ in range(5):
+        port = _free_port_outside_ephemeral_range()
+        assert 20000 <= port < low or low <= 20000
+        with socket.socket() as s:
+            s.bind(("", port))  # still free: the choice closed its probe
 
 
 def test_sampling_temperature_sft_lr_schedule_and_demonstration_term(ray_cluster, model_path):
