@@ -252,7 +252,7 @@ def test_a_taken_rendezvous_port_starts_the_group_again_on_a_fresh_one(ray_clust
         offered = _GroupOfferedATakenPortFirst.offered
         assert len(offered) == 2 and offered[0] == _GroupOfferedATakenPortFirst.taken_port != offered[1]
         assert group.master_port == offered[1] and [i["rank"] for i in group.info] == [0]
-        assert ray.available_resources().get("CPU", 0) == 1  # the first try's rank is gone, its bundle reused
+        assert ray.available_resources().get("CPU", 0) == 1  # the retry stayed in the group's one bundle
     finally:
         group.shutdown()
 
