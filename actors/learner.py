@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import shutil
 import socket
 import time
@@ -489,8 +490,6 @@ def _free_port_outside_ephemeral_range() -> int:
     there is room: the TCP store binds it only after rank 0 has imported DeepSpeed, seconds later, and in between
     every outgoing connection and every bind(0) on the node (vLLM, Ray, another run's learner) draws from the
     ephemeral range. Outside it, only another explicit choice can collide, and LearnerGroup retries those."""
-    import random
-
     try:
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):  # not Linux: let the kernel pick
@@ -556,7 +555,7 @@ class LearnerGroup:
             self.shutdown()
             raise
 
-    def _rendezvous(self, timeout_s: float) -> tuple[str, int]:
+    def _rendezvous(self, timeout_s: float | None) -> tuple[str, int]:
         """Rank 0's node address and a port free there now (a test overrides it to hand out a taken port)."""
         return ray.get(_rendezvous_address.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
             self.pg, placement_group_bundle_index=0)).remote(), timeout=timeout_s)
@@ -624,8 +623,7 @@ class LearnerGroup:
 
     def weight_group_address(self) -> tuple[str, int]:
         """A free port on rank 0's node, for the weight group's store (rank 0 listens there)."""
-        return ray.get(_rendezvous_address.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
-            self.pg, placement_group_bundle_index=0)).remote(), timeout=self.timeout_s)
+        return self._rendezvous(self.timeout_s)
 
     def wait(self, refs: list, what: str) -> list:
         """The results of calls made on the ranks directly (broadcast_weights), with this group's timeout and
