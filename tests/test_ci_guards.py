@@ -41,3 +41,18 @@ def test_a_hung_test_times_out(tmp_path):
     assert out.returncode == 1 and "Timeout" in out.stdout, out.stdout
     with open(f"{REPO_ROOT}/pyproject.toml", "rb") as fh:  # and the suite runs with a limit of its own
         assert tomllib.load(fh)["tool"]["pytest"]["ini_options"]["timeout"] > 0
+
+
+def test_installed_packages_have_bytecode():
+    """`make install` compiles site-packages: with PYTHONDONTWRITEBYTECODE=1 (these machines) nothing else ever
+    does, and every Ray actor and subprocess would compile torch/transformers/vLLM from source again."""
+    import importlib.util
+    from pathlib import Path
+
+    import transformers
+
+    source = str(Path(transformers.__file__).parent / "modeling_utils.py")
+    if not Path(importlib.util.cache_from_source(source)).is_file():
+        from tests.conftest import missing
+
+        missing("site-packages has no bytecode: install with `make install`, which compiles it")
