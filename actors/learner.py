@@ -125,6 +125,20 @@ def deepspeed_config(s: LearnerSettings, use_gpu: bool, train: bool = True) -> d
     return cfg
 
 
+def _skip_shm_allreduce_build() -> None:
+    """Stop DeepSpeed from JIT-compiling its shared-memory all-reduce kernel when its comm backend starts.
+
+    Only tensor-parallel inference (`inference_all_reduce`) uses that kernel, and it falls back to torch.distributed
+    without it; ZeRO-3 training never calls it. Building it is g++ on two C++ files: ~1 min on a 2-core machine,
+    on every fresh machine and again whenever the venv's path changes (the build folder is shared, so two checkouts
+    rebuild it in turn), on every rank's critical path to its first step.
+    """
+    import importlib
+
+    # `deepspeed.comm.torch` as an attribute is the torch package (deepspeed.comm star-imports it): look the module up.
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+
+
 class LearnerRank:
     """One ZeRO-3 rank (the Ray actor body; LearnerActor below is the actor class)."""
 
@@ -150,6 +164,8 @@ class LearnerRank:
         import deepspeed
         from transformers import AutoModelForCausalLM
         from transformers.integrations import HfDeepSpeedConfig
+
+        _skip_shm_allreduce_build()
 
         # DeepSpeed's ZeRO-3 gathers call torch.distributed functions that torch has renamed: a FutureWarning per
         # gather on every rank (walls of them in the console) that no user can act on.

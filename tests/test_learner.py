@@ -3,9 +3,13 @@
 About 2 minutes on the 2-core machine (3.5 under load), nearly all of it two group start-ups (Ray worker start +
 importing transformers/DeepSpeed on both ranks at once); the steps themselves take well under a second."""
 import math
+import os
 import socket
+import subprocess
+import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import ray
@@ -264,6 +268,29 @@ def test_the_rendezvous_port_is_free_and_below_the_ephemeral_range():
         assert 20000 <= port < low or low <= 20000
         with socket.socket() as s:
             s.bind(("", port))  # still free: the choice closed its probe
+
+
+def test_a_rank_starts_without_compiling_deepspeeds_shm_kernel(model_path, tmp_path):
+    """DeepSpeed's comm backend would JIT-build its shared-memory all-reduce (~1 min of g++ on 2 cores) into
+    TORCH_EXTENSIONS_DIR when a rank starts; the rank skips it and still trains (one rank, no Ray, gloo)."""
+    extensions = tmp_path / "torch_extensions"
+    extensions.mkdir()
+    probe = f"""
+from actors.learner import LearnerRank, LearnerSettings
+from deepspeed.comm import comm
+from tests.test_learner import make_batch
+rank = LearnerRank(LearnerSettings(model_path={str(model_path)!r}), 0, 1, "127.0.0.1",
+                   {_free_port_outside_ephemeral_range()}, use_gpu=False)
+batch = make_batch(2, seed=0)
+batch.old_logprobs = rank.logprobs(batch)
+print(comm.cdb.shm_comm_op, rank.train_step(batch)["tokens"] > 0)
+"""
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(extensions)}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "None True"
+    assert list(extensions.iterdir()) == [] and "built successfully" not in out.stdout
 
 
 def test_sampling_temperature_sft_lr_schedule_and_demonstration_term(ray_cluster, model_path):
