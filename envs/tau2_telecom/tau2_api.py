@@ -12,6 +12,7 @@ take two functions; `_defer_llm_utils` stands in for that module until one of th
 import importlib
 import os
 import sys
+import threading
 import types
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -24,13 +25,17 @@ _LLM_UTILS = "tau2.utils.llm_utils"
 _LLM_UTILS_NAMES = ("generate", "get_cost")  # everything tau2 26.3 imports from it (tests/test_tau2_api.py checks)
 
 
+_llm_utils_lock = threading.Lock()  # env workers run sessions in threads: one import, and nobody sees it half-done
+
+
 def _load_llm_utils() -> types.ModuleType:
     """The real tau2.utils.llm_utils (and litellm with it), imported on first use; it replaces the stand-in."""
-    module = sys.modules.get(_LLM_UTILS)
-    if module is None or getattr(module, "_telerl_deferred", False):
-        sys.modules.pop(_LLM_UTILS, None)
-        module = importlib.import_module(_LLM_UTILS)
-    return module
+    with _llm_utils_lock:
+        module = sys.modules.get(_LLM_UTILS)
+        if module is None or getattr(module, "_telerl_deferred", False):
+            sys.modules.pop(_LLM_UTILS, None)
+            module = importlib.import_module(_LLM_UTILS)
+        return module
 
 
 def _defer_llm_utils() -> None:
