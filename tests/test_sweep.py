@@ -168,6 +168,15 @@ def test_override_values_round_trip(value):
     ("params:\n  algorithm.name: [grpo\n", ["sweep.yaml:", "YAML syntax error"]),
     ("overrides: [reward.rm_path=/nonexistent/rm, reward.rm_weight=0.5]\n",
      ["reward.rm_path '/nonexistent/rm' is not a folder", "python -m rl.rm.train"]),
+    # mode: list (named arms)
+    ("mode: list\n", ["sweep.yaml:3:", "sweep key 'arms'", "with mode 'list'"]),
+    ("mode: list\narms:\n  base: {}\n  typo: {algorithm.nme: grpo}\n",
+     ["sweep.yaml:6:", "param 'algorithm.nme' = 'grpo' (arm 'typo')", "'algorithm.nme' is unknown"]),
+    ("mode: list\narms:\n  a/b: {}\n", ["sweep.yaml:5:", "arm name 'a/b'"]),
+    ("mode: list\narms:\n  a: {seed: 1}\n", ["sweep.yaml:5:", "the sweep sets it"]),
+    ("mode: list\narms:\n  a: [train.steps=1]\n", ["sweep.yaml:5:", "arm 'a'", "a mapping of dotted config keys"]),
+    ("mode: list\nparams:\n  algorithm.name: [grpo]\narms:\n  a: {}\n", ["sweep.yaml:4:", "no params with mode"]),
+    ("params:\n  algorithm.name: [grpo]\narms:\n  a: {}\n", ["sweep.yaml:5:", "no arms with mode 'grid'"]),
 ])
 def test_bad_sweeps_fail_before_anything_runs_naming_file_line_and_key(tmp_path, body, expected):
     path = write_sweep(tmp_path, body)
@@ -190,11 +199,21 @@ def test_missing_base_config_and_key(tmp_path):
 def test_the_repo_sweeps_load(tmp_path):
     runs = plan(load_sweep(Path(REPO_ROOT) / "configs" / "sweeps" / "algorithms.yaml"))
     assert len(runs) == 8 and {r.config.algorithm.name for r in runs} == {"grpo", "dr_grpo", "rloo", "reinforce_pp"}
-    sweep = load_sweep(Path(REPO_ROOT) / "configs" / "sweeps" / "reward_mixing.yaml")
-    with pytest.raises(SweepError, match="train the reward model first"):  # the RM is a placeholder path
-        plan(sweep)
-    runs = plan(sweep, check_paths=False)  # every arm is a valid config (gated's weight rule included)
-    assert len(runs) == 18 and {r.config.reward.mixing for r in runs} == {"weighted", "gated", "multiplicative"}
+    arms = ["checks_only", "rm_only", "weighted", "gated", "multiplicative"]
+    for name, base in (("reward_mixing", "laptop.yaml"), ("reward_mixing_cluster", "qwen2.5-1.5b-2xgpu.yaml")):
+        sweep = load_sweep(Path(REPO_ROOT) / "configs" / "sweeps" / f"{name}.yaml")
+        with pytest.raises(SweepError, match="train the reward model first"):  # the RM is a placeholder path
+            plan(sweep)
+        runs = plan(sweep, check_paths=False)  # every arm is a valid config (gated's weight rule included)
+        assert sweep.base_config.name == base and len(runs) == 15
+        by_arm = {r.arm.name: r.config.reward for r in runs if r.seed == 0}
+        assert list(by_arm) == arms
+        assert by_arm["checks_only"].rm_weight == 0 and by_arm["checks_only"].task_weight > 0
+        rm_only = by_arm["rm_only"]
+        assert rm_only.rm_weight == 1 and not (rm_only.task_weight or rm_only.env_assertion_weight
+                                               or rm_only.action_weight or rm_only.malformed_call_penalty)
+        assert {by_arm[a].mixing for a in arms[2:]} == {"weighted", "gated", "multiplicative"}
+        assert {by_arm[a].rm_weight for a in arms[2:]} == {0.5}
 
 
 # ------------------------------------------------------------------------------- running, resuming, results
@@ -261,6 +280,39 @@ def test_aggregates_read_metrics_jsonl(tmp_path):
         assert (out / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     plan_file = json.loads((out / "sweep.json").read_text())
     assert [a["name"] for a in plan_file["arms"]] == ["algorithm=grpo", "algorithm=rloo"]
+
+
+def test_list_mode_runs_named_arms_each_setting_its_own_keys(tmp_path):
+    """An ablation's arms are not a grid (checks_only, rm_only, gated, ...): mode list names each arm and the keys
+    it sets; the other keys stay as the base config and overrides have them."""
+    sweep = load_sweep(write_sweep(tmp_path, """\
+        mode: list
+        overrides: [train.steps=2]
+        arms:
+          baseline:
+          rloo: {algorithm.name: rloo}
+          rloo_fast:
+            algorithm.name: rloo
+            learner.lr: 0.002
+        metrics: [reward/mean]
+        """))
+    runs = plan(sweep)
+    assert [r.label for r in runs] == ["baseline seed0", "rloo seed0", "rloo_fast seed0"]
+    base_lr = runs[0].config.learner.lr  # configs/test_tiny.yaml's
+    assert base_lr != 0.002
+    assert [(r.config.algorithm.name, r.config.learner.lr) for r in runs] == [
+        ("grpo", base_lr), ("rloo", base_lr), ("rloo", 0.002)]
+    assert runs[2].overrides[:3] == ["train.steps=2", "algorithm.name=rloo", "learner.lr=0.002"]
+
+    run_sweep(sweep, SequentialRunner(FakeTrain()), runs)
+    out = tmp_path / "out"
+    table = {r["arm"]: r for r in rows(out / "results.csv")}
+    assert {a: (r["algorithm.name"], r["learner.lr"]) for a, r in table.items()} == {
+        "baseline": ("", ""), "rloo": ("rloo", ""), "rloo_fast": ("rloo", "0.002")}
+    md = (out / "results.md").read_text()
+    assert "| arm | algorithm.name | learner.lr | seeds | reward/mean |" in md
+    assert "| baseline | - | - | 1/1 | 0.2 |" in md and "| rloo_fast | rloo | 0.002 | 1/1 | 0.7 |" in md
+    assert (out / "rloo_fast" / "seed0" / DONE_FILE).is_file()
 
 
 def test_a_changed_config_is_refused_rather_than_skipped(tmp_path):

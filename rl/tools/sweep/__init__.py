@@ -1,12 +1,14 @@
-"""Ablation sweeps: grid or random search over dotted config keys x seeds; every run is a `python -m rl.train`.
+"""Ablation sweeps: grid or random search over dotted config keys, or a list of named arms, x seeds; every run is
+a `python -m rl.train`.
 
     python -m rl.tools.sweep --config configs/sweeps/algorithms.yaml           # runs one after another, on this machine
     python -m rl.tools.sweep --config configs/sweeps/algorithms.yaml --address http://127.0.0.1:8265 --max-concurrent 2
                                                                                # every run a Ray job on that cluster
     python -m rl.tools.sweep --config configs/sweeps/algorithms.yaml --dry-run # validate, print the runs, run nothing
 
-An *arm* is one assignment of the swept params; a *run* is an arm with one seed. Every run's final config is
-loaded and validated with rl.config.load_config before anything starts. Re-running a sweep skips finished runs
+An *arm* is one assignment of the swept params (or, with `mode: list`, one named entry of `arms`, each setting
+whichever keys it needs: checks_only, rm_only, gated, ...); a *run* is an arm with one seed. Every run's final
+config is loaded and validated with rl.config.load_config before anything starts. Re-running a sweep skips finished runs
 and retries failed ones (continuing from their last checkpoint). A failed run is reported, never fatal.
 
     <sweep_dir>/

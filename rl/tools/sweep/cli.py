@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.address:
             # The job's driver joins the cluster it runs on instead of starting a Ray of its own.
             sets_address = any(o.split("=", 1)[0].strip() == "ray.address" for o in sweep.overrides) or \
-                any(p.key == "ray.address" for p in sweep.params)
+                "ray.address" in sweep.swept_keys
             sweep.sweep_dir = sweep.sweep_dir.resolve()  # the job's cwd is elsewhere
             runs = plan(sweep, [] if sets_address else ["ray.address=auto"], check_paths=False)
             repo_relative(sweep.base_config)

@@ -90,7 +90,7 @@ def write_results(sweep: Sweep, results: list[RunResult]) -> dict[str, Path]:
     """results.csv, results.md and the plots in the sweep dir; returns their paths."""
     out = sweep.sweep_dir
     out.mkdir(parents=True, exist_ok=True)
-    keys = [p.key for p in sweep.params]
+    keys = sweep.swept_keys
     chosen = list(sweep.metrics)
     others = sorted({k for r in results for k in r.final} - set(chosen) - {"step"})
 
@@ -101,7 +101,7 @@ def write_results(sweep: Sweep, results: list[RunResult]) -> dict[str, Path]:
                     "log", "error"])
         for r in results:
             w.writerow([r.run.arm.name, r.run.seed, r.status, r.skipped, r.final.get("step", ""),
-                        *(r.run.arm.values[k] for k in keys), *(r.final.get(m, "") for m in chosen + others),
+                        *(r.run.arm.values.get(k, "") for k in keys), *(r.final.get(m, "") for m in chosen + others),
                         "" if r.wall_s is None else f"{r.wall_s:.1f}", os.path.relpath(r.run.run_dir, out),
                         os.path.relpath(r.run.log_path, out), r.error])
 
@@ -122,7 +122,8 @@ def write_results(sweep: Sweep, results: list[RunResult]) -> dict[str, Path]:
     missing = [m for m in chosen if not any(m in r.final for r in results if r.status == "finished")]
     for a in arms:
         done = [r for r in by_arm[a] if r.status == "finished"]
-        cells = [fmt(by_arm[a][0].run.arm.values[k]) for k in keys] + [f"{len(done)}/{len(by_arm[a])}"]
+        arm_values = by_arm[a][0].run.arm.values  # list mode: a key this arm leaves alone shows as "-"
+        cells = [fmt(arm_values[k]) if k in arm_values else "-" for k in keys] + [f"{len(done)}/{len(by_arm[a])}"]
         cells += [_mean_std([r.final[m] for r in done if m in r.final]) for m in chosen]
         md.append(f"| {a} | " + " | ".join(cells) + " |")
     if missing:

@@ -50,18 +50,30 @@ class Sweep:
     path: Path  # the sweep file
     base_config: Path
     sweep_dir: Path
-    mode: str  # grid | random
+    mode: str  # grid | random | list
     seeds: list[int]
-    params: list[Param]
+    params: list[Param]  # grid and random
     overrides: list[str]  # applied to every run
     metrics: list[str]  # summarised in results.md and plotted
     num_samples: int | None = None  # random only
     random_seed: int = 0  # random only: the same sweep file always expands to the same arms (resume needs that)
+    arms: dict[str, dict[str, Any]] = field(default_factory=dict)  # list only: arm name -> {dotted key: value}
     lines: dict[tuple, int] = field(default_factory=dict)  # ("key",) / ("overrides", i) -> line in the sweep file
 
     @property
     def name(self) -> str:
         return self.sweep_dir.name
+
+    @property
+    def swept_keys(self) -> list[str]:
+        """The config keys the arms differ in, in file order (list mode: every key any arm sets)."""
+        if self.mode == "list":
+            return list(dict.fromkeys(k for values in self.arms.values() for k in values))
+        return [p.key for p in self.params]
+
+    def where_value(self, arm: str, key: str) -> str:
+        """file:line where an arm's value of a key is set."""
+        return self.where("arms", arm, key) if self.mode == "list" else self.where("params", key)
 
     def where(self, *key: Any) -> str:
         return _where(self.path, self.lines, key)
@@ -76,12 +88,13 @@ def _where(path: Path, lines: dict[tuple, int], key: tuple) -> str:
 SWEEP_KEYS = {
     "base_config": "the config every run starts from (relative to the sweep file or the repo root)",
     "sweep_dir": "where runs and results go (relative to the current directory)",
-    "mode": "grid | random",
+    "mode": "grid (every combination of params) | random (num_samples draws from params) | list (the named arms)",
     "num_samples": "random only: how many arms to draw",
     "random_seed": "random only: seeds the draw of arms (default 0)",
     "seeds": "config `seed` of each run of an arm (default [0])",
     "overrides": "key=value overrides applied to every run",
     "params": "dotted config key -> list of values (grid), or {choices: [...]} / {low, high, log} (random)",
+    "arms": "list only: arm name -> {dotted config key: value} (e.g. an ablation's named variants)",
     "metrics": "metrics.jsonl keys summarised in results.md and plotted (default [reward/mean, success_rate])",
 }
 
@@ -135,8 +148,8 @@ def load_sweep(path: str | Path) -> Sweep:
             raise bad(key, data[key], "a path")
 
     mode = data.get("mode", "grid")
-    if mode not in ("grid", "random"):
-        raise bad("mode", mode, "one of: grid, random")
+    if mode not in ("grid", "random", "list"):
+        raise bad("mode", mode, "one of: grid, random, list")
     num_samples = data.get("num_samples")
     if mode == "random":
         if type(num_samples) is not int or num_samples <= 0:
@@ -172,12 +185,44 @@ def load_sweep(path: str | Path) -> Sweep:
     raw_params = data.get("params") or {}
     if not isinstance(raw_params, dict):
         raise bad("params", raw_params, "a mapping of dotted config keys to values")
+    if mode == "list" and raw_params:
+        raise bad("params", raw_params, "no params with mode 'list' (each arm sets its own values under arms)")
     params = [_parse_param(str(k), v, mode, where("params", str(k))) for k, v in raw_params.items()]
+
+    raw_arms = data.get("arms")
+    if mode != "list" and raw_arms is not None:
+        raise bad("arms", raw_arms, f"no arms with mode '{mode}' (named arms are mode: list)")
+    if mode == "list" and (not isinstance(raw_arms, dict) or not raw_arms):
+        raise bad("arms", raw_arms, "a mapping of arm name -> {dotted config key: value} with mode 'list'",
+                  "arms" if "arms" in data else "mode")
+    arms = {str(name): _parse_arm(str(name), values, where("arms", str(name)))
+            for name, values in (raw_arms or {}).items()}
 
     base = _find_base(path, data["base_config"], where("base_config"))
     return Sweep(path=path, base_config=base, sweep_dir=Path(data["sweep_dir"]), mode=mode, seeds=seeds,
                  params=params, overrides=list(overrides), metrics=metrics, num_samples=num_samples,
-                 random_seed=random_seed, lines=lines)
+                 random_seed=random_seed, arms=arms, lines=lines)
+
+
+def _parse_arm(name: str, values: Any, where: str) -> dict[str, Any]:
+    """One named arm of mode 'list': its values by dotted config key (none: the base config and overrides alone)."""
+    if _safe(name) != name:
+        raise SweepError(f"{where}: arm name '{name}' is also its folder name: use letters, digits and ._,=+-")
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise SweepError(f"{where}: arm '{name}': got {values!r}, expected a mapping of dotted config keys to "
+                         f"values, e.g. {{reward.rm_weight: 0.5}}")
+    for key, value in values.items():
+        if not _KEY_RE.match(str(key)):
+            raise SweepError(f"{where}: arm '{name}': '{key}' is not a dotted config key, e.g. reward.rm_weight")
+        if key in _RESERVED:
+            raise SweepError(f"{where}: arm '{name}': '{key}': the sweep sets it for every run (use `seeds` for "
+                             f"seeds)")
+        if isinstance(value, (dict, list)):
+            raise SweepError(f"{where}: arm '{name}': '{key}': got {value!r}, expected a scalar value (string, "
+                             f"number, true/false, null)")
+    return {str(k): v for k, v in values.items()}
 
 
 def _parse_param(key: str, spec: Any, mode: str, where: str) -> Param:
@@ -268,7 +313,10 @@ def _field_type(key: str) -> Any:
 
 
 def expand(sweep: Sweep) -> list[Arm]:
-    """Grid: every combination, in file order. Random: num_samples distinct draws, the same ones every time."""
+    """Grid: every combination, in file order. Random: num_samples distinct draws, the same ones every time.
+    List: the named arms, in file order."""
+    if sweep.mode == "list":
+        return [Arm(name, dict(values)) for name, values in sweep.arms.items()]
     keys = [p.key for p in sweep.params]
     if sweep.mode == "grid":
         assignments = [dict(zip(keys, combo)) for combo in itertools.product(*(p.values for p in sweep.params))]
@@ -360,14 +408,13 @@ def plan(sweep: Sweep, extra_overrides: list[str] | None = None, check_paths: bo
     runs = []
     for arm in arms:
         param_overrides = []
-        for p in sweep.params:
-            value = arm.values[p.key]
+        for key, value in arm.values.items():
             text = render(value)
             if _parse_override_value(text) != (type(value), value):
-                raise SweepError(f"{sweep.where('params', p.key)}: param '{p.key}': value {value!r} cannot be "
+                raise SweepError(f"{sweep.where_value(arm.name, key)}: param '{key}': value {value!r} cannot be "
                                  f"passed as an override (got {text!r})")
-            o = f"{p.key}={text}"
-            source[o] = f"{sweep.where('params', p.key)}: param '{p.key}' = {value!r} (arm '{arm.name}')"
+            o = f"{key}={text}"
+            source[o] = f"{sweep.where_value(arm.name, key)}: param '{key}' = {value!r} (arm '{arm.name}')"
             param_overrides.append(o)
         for seed in sweep.seeds:
             run_dir = sweep.sweep_dir / arm.name / f"seed{seed}"
