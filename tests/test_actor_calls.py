@@ -101,6 +101,8 @@ def test_model_agent_keeps_its_engines_busy_and_yields_episodes_as_they_end(ray_
 
     agent = ModelAgent(load_config(None, ["rollout.timeout_s=60"]), "unused")
     agent.workers = [FakeEngine.remote(), FakeEngine.remote()]
+    # Both processes up first: under load one can start after the other has played all 30 short episodes.
+    ray.get([w.counts.remote() for w in agent.workers])
     jobs = [({"id": "long", "seconds": 3.0}, 0)] + [({"id": f"t{i}", "seconds": 0.05}, i % 2) for i in range(30)]
     outcomes = list(agent.play(jobs, greedy=True, concurrency=4))
     assert sorted((o.task_id, o.trial) for o in outcomes) == sorted((t["id"], k) for t, k in jobs)
