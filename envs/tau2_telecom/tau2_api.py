@@ -23,8 +23,6 @@ logger.disable("tau2")
 
 _LLM_UTILS = "tau2.utils.llm_utils"
 _LLM_UTILS_NAMES = ("generate", "get_cost")  # everything tau2 26.3 imports from it (tests/test_tau2_api.py checks)
-
-
 _llm_utils_lock = threading.Lock()  # env workers run sessions in threads: one import, and nobody sees it half-done
 
 
