@@ -17,8 +17,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def actor_runtime_env(**env_vars: str) -> dict:
     """Ray runtime_env for actors started from this checkout: they import this repo's packages (rl, actors, envs),
-    and vLLM's worker processes import the weight-sync extension, hence the PYTHONPATH."""
-    return {"env_vars": {"PYTHONPATH": str(REPO_ROOT), **env_vars}}
+    and vLLM's worker processes import the weight-sync extension, hence the PYTHONPATH. vLLM logs at WARNING unless
+    VLLM_LOGGING_LEVEL says otherwise: its ~20 INFO lines per engine start would bury the run's own console lines.
+    Ray's warning about a blocking ray.get inside an async actor is off: the rollout worker calls its env pool from
+    worker threads (asyncio.to_thread) on purpose, so the warning, printed once per thread, is a false alarm."""
+    return {"env_vars": {"PYTHONPATH": str(REPO_ROOT),
+                         "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
+                         "RAY_WARN_BLOCKING_GET_INSIDE_ASYNC": "0", **env_vars}}
 
 
 def init_ray(cfg: Config | None = None, need_cpus: int = 0, **kwargs) -> None:
