@@ -110,7 +110,7 @@ class RolloutWorkerImpl:
         self.env = (EnvPool(self.env_settings, workers=self.env_workers, prefix=f"{self.name}-")
                     if self.env_workers else None)
         return {"seconds": time.perf_counter() - t0, "device": "cuda" if on_gpu else "cpu", "pid": os.getpid(),
-                "engine": self.engine_kind}
+                "engine": self.engine_kind, "ready_at": time.time()}
 
     # ------------------------------------------------------------- generation
     def _sampling(self, max_tokens: int, **over):

@@ -108,6 +108,38 @@ def minibatches(n: int, update_epochs: int, num_minibatches: int, rng: random.Ra
     return out
 
 
+class StartupClock:
+    """Where a run's start-up goes, from the process's launch: the process (interpreter and imports, for rl.train),
+    setup (tasks, model, run directory), Ray, then the learner ranks and the engines, which start concurrently (each
+    measured from when they were launched). Logged as startup/... with the process's first step; one line printed."""
+
+    def __init__(self):
+        import psutil
+
+        self.launched = psutil.Process().create_time()
+        self.last = self.parallel_from = time.time()
+        self.seconds = {"process": self.last - self.launched}
+
+    def lap(self, phase: str) -> None:
+        """A phase that ran alone, from the end of the one before."""
+        now = time.time()
+        self.seconds[phase], self.last, self.parallel_from = now - self.last, now, now
+
+    def mark(self, phase: str, at: float | None = None) -> None:
+        """A phase started with the others after the last lap, ready at `at` (wall clock; default now)."""
+        self.seconds[phase] = (at or time.time()) - self.parallel_from
+        self.last = max(self.last, time.time())
+
+    def metrics(self) -> dict[str, float]:
+        return {**{f"startup/{k}_s": v for k, v in self.seconds.items()}, "startup/total_s": self.last - self.launched}
+
+    def summary(self) -> str:
+        s = self.seconds
+        alone = f"process and imports {s['process']:.1f} s, setup {s['setup']:.1f} s, Ray {s['ray']:.1f} s"
+        return (f"start-up: {self.last - self.launched:.1f} s since launch ({alone}; then together: learner ranks "
+                f"{s['learner']:.1f} s, engines {s['engines']:.1f} s)")
+
+
 class Trainer:
     def __init__(self, cfg: Config, resume: bool = False):
         from actors.env_worker import EnvPool, EnvSettings
@@ -116,6 +148,7 @@ class Trainer:
         from rl.models import resolve_model
 
         # -- tasks, model and readiness checks (before anything is written or started), run directory, seeds
+        clock = StartupClock()
         self.cfg = cfg
         try:
             tasks = split_tasks(cfg)
@@ -136,6 +169,7 @@ class Trainer:
         self.update_rng = random.Random(cfg.seed)  # mini-batch shuffles; its own stream so rollouts don't shift it
         self.demo_cursor = ShuffledCursor(list(range(len(self.demos))), cfg.seed + 1)
         self.audit_monitor = AuditMonitor(cfg.reward.audit_min_agreement, cfg.reward.audit_patience)
+        clock.lap("setup")
 
         # -- cluster: learner.num_cpus per learner rank, rollout.num_cpus per engine. On a 2-core laptop this
         # oversubscribes on purpose - the phases mostly take turns (rollout, then train) - rather than failing to
@@ -146,6 +180,7 @@ class Trainer:
                  log_to_driver=True)
         use_gpu = cluster_has_gpus()
         check_gpus(cfg, ray.cluster_resources().get("GPU", 0))
+        clock.lap("ray")
 
         # -- actors: environment, rollout workers (vLLM), reward, learner (ZeRO-3)
         env_settings = EnvSettings.from_config(cfg)
@@ -170,7 +205,11 @@ class Trainer:
                                      build=lambda: RewardActor.remote(cfg.reward, cfg.judge))
         self.use_gpu, self.learner_restarts = use_gpu, 0
         self.learner = self._build_learner()
-        self._wait(engines_started, "the rollout workers (engine start)")
+        clock.mark("learner")
+        engines = self._wait(engines_started, "the rollout workers (engine start)")
+        clock.mark("engines", at=max(e["ready_at"] for e in engines))
+        self.startup = clock.metrics()  # logged with this process's first step
+        print(clock.summary(), file=sys.stderr)
         self.step = 0
         self.learner_version = 0  # optimizer steps in the learner's weights (the engines get it with each sync)
         self.ahead: PendingRollout | None = None  # the next step's episodes, launched early (train.async_steps)
@@ -215,7 +254,7 @@ class Trainer:
             return None
 
         self.step += 1
-        metrics = {**episode_metrics(trajs, scores), **audit,
+        metrics = {**self.startup, **episode_metrics(trajs, scores), **audit,
                    **_split_rollout_time(timer.seconds.pop("time/rollout"), trajs),
                    **timer.seconds, **{f"learner/{k}": v for k, v in learner_metrics.items()},
                    "train/sequences": len(batch) if batch else 0, "sync/bytes": sync.get("bytes", 0),
@@ -223,6 +262,7 @@ class Trainer:
                    "rollout/restarts": self.rollout_restarts, "reward/restarts": self.reward_restarts,
                    "learner/restarts": self.learner_restarts}
         metrics["time/step"] = sum(v for k, v in metrics.items() if k.startswith("time/"))
+        self.startup = {}
         if self.eval_due():
             t0 = time.perf_counter()
             metrics.update(self.evaluate())

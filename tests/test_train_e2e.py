@@ -103,6 +103,14 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
     evals = [json.loads(line) for line in (run_dir / "eval_trajectories.jsonl").read_text().splitlines()]
     assert len(evals) == 2 * (2 * (1 + 2)) and {e["task_id"] for e in evals} == set(trainer.eval_tasks)
     rows = rows[1:]
+    # where start-up went, logged once, with the first step of the process
+    startup = {k: v for k, v in rows[0].items() if k.startswith("startup/")}
+    assert set(startup) == {f"startup/{k}_s" for k in ("process", "setup", "ray", "learner", "engines", "total")}
+    assert min(startup.values()) > 0 and startup["startup/engines_s"] > 1  # an engine never starts in a second
+    alone = startup["startup/process_s"] + startup["startup/setup_s"] + startup["startup/ray_s"]
+    together = max(startup["startup/learner_s"], startup["startup/engines_s"])
+    assert alone + together == pytest.approx(startup["startup/total_s"], abs=1.0)
+    assert not any(k.startswith("startup/") for k in rows[1])
     for key in ("reward/mean", "success_rate", "reward/tau2", "reward/env_assertions", "time/generate",
                 "time/env", "time/reward", "time/train", "time/sync", "episode/tool_calls"):
         assert key in rows[0], key
