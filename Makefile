@@ -64,11 +64,14 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 bench: install
+	$(UV) pip install --python $(PY) -q -r requirements/bench.txt
+	$(PY) -m bench.bench_startup
 	$(PY) -m bench.bench_env
 	$(PY) -m bench.bench_pipeline
 	$(PY) -m bench.bench_learner
 	$(PY) -m bench.bench_async
 	$(PY) -m bench.bench_sync
+	$(PY) -m bench.bench_trl $(if $(wildcard runs/demo/seed0/sft/config.json),--model runs/demo/seed0/sft)
 
 # Held-out success (greedy, and pass^1..4 sampled) at the SFT start and after 3 rounds of rejection sampling over 3
 # seeds (mean ± std), beside the expert and an SFT-on-all-expert-data ceiling: runs/bench_learning/results.md.
