@@ -64,7 +64,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 bench: install
-	$(UV) pip install --python $(PY) -q -r requirements/bench.txt
+	$(UV) pip install --python $(PY) -q --override requirements/cpu-overrides.txt $(UV_SOURCES) -r requirements/bench.txt
 	$(PY) -m bench.bench_startup
 	$(PY) -m bench.bench_env
 	$(PY) -m bench.bench_pipeline
