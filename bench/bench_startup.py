@@ -12,7 +12,6 @@ the 2-core machine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 
 from bench import finish
+from rl.run_dir import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = ("process", "setup", "ray", "learner", "engines", "total")
@@ -36,7 +36,7 @@ def one_run(config: str, overrides: list[str]) -> dict:
         wall = time.perf_counter() - t0
         if done.returncode:
             raise SystemExit(f"bench_startup: rl.train failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-        first = json.loads((Path(tmp) / "run/metrics.jsonl").read_text().splitlines()[-1])
+        first = read_jsonl(Path(tmp) / "run/metrics.jsonl")[-1]
     row = {k: first[f"startup/{k}_s"] for k in PHASES}
     row.update(step=first["time/step"], wall=wall)
     return row

@@ -84,15 +84,23 @@ def pick_tasks(n: int, overrides: list[str] = ()) -> list[str]:
     return random.Random(0).sample(ids, n)
 
 
+def env_world(cfg):
+    """The env workers' settings for this config and the world they build sessions on (limits, call limits, prompt)."""
+    from actors.env_worker import EnvSettings
+    from envs.tau2_telecom.world import get_world
+
+    settings = EnvSettings.from_config(cfg)
+    return settings, get_world(settings.policy, settings.call_limits, settings.world)
+
+
 def first_observations(spec: dict) -> dict:
     """Each task's opening observation in the bench's settings: the system prompt, the ticket, the tool schemas."""
     from envs.tau2_telecom import tau2_api as t2
-    from envs.tau2_telecom.session import TelecomSession
-    from envs.tau2_telecom.world import get_world
     from rl.runtime import split_tasks
 
     cfg = load_bench_config(spec["model"], spec["tasks"], spec["group"], spec["overrides"])
-    session, tasks = TelecomSession(get_world(cfg.env.policy), prompt=cfg.env.prompt), split_tasks(cfg).train
+    settings, world = env_world(cfg)
+    session, tasks = settings.new_session(world), split_tasks(cfg).train
     return {tid: session.reset(t2.Task.model_validate(tasks[tid]), mode="solo") for tid in spec["tasks"]}
 
 
@@ -121,22 +129,20 @@ def tool_method(name: str, schema: dict):
 
 
 def telecom_env_class(cfg):
-    """TRL's environment: one TelecomSession per rollout, reset by task id, its tools as methods."""
+    """TRL's environment: one TelecomSession per rollout (built as the env workers build theirs), reset by task id,
+    its tools as methods."""
     from envs.tau2_telecom import tau2_api as t2
-    from envs.tau2_telecom.session import SessionLimits, TelecomSession
-    from envs.tau2_telecom.world import get_world
     from rl.rewards import check_score
     from rl.runtime import split_tasks
 
-    world = get_world(cfg.env.policy)
+    settings, world = env_world(cfg)
     tasks = split_tasks(cfg).train
-    limits = SessionLimits(max_turns=cfg.env.max_turns, max_errors=cfg.env.max_errors)
 
     class TelecomTRLEnv:
         endings: list[dict] = []  # per finished rollout: how its session ended (read by the bench, per step)
 
         def __init__(self):
-            self.session = TelecomSession(world, limits, prompt=cfg.env.prompt)
+            self.session = settings.new_session(world)
 
         def reset(self, task_id: str, **_):
             self.session.reset(t2.Task.model_validate(tasks[task_id]), mode="solo")
@@ -226,6 +232,7 @@ def run_trl(spec: dict) -> dict:
 def run_telerl(spec: dict) -> dict:
     import ray
 
+    from rl.run_dir import read_jsonl
     from rl.train import Trainer
 
     cfg = load_bench_config(spec["model"], spec["tasks"], spec["group"], spec["overrides"])
@@ -241,7 +248,7 @@ def run_telerl(spec: dict) -> dict:
                             "rollout_s": m["time/generate"] + m["time/env"],
                             "generated_tokens": m["episode/generated_tokens"] * m["episodes"],
                             "turns": m["episode/turns"], "trained": m["train/sequences"]})
-        episodes = [json.loads(line) for line in (trainer.run.path / "trajectories.jsonl").read_text().splitlines()]
+        episodes = read_jsonl(trainer.run.path / "trajectories.jsonl")
         for i, record in enumerate(records, start=1):
             record.update(endings([{"termination": e["termination"], "success": e["components"]["success"] == 1}
                                    for e in episodes if e["step"] == i]))
