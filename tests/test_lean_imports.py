@@ -1,0 +1,41 @@
+"""rl/lean_imports.py: transformers imported by a telerl process leaves scikit-learn out (and still works)."""
+import subprocess
+import sys
+
+from tests.conftest import REPO_ROOT
+
+MODEL = ("from transformers import AutoModelForCausalLM, Qwen2Config\n"
+         "AutoModelForCausalLM.from_config(Qwen2Config(vocab_size=64, hidden_size=32, num_attention_heads=2, "
+         "num_key_value_heads=1, intermediate_size=64, num_hidden_layers=1))")
+
+
+def test_the_premise_transformers_would_load_sklearn():
+    """If transformers stops importing scikit-learn for its model classes, rl/lean_imports.py can go."""
+    import importlib.util
+
+    from transformers.utils import import_utils
+
+    assert import_utils.is_sklearn_available()  # installed (tau2 needs it), so transformers would import it
+    source = open(importlib.util.find_spec("transformers.generation.candidate_generator").origin).read()
+    assert "if is_sklearn_available():" in source.split("class ")[0]  # at module import
+
+
+def test_a_telerl_process_builds_a_model_without_sklearn():
+    code = f"import rl\n{MODEL}\nimport sys; print('sklearn' in sys.modules, sys.modules['transformers.utils']" \
+           ".is_sklearn_available())"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_transformers_imported_before_telerl_is_patched_in_place_and_the_hook_installed_once():
+    import transformers.utils
+
+    from rl.lean_imports import _PatchAfterImport, install
+
+    original = transformers.utils.import_utils.is_sklearn_available
+    transformers.utils.is_sklearn_available = original
+    install()
+    install()
+    assert transformers.utils.is_sklearn_available() is False
+    assert sum(isinstance(f, _PatchAfterImport) for f in sys.meta_path) <= 1
