@@ -18,13 +18,13 @@ import asyncio
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+from vllm.v1.engine.llm_engine import LLMEngine
+
 
 class InProcessEngine:
     def __init__(self, engine_args):
         # Read by vLLM when the engine is built: keep the EngineCore in this process (no subprocesses).
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        from vllm.v1.engine.llm_engine import LLMEngine
-
         engine_args.distributed_executor_backend = "uni"  # the model worker in this process too
         self.engine = LLMEngine.from_engine_args(engine_args, enable_multiprocessing=False)
         self._lock = asyncio.Lock()

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import shutil
-import socket
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -27,8 +25,10 @@ import torch
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from actors.rendezvous import rendezvous_address
 from rl.algorithms import aggregation_units, policy_loss, token_logprobs
 from rl.contracts import BatchTotals, TrainBatch
+from rl.fast_start import loading_without_gc
 from rl.tensors import pad_rows, pad_with_attention
 
 if TYPE_CHECKING:
@@ -139,6 +139,26 @@ def _skip_shm_allreduce_build() -> None:
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 
 
+def _import_muon_uncompiled() -> None:
+    """Import DeepSpeed's Muon optimizer module with its kernels left uncompiled.
+
+    `deepspeed.initialize` imports it on every rank (ZeRO asks `isinstance(optimizer, MuonWithAuxAdam)`), and the
+    module applies torch.compile to three functions at import, which imports torch's inductor: ~2.9 CPU-s of each
+    rank's start-up, for an optimizer telerl never configures (deepspeed_config always says AdamW). Imported first
+    with DeepSpeed's compile decorator as a no-op, the class is the real one and the check answers as before.
+    """
+    import importlib
+
+    from deepspeed.runtime import compiler
+
+    real = compiler.compile
+    compiler.compile = lambda: compiler.dummy_decorator
+    try:
+        importlib.import_module("deepspeed.runtime.zero.muon.muon_optimizer")
+    finally:
+        compiler.compile = real
+
+
 class LearnerRank:
     """One ZeRO-3 rank (the Ray actor body; LearnerActor below is the actor class)."""
 
@@ -161,10 +181,12 @@ class LearnerRank:
                            "LOCAL_RANK": "0" if self.use_gpu else str(rank)})
         if not self.use_gpu:
             os.environ["DS_ACCELERATOR"] = "cpu"
-        import deepspeed
-        from transformers import AutoModelForCausalLM
-        from transformers.integrations import HfDeepSpeedConfig
+        with loading_without_gc():
+            import deepspeed
+            from transformers import AutoModelForCausalLM
+            from transformers.integrations import HfDeepSpeedConfig
 
+            _import_muon_uncompiled()
         _skip_shm_allreduce_build()
 
         # DeepSpeed's ZeRO-3 gathers call torch.distributed functions that torch has renamed: a FutureWarning per
@@ -501,33 +523,6 @@ LearnerActor = ray.remote(LearnerRank)
 RENDEZVOUS_TRIES = 3  # group starts before giving up when rank 0's TCP store finds its port taken
 
 
-def _free_port_outside_ephemeral_range() -> int:
-    """A port free now, chosen below the kernel's ephemeral range (and above Ray's worker ports, 10002-19999) when
-    there is room: the TCP store binds it only after rank 0 has imported DeepSpeed, seconds later, and in between
-    every outgoing connection and every bind(0) on the node (vLLM, Ray, another run's learner) draws from the
-    ephemeral range. Outside it, only another explicit choice can collide, and LearnerGroup retries those."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):  # not Linux: let the kernel pick
-        low = 0
-    candidates = random.sample(range(20000, low), min(20, low - 20000)) if low > 20000 else []
-    for port in candidates + [0]:
-        with socket.socket() as s:
-            try:
-                s.bind(("", port))
-            except OSError:
-                continue
-            return s.getsockname()[1]
-    raise OSError("no free port for the learner's rendezvous")
-
-
-@ray.remote(num_cpus=0)
-def _rendezvous_address() -> tuple[str, int]:
-    """Runs in rank 0's bundle: torch.distributed's TCP store listens on rank 0's node, so the address and the
-    free port must both be that node's."""
-    return ray.util.get_node_ip_address(), _free_port_outside_ephemeral_range()
-
-
 def _port_was_taken(error: LearnerFailed) -> bool:
     """torch's TCP store could not listen: another process bound the port between its choice and the bind."""
     text = str(error).lower()
@@ -573,7 +568,7 @@ class LearnerGroup:
 
     def _rendezvous(self, timeout_s: float | None) -> tuple[str, int]:
         """Rank 0's node address and a port free there now (a test overrides it to hand out a taken port)."""
-        return ray.get(_rendezvous_address.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
+        return ray.get(rendezvous_address.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
             self.pg, placement_group_bundle_index=0)).remote(), timeout=timeout_s)
 
     def _wait_ready(self, timeout_s: float) -> list[dict]:

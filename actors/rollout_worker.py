@@ -22,6 +22,7 @@ import ray
 
 from rl.config import engine_dtype
 from rl.contracts import EpisodeJob, EpisodeTimings, Trajectory
+from rl.fast_start import loading_without_gc
 
 if TYPE_CHECKING:
     from envs.tau2_telecom.session import EvalResult
@@ -79,12 +80,14 @@ class RolloutWorkerImpl:
 
     async def start(self) -> dict:
         """Build the engine (inside the running event loop, as AsyncLLM requires)."""
-        import torch
-        from transformers import AutoTokenizer
-        from vllm import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
+        with loading_without_gc():
+            import torch
+            from transformers import AutoTokenizer
+            from vllm import AsyncEngineArgs
+            from vllm.v1.engine.async_llm import AsyncLLM
 
-        from actors.env_worker import EnvPool
+            from actors.env_worker import EnvPool
+            from actors.inproc_engine import InProcessEngine
 
         s = self.settings
         t0 = time.perf_counter()
@@ -100,12 +103,11 @@ class RolloutWorkerImpl:
         else:
             kw["kv_cache_memory_bytes"] = int(s.kv_cache_gib * (1 << 30))
         self.engine_kind = s.engine if s.engine != "auto" else ("async" if on_gpu else "in_process")
-        if self.engine_kind == "in_process":
-            from actors.inproc_engine import InProcessEngine
-
-            self.engine = InProcessEngine(AsyncEngineArgs(**kw))
-        else:
-            self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kw))
+        with loading_without_gc():  # the engine lives as long as this actor
+            if self.engine_kind == "in_process":
+                self.engine = InProcessEngine(AsyncEngineArgs(**kw))
+            else:
+                self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kw))
         self.eos_id = self.tokenizer.eos_token_id
         self.env = (EnvPool(self.env_settings, workers=self.env_workers, prefix=f"{self.name}-")
                     if self.env_workers else None)

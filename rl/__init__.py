@@ -1,4 +1,4 @@
-# Before anything can import transformers: keep scikit-learn out of it (rl/lean_imports.py says why).
-from rl import lean_imports
+# Before anything can import transformers: keep scikit-learn out of it (rl/fast_start.py says why).
+from rl import fast_start
 
-lean_imports.install()
+fast_start.install()

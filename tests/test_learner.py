@@ -21,9 +21,9 @@ from actors.learner import (
     LearnerGroup,
     LearnerRank,
     LearnerSettings,
-    _free_port_outside_ephemeral_range,
     shared_prefix_len,
 )
+from actors.rendezvous import free_port_outside_ephemeral_range
 from rl.algorithms import policy_loss, token_logprobs
 from rl.contracts import TrainBatch
 from rl.runtime import init_ray
@@ -264,15 +264,16 @@ def test_a_taken_rendezvous_port_starts_the_group_again_on_a_fresh_one(ray_clust
 def test_the_rendezvous_port_is_free_and_below_the_ephemeral_range():
     low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
     for _ in range(5):
-        port = _free_port_outside_ephemeral_range()
+        port = free_port_outside_ephemeral_range()
         assert 20000 <= port < low or low <= 20000
         with socket.socket() as s:
             s.bind(("", port))  # still free: the choice closed its probe
 
 
-def test_a_rank_starts_without_compiling_deepspeeds_shm_kernel(model_path, tmp_path):
+def test_a_rank_starts_without_compiling_what_it_never_uses(model_path, tmp_path):
     """DeepSpeed's comm backend would JIT-build its shared-memory all-reduce (~1 min of g++ on 2 cores) into
-    TORCH_EXTENSIONS_DIR when a rank starts; the rank skips it and still trains (one rank, no Ray, gloo)."""
+    TORCH_EXTENSIONS_DIR when a rank starts, and its Muon module would torch.compile three kernels (importing
+    torch's inductor) when the optimizer is built; the rank skips both and still trains (one rank, no Ray, gloo)."""
     extensions = tmp_path / "torch_extensions"
     extensions.mkdir()
     probe = f"""
@@ -280,16 +281,19 @@ from actors.learner import LearnerRank, LearnerSettings
 from deepspeed.comm import comm
 from tests.test_learner import make_batch
 rank = LearnerRank(LearnerSettings(model_path={str(model_path)!r}), 0, 1, "127.0.0.1",
-                   {_free_port_outside_ephemeral_range()}, use_gpu=False)
+                   {free_port_outside_ephemeral_range()}, use_gpu=False)
 batch = make_batch(2, seed=0)
 batch.old_logprobs = rank.logprobs(batch)
-print(comm.cdb.shm_comm_op, rank.train_step(batch)["tokens"] > 0)
+import sys
+from deepspeed.runtime.zero.muon import muon_optimizer
+print(comm.cdb.shm_comm_op, rank.train_step(batch)["tokens"] > 0, "torch._inductor.compile_fx" in sys.modules,
+      rank.engine.optimizer.use_muon, muon_optimizer.MuonWithAuxAdam.__module__)
 """
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(extensions)}
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().splitlines()[-1] == "None True"
+    assert out.stdout.strip().splitlines()[-1] == "None True False False deepspeed.runtime.zero.muon.muon_optimizer"
     assert list(extensions.iterdir()) == [] and "built successfully" not in out.stdout
 
 

@@ -1,6 +1,9 @@
-"""rl/lean_imports.py: transformers imported by a telerl process leaves scikit-learn out (and still works)."""
+"""rl/fast_start.py: transformers imported by a telerl process leaves scikit-learn out (and still works); an actor
+loads its libraries with the cyclic GC paused, then frozen."""
 import subprocess
 import sys
+
+import pytest
 
 from tests.conftest import REPO_ROOT
 
@@ -10,7 +13,7 @@ MODEL = ("from transformers import AutoModelForCausalLM, Qwen2Config\n"
 
 
 def test_the_premise_transformers_would_load_sklearn():
-    """If transformers stops importing scikit-learn for its model classes, rl/lean_imports.py can go."""
+    """If transformers stops importing scikit-learn for its model classes, rl/fast_start.py can go."""
     import importlib.util
 
     from transformers.utils import import_utils
@@ -31,7 +34,7 @@ def test_a_telerl_process_builds_a_model_without_sklearn():
 def test_transformers_imported_before_telerl_is_patched_in_place_and_the_hook_installed_once():
     import transformers.utils
 
-    from rl.lean_imports import _PatchAfterImport, install
+    from rl.fast_start import _PatchAfterImport, install
 
     original = transformers.utils.import_utils.is_sklearn_available
     transformers.utils.is_sklearn_available = original
@@ -39,3 +42,25 @@ def test_transformers_imported_before_telerl_is_patched_in_place_and_the_hook_in
     install()
     assert transformers.utils.is_sklearn_available() is False
     assert sum(isinstance(f, _PatchAfterImport) for f in sys.meta_path) <= 1
+
+
+def test_loading_without_gc_pauses_the_collector_then_freezes_what_was_loaded():
+    import gc
+
+    from rl.fast_start import loading_without_gc
+
+    gc.unfreeze()
+    try:
+        for enabled in (True, False):
+            (gc.enable if enabled else gc.disable)()
+            with loading_without_gc():
+                assert not gc.isenabled()
+                loaded = [[i] for i in range(1000)]  # tracked containers, as imports allocate
+            assert gc.isenabled() is enabled and gc.get_freeze_count() >= len(loaded)
+            gc.unfreeze()
+        with pytest.raises(ValueError), loading_without_gc():
+            raise ValueError("a failed import")
+        assert gc.isenabled() is False  # restored to what it was (disabled above), even on an error
+    finally:
+        gc.unfreeze()
+        gc.enable()
