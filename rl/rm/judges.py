@@ -86,9 +86,12 @@ class _VLLMChatEngine:
             # it starts faster and takes ~1.2 GB less (cpu-stack-facts.md section 1). vLLM then turns
             # torch.set_num_threads into a no-op for the process, harmless here: this actor only generates.
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        import torch
-        from transformers import AutoTokenizer
-        from vllm import LLM
+        from rl.fast_start import loading_without_gc
+
+        with loading_without_gc():
+            import torch
+            from transformers import AutoTokenizer
+            from vllm import LLM
 
         t0 = time.perf_counter()
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -104,7 +107,8 @@ class _VLLMChatEngine:
             kw["gpu_memory_utilization"] = gpu_memory_utilization
         else:
             kw["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
-        self.llm = LLM(**kw)
+        with loading_without_gc():  # the engine lives as long as this actor
+            self.llm = LLM(**kw)
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         self.max_tokens, self.temperature = max_tokens, temperature
         self.overlong = 0  # prompts that left no room to answer (answered "": unparseable)
