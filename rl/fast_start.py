@@ -4,7 +4,7 @@ while an actor loads its libraries (`loading_without_gc`).
 transformers imports scikit-learn whenever it is installed (tau2 needs it, so it is): its assisted-generation helper
 does `if is_sklearn_available(): from sklearn.metrics import roc_curve` as soon as any model class is imported, and
 that pulls in sklearn and scipy.stats, ~2 s of every learner rank's, engine's and driver's start-up on the 2-core
-machine (9.2 -> 7.1 s for a learner rank's imports). Only assisted generation with a confidence threshold uses it;
+machine (9.1 -> 7.1 s for a learner rank's imports). Only assisted generation with a confidence threshold uses it;
 telerl never does. So right after `transformers.utils` is imported, its `is_sklearn_available` answers False.
 Installed by `rl/__init__.py`, so every telerl process (drivers, Ray actors, tests) has it before it can import
 transformers; it costs nothing until transformers is imported and changes nothing else.
