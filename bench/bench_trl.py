@@ -365,8 +365,7 @@ def _print(r: dict) -> None:
         a = r[name]
         print(f"{name:8} {a['step_s']:8.1f} {a['rollout_s']:10.1f} {a['episodes_per_s']:11.2f} "
               f"{a['tokens_per_s']:10.0f} {a['generated_tokens'] / a['episodes']:10.0f} {a['turns']:9.1f} "
-              f"{a['trained']:8.0f} "
-              f"{a['first_step_s']:11.1f} {a['process_s']:10.0f}")
+              f"{a['trained']:8.0f} {a['first_step_s']:11.1f} {a['process_s']:10.0f}")
     for name in ("telerl", "trl"):
         a = r[name]
         ends = ", ".join(f"{k} {v}" for k, v in sorted(a["terminations"].items(), key=lambda kv: -kv[1]))

@@ -31,17 +31,32 @@ def test_a_telerl_process_builds_a_model_without_sklearn():
     assert out.stdout.split() == ["False", "False"]
 
 
-def test_transformers_imported_before_telerl_is_patched_in_place_and_the_hook_installed_once():
+def test_transformers_imported_before_telerl_is_patched_in_place():
     import transformers.utils
 
-    from rl.fast_start import _PatchAfterImport, install
+    from rl.fast_start import install
 
-    original = transformers.utils.import_utils.is_sklearn_available
-    transformers.utils.is_sklearn_available = original
-    install()
+    transformers.utils.is_sklearn_available = transformers.utils.import_utils.is_sklearn_available
     install()
     assert transformers.utils.is_sklearn_available() is False
-    assert sum(isinstance(f, _PatchAfterImport) for f in sys.meta_path) <= 1
+
+
+def test_the_hook_is_installed_once_patches_the_module_after_it_runs_and_leaves(tmp_path, monkeypatch):
+    from rl import fast_start
+
+    (tmp_path / "stand_in_utils.py").write_text("def is_sklearn_available():\n    return True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(fast_start, "PATCHED_MODULE", "stand_in_utils")
+    monkeypatch.setattr(sys, "meta_path", [f for f in sys.meta_path if not isinstance(f, fast_start._PatchAfterImport)])
+    monkeypatch.delitem(sys.modules, "stand_in_utils", raising=False)
+    fast_start.install()
+    fast_start.install()
+    assert sum(isinstance(f, fast_start._PatchAfterImport) for f in sys.meta_path) == 1
+    import stand_in_utils
+
+    assert stand_in_utils.is_sklearn_available() is False
+    assert not any(isinstance(f, fast_start._PatchAfterImport) for f in sys.meta_path)  # its one job is done
+    del sys.modules["stand_in_utils"]
 
 
 def test_loading_without_gc_pauses_the_collector_then_freezes_what_was_loaded():
