@@ -208,7 +208,9 @@ class LearnerRank:
         model = self.build_model(settings.model_path, dtype)
         if settings.gradient_checkpointing:
             self.hf_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=cfg)
+        # Only what is trained gets optimizer state (a reward model may keep its lower layers frozen).
+        trained = [p for p in model.parameters() if p.requires_grad]
+        self.engine, *_ = deepspeed.initialize(model=model, model_parameters=trained, config=cfg)
         self.engine.train()
 
         self.ref = None

@@ -1,9 +1,12 @@
 """Pipeline benchmark: the agent loop's generation throughput and the RL step's time split, side by side in one run.
 
-    python -m bench.bench_pipeline [--episodes 8] [--hf-episodes N] [--rounds 5] [--sampler-episodes 64]
+    python -m bench.bench_pipeline [--model tiny] [--episodes 8] [--hf-episodes N] [--rounds 5]
+                                   [--sampler-episodes 64] [--parts raw,naive,engines,dtypes,step]
                                    [--out bench_results/pipeline.json]
+    python -m bench.bench_pipeline --model smollm2-135m --kv-gib 2 --parts naive --episodes 4 --rounds 1 \
+                                   --out bench_results/pipeline_smollm2.json      # part 2 with a real model
 
-1. Agent loop vs raw vLLM. RolloutWorker.rollout runs multi-turn episodes (tiny model, dual mode, compact prompt).
+1. Agent loop vs raw vLLM. RolloutWorker.rollout runs multi-turn episodes (--model, dual mode, compact prompt).
    Each turn's prompt (the token prefix before a generated span) and generated-token count are read back from the
    trajectories, then the same engine generates exactly that many tokens (ignore_eos) from exactly those prompts:
    - raw/batched: all turns of all episodes at once - more parallelism than episodes allow (turn k+1 needs turn k);
@@ -48,7 +51,8 @@ from rl.contracts import EpisodeJob, Trajectory
 from rl.runtime import init_ray
 
 ROOT = Path(__file__).resolve().parents[1]
-MODE, MAX_MODEL_LEN, KV_GIB = "dual", 4096, 0.25
+MODE, MAX_MODEL_LEN = "dual", 4096
+COMPARISONS = ("raw", "naive", "engines", "dtypes", "step")
 ENV = EnvSettings(prompt="compact")  # the same limits serve the actor sessions and the naive baseline's session
 
 
@@ -273,7 +277,8 @@ def bench_agent_vs_naive(worker, model_path: str, tasks, rounds: int, max_new_to
                      "naive_tokens": hf_tokens, "naive_s": hf_wall, "naive_tok_s": hf_tokens / hf_wall})
     torch.set_num_threads(threads)
     return {"episodes": len(tasks), "rounds": rows, "torch_threads_naive": 1,
-            "tok_s": {"agent": round(_median(rows, "agent_tok_s")), "naive_hf": round(_median(rows, "naive_tok_s"))},
+            "tok_s": {"agent": round(_median(rows, "agent_tok_s"), 1),
+                      "naive_hf": round(_median(rows, "naive_tok_s"), 1)},
             "ratio": round(_median(rows, "agent_tok_s") / _median(rows, "naive_tok_s"), 2)}
 
 
@@ -350,16 +355,25 @@ def main(argv=None) -> dict:
     ap.add_argument("--rounds", type=int, default=5, help="rounds of the raw-vLLM comparison (naive HF: 3)")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--sampler-episodes", type=int, default=64, help="episodes in flight for the dtype comparison")
-    ap.add_argument("--skip-step", action="store_true", help="skip the driver step-time breakdown")
+    ap.add_argument("--model", default="tiny", help="tiny | smollm2-135m | a local HF folder (parts 1, 2, 4, 5)")
+    ap.add_argument("--kv-gib", type=float, default=0.25,
+                    help="KV cache of the benchmark's engine (GiB): 0.25 holds 8 tiny episodes, SmolLM2 needs ~2")
+    ap.add_argument("--parts", default=",".join(COMPARISONS),
+                    help="comma-separated subset of raw (1), naive (2), engines (4), dtypes (5), step (3)")
     ap.add_argument("--out", default="bench_results/pipeline.json")
     args = ap.parse_args(argv)
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(COMPARISONS))
+    if unknown or not parts:
+        ap.error(f"--parts: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(COMPARISONS)}")
     os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
     from rl.models import resolve_model
 
     shm_before = shm_segments()
-    model_path = str(resolve_model("tiny"))
+    model_path = str(resolve_model(args.model))
     tasks = load_split("small")
-    report: dict = {"model": "tiny", "mode": MODE, "prompt": ENV.prompt, "max_new_tokens": args.max_new_tokens,
+    report: dict = {"model": args.model, "parts": parts, "kv_gib": args.kv_gib, "mode": MODE, "prompt": ENV.prompt,
+                    "max_new_tokens": args.max_new_tokens,
                     "rounds": args.rounds, "sampler_episodes": args.sampler_episodes, "cpus": os.cpu_count(),
                     "load_avg_start": os.getloadavg()}
     t_start = last = time.perf_counter()
@@ -375,35 +389,40 @@ def main(argv=None) -> dict:
     try:
         env = EnvPool(ENV, num_workers=1)
         settings = RolloutSettings(model_path=model_path, mode=MODE, max_model_len=MAX_MODEL_LEN,
-                                   max_new_tokens=args.max_new_tokens, kv_cache_gib=KV_GIB)
+                                   max_new_tokens=args.max_new_tokens, kv_cache_gib=args.kv_gib)
         worker = BenchRolloutWorker.options(num_cpus=1).remote(settings, env.workers, ENV, "bench")
         report["engine_start_s"] = round(ray.get(worker.start.remote(), timeout=300)["seconds"], 1)
         jobs = [EpisodeJob(t.model_dump(mode="json"), i) for i, t in enumerate(tasks[: args.episodes])]
         _, warm = agent_arm(worker, jobs)  # warm-up: first-request costs out of the timings
         raw_batched_arm(worker, turn_workload(warm))
         lap("setup")
-        report["agent_vs_raw"] = bench_agent_vs_raw(worker, jobs, args.rounds)
-        report["host_overhead"] = host_overhead_ms(model_path, warm, get_world().tool_schemas(MODE, compact=True))
-        report["host_overhead"]["env_call_ms_median"] = env_call_ms(env, warm)
-        lap("agent_vs_raw")
-        hf_tasks = tasks[: args.hf_episodes or args.episodes]
-        report["agent_vs_naive_hf"] = bench_agent_vs_naive(worker, model_path, hf_tasks, min(3, args.rounds),
-                                                           args.max_new_tokens)
-        lap("agent_vs_naive_hf")
+        if "raw" in parts:
+            report["agent_vs_raw"] = bench_agent_vs_raw(worker, jobs, args.rounds)
+            report["host_overhead"] = host_overhead_ms(model_path, warm, get_world().tool_schemas(MODE, compact=True))
+            report["host_overhead"]["env_call_ms_median"] = env_call_ms(env, warm)
+            lap("agent_vs_raw")
+        if "naive" in parts:
+            hf_tasks = tasks[: args.hf_episodes or args.episodes]
+            report["agent_vs_naive_hf"] = bench_agent_vs_naive(worker, model_path, hf_tasks, min(3, args.rounds),
+                                                               args.max_new_tokens)
+            lap("agent_vs_naive_hf")
         ray.get(worker.shutdown.remote())
         ray.kill(worker)
-        report["engines"] = bench_engines(settings, env, jobs, min(3, args.rounds), "engine", ("in_process", "async"))
-        lap("engines")
-        # as a rejection-sampling round samples: many episodes in flight, so attention over long contexts dominates
-        many = [EpisodeJob(tasks[i % len(tasks)].model_dump(mode="json"), i) for i in range(args.sampler_episodes)]
-        room = dataclasses.replace(settings, kv_cache_gib=1.0)  # KV for all of them in either dtype
-        report["dtypes"] = bench_engines(room, env, many, min(3, args.rounds), "dtype", ("bfloat16", "float32"))
-        lap("dtypes")
+        if "engines" in parts:
+            report["engines"] = bench_engines(settings, env, jobs, min(3, args.rounds), "engine",
+                                              ("in_process", "async"))
+            lap("engines")
+        if "dtypes" in parts:
+            # as a rejection-sampling round samples: many episodes in flight, so attention over long contexts dominates
+            many = [EpisodeJob(tasks[i % len(tasks)].model_dump(mode="json"), i) for i in range(args.sampler_episodes)]
+            room = dataclasses.replace(settings, kv_cache_gib=max(1.0, args.kv_gib))  # KV for all of them
+            report["dtypes"] = bench_engines(room, env, many, min(3, args.rounds), "dtype", ("bfloat16", "float32"))
+            lap("dtypes")
         env.shutdown()
     finally:
         ray.shutdown()
     lap("teardown")
-    if not args.skip_step:
+    if "step" in parts:  # always the tiny config: the driver's own step, whatever --model
         report["step_breakdown"] = bench_step_breakdown()
         lap("step_breakdown")
     report["shm_segments_removed"] = cleanup_shm(shm_before)
@@ -418,10 +437,35 @@ def _goal(ok: bool) -> str:
 
 
 def _print(r: dict) -> None:
+    print(f"\n== pipeline benchmark: {r['model']} model, {r['mode']} mode, {r['prompt']} prompt, max_new_tokens "
+          f"{r['max_new_tokens']}, median of {r['rounds']} rounds (load avg at start {r['load_avg_start'][0]:.1f}) ==")
+    if "agent_vs_raw" in r:
+        _print_agent_vs_raw(r)
+    n = r.get("agent_vs_naive_hf")
+    if n:
+        print(f"2. agent loop vs naive sequential HF generate, {n['episodes']} episodes, generated tokens/s: agent "
+              f"{n['tok_s']['agent']}   naive {n['tok_s']['naive_hf']}   ratio {n['ratio']}x (goal >= 5x: "
+              f"{_goal(n['ratio'] >= 5)})")
+    if "step_breakdown" in r:
+        _print_step(r["step_breakdown"])
+    g = r.get("engines")
+    if g:
+        print("4. rollout engines: actor start-up (process, imports, engine) and agent-loop generated tokens/s")
+        for kind in ("in_process", "async"):
+            print(f"   {kind:<10} start {g['start'][kind]['actor_start_s']:>6} s (engine "
+                  f"{g['start'][kind]['engine_s']} s)   {g['tok_s'][kind]} tok/s")
+        print(f"   in_process / async: start {g['start_ratio']}x, tokens/s {g['tok_s_ratio']}x")
+    d = r.get("dtypes")
+    if d:  # rollout.dtype (bench_learning samples its rejection-sampling rounds in bfloat16 where the CPU has it)
+        print(f"5. rollout.dtype, {r['sampler_episodes']} episodes at once: agent-loop generated tokens/s bfloat16 "
+              f"{d['tok_s']['bfloat16']}, float32 {d['tok_s']['float32']}: bfloat16 / float32 {d['tok_s_ratio']}x")
+    parts = ", ".join(f"{k} {v}" for k, v in r["sections_s"].items())
+    print(f"total {r['total_s']} s ({parts}); /dev/shm segments removed: {r['shm_segments_removed']}")
+
+
+def _print_agent_vs_raw(r: dict) -> None:
     a = r["agent_vs_raw"]
     last = a["rounds"][-1]
-    print(f"\n== pipeline benchmark: tiny model, {r['mode']} mode, {r['prompt']} prompt, max_new_tokens "
-          f"{r['max_new_tokens']}, median of {r['rounds']} rounds (load avg at start {r['load_avg_start'][0]:.1f}) ==")
     print(f"1. agent loop vs raw vLLM, {a['episodes']} episodes (~{last['turns']} turns, {last['tokens']} generated "
           f"tokens, prompts ~{last['mean_prompt_tokens']} tokens per round), generated tokens/s:")
     print(f"   agent loop {a['tok_s']['agent']:>8}   raw, same turn order {a['tok_s']['raw_dependent']:>8}   "
@@ -437,32 +481,17 @@ def _print(r: dict) -> None:
     alone = e["reset"] + e["step"] * last["turns"] / a["episodes"] + e["evaluate"] + e["close"]
     print(f"   env calls alone (ms): reset {e['reset']}  step {e['step']}  evaluate {e['evaluate']}  close {e['close']}"
           f" -> ~{alone:.0f} ms per episode; inside the concurrent agent loop an episode waits {per_ep:.0f} ms on env")
-    n = r["agent_vs_naive_hf"]
-    print(f"2. agent loop vs naive sequential HF generate, {n['episodes']} episodes, generated tokens/s: agent "
-          f"{n['tok_s']['agent']}   naive {n['tok_s']['naive_hf']}   ratio {n['ratio']}x (goal >= 5x: "
-          f"{_goal(n['ratio'] >= 5)})")
-    if "step_breakdown" in r:
-        s = r["step_breakdown"]
-        fr = s["fraction"]
-        print(f"3. driver step time (tiny config, step {s['measured_step']} - step 1 includes warm-up): "
-              f"{s['step_s']:.2f} s (train_step wall {s['wall_s']:.2f} s)")
-        print("   " + "   ".join(f"{p} {100 * fr[p]:.1f}%" for p in PARTS))
-        print(f"   env+reward {100 * s['env_plus_reward']:.1f}% (goal < 5%: {_goal(s['env_plus_reward'] < 0.05)})   "
-              f"sync {100 * fr['sync']:.1f}% (goal < 10%: {_goal(fr['sync'] < 0.10)})")
-        print("   (time/env is the driver's own metric: rollout wall time x the average share of an episode's time "
-              "spent waiting on env calls)")
-    g = r["engines"]
-    print("4. rollout engines: actor start-up (process, imports, engine) and agent-loop generated tokens/s")
-    for kind in ("in_process", "async"):
-        print(f"   {kind:<10} start {g['start'][kind]['actor_start_s']:>6} s (engine {g['start'][kind]['engine_s']} s)"
-              f"   {g['tok_s'][kind]} tok/s")
-    print(f"   in_process / async: start {g['start_ratio']}x, tokens/s {g['tok_s_ratio']}x")
-    d = r.get("dtypes")
-    if d:  # rollout.dtype (bench_learning samples its rejection-sampling rounds in bfloat16 where the CPU has it)
-        print(f"5. rollout.dtype, {r['sampler_episodes']} episodes at once: agent-loop generated tokens/s bfloat16 "
-              f"{d['tok_s']['bfloat16']}, float32 {d['tok_s']['float32']}: bfloat16 / float32 {d['tok_s_ratio']}x")
-    parts = ", ".join(f"{k} {v}" for k, v in r["sections_s"].items())
-    print(f"total {r['total_s']} s ({parts}); /dev/shm segments removed: {r['shm_segments_removed']}")
+
+
+def _print_step(s: dict) -> None:
+    fr = s["fraction"]
+    print(f"3. driver step time (tiny config, step {s['measured_step']} - step 1 includes warm-up): "
+          f"{s['step_s']:.2f} s (train_step wall {s['wall_s']:.2f} s)")
+    print("   " + "   ".join(f"{p} {100 * fr[p]:.1f}%" for p in PARTS))
+    print(f"   env+reward {100 * s['env_plus_reward']:.1f}% (goal < 5%: {_goal(s['env_plus_reward'] < 0.05)})   "
+          f"sync {100 * fr['sync']:.1f}% (goal < 10%: {_goal(fr['sync'] < 0.10)})")
+    print("   (time/env is the driver's own metric: rollout wall time x the average share of an episode's time "
+          "spent waiting on env calls)")
 
 
 if __name__ == "__main__":

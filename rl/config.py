@@ -284,6 +284,9 @@ class RewardModelConfig:
     max_len: int = 1024  # tokens per side; longer conversations lose their start
     margin_scale: float = 0.0  # loss -log sigmoid(r_chosen - r_rejected - margin_scale * margin)
     gradient_checkpointing: bool = False
+    # Train only the top N transformer layers, the final norm and the head; the layers below stay the pretrained
+    # ones (forward only: no backward through them, no optimizer state). None = every weight.
+    train_layers: Optional[int] = None
     # Optimizer steps between checkpoints in <run_dir>/checkpoints (rl.rm.train --resume continues from the newest);
     # 0 = none. The newest keep_checkpoints are kept.
     checkpoint_every: int = 0
@@ -421,7 +424,7 @@ RULES: dict[type, dict[str, Check]] = {
                         "epochs": positive, "lr": positive, "weight_decay": non_negative, "batch_size": positive,
                         "micro_batch_size": positive, "num_ranks": positive, "max_len": positive,
                         "margin_scale": non_negative, "checkpoint_every": non_negative,
-                        "keep_checkpoints": positive},
+                        "keep_checkpoints": positive, "train_layers": optional(positive)},
     TrainConfig: {"steps": non_negative, "tasks_per_step": positive, "checkpoint_every": positive,
                   "eval_split": one_of(*SPLITS), "eval_tasks": non_negative, "eval_every": non_negative,
                   "eval_trials": non_negative, "validation_tasks": non_negative,

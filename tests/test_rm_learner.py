@@ -77,3 +77,45 @@ def test_scorer_refuses_a_folder_that_is_not_a_reward_model(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="rl.rm.train"):
         RewardModelScorer(str(tmp_path))
+
+
+def test_a_fresh_head_loads_quietly_and_a_missing_body_weight_is_named(tmp_path, capfd):
+    """transformers prints a table for the scalar head a causal LM lacks (by design); only other gaps are reported."""
+    import warnings
+
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    from rl.models import resolve_model
+    from rl.rm.model import load_sequence_classifier
+
+    base = str(resolve_model("tiny"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning of ours either
+        model = load_sequence_classifier(base)
+    assert model.score.weight.shape[0] == 1
+    assert "LOAD REPORT" not in capfd.readouterr().err
+
+    broken = tmp_path / "broken"
+    AutoModelForCausalLM.from_pretrained(base).save_pretrained(broken)
+    weights = load_file(broken / "model.safetensors")
+    dropped = next(k for k in weights if "layers.1." in k and k.endswith("o_proj.weight"))
+    kept = {k: v for k, v in weights.items() if k != dropped}
+    save_file(kept, broken / "model.safetensors", metadata={"format": "pt"})
+    with pytest.warns(UserWarning, match=r"initialised at random: .*layers\.1\.self_attn\.o_proj\.weight"):
+        load_sequence_classifier(str(broken))
+
+
+def test_pairs_are_dealt_so_each_micro_step_is_as_long_on_every_rank():
+    from actors.rm_learner import deal_by_length
+
+    lengths = [510, 512, 505, 120, 118, 130, 125, 490]  # tau2-like (~500) and TeleQnA-like (~120) sides
+    shares = deal_by_length(lengths, 2)
+    assert sorted(i for share in shares for i in share) == list(range(8))  # every row once
+    for k in range(4):  # the k-th micro step: the two ranks' rows are neighbours in length
+        a, b = (lengths[share[k]] for share in shares)
+        assert abs(a - b) <= 25
+    contiguous = [lengths[:4], lengths[4:]]  # what a plain split gives: 510 beside 118 in one micro step
+    assert max(abs(x - y) for x, y in zip(*contiguous)) > 350
+    with pytest.raises(ValueError, match="do not split evenly"):
+        deal_by_length(lengths[:7], 2)

@@ -334,3 +334,22 @@ def test_teleqna_split_by_question(tmp_path):
     assert len(read_pairs(out)) == len(test)
     with pytest.raises(ValueError, match="test_share"):
         teleqna_pairs(path, part="test", test_share=1.5)
+
+
+def test_teleqna_limit_takes_the_first_usable_questions_of_the_part(tmp_path):
+    good = {"question": "What does UE stand for?", "option 1": "User Equipment", "option 2": "Uplink Element",
+            "option 3": "Unit Entity", "answer": "option 1: User Equipment", "category": "Lexicon"}
+    data = {f"question {i}": good for i in range(60)}
+    data["question 3"] = {"question": "broken", "option 1": "x"}  # skipped: it does not count towards the limit
+    path = tmp_path / "teleqna.json"
+    path.write_text(json.dumps(data))
+    train = teleqna_pairs(path, part="train")
+    first = list(dict.fromkeys(p.group for p in train if p.group != "question 3"))[:5]
+    limited = teleqna_pairs(path, part="train", limit=5)
+    assert list(dict.fromkeys(p.group for p in limited)) == first
+    assert len(limited) == 5 * 2  # two distractors a question
+    out = tmp_path / "train.jsonl"
+    assert cli.main(["teleqna", str(path), "--part", "train", "--limit", "5", "--out", str(out)]) == 0
+    assert [p.group for p in read_pairs(out)] == [p.group for p in limited]
+    with pytest.raises(ValueError, match="limit"):
+        teleqna_pairs(path, limit=0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -39,6 +40,25 @@ def score_head_name(model) -> str:
                      "whose ForSequenceClassification class has one (Llama, Qwen2/3, Mistral, GPT-2, ...)")
 
 
+def train_only_top_layers(model, n: int) -> None:
+    """Freezes all but the top n transformer layers, the final norm and the scalar head of a ForSequenceClassification
+    model (Llama, Qwen, Mistral families: base_model.layers). Autograd then stops at the lowest trained layer, so a
+    step costs the forward through the frozen ones and the backward through the n on top only."""
+    layers = getattr(model.base_model, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise ValueError(f"rm.train_layers: {type(model).__name__} has no base_model.layers to choose from; "
+                         "leave rm.train_layers unset to train every weight")
+    if not 0 < n <= len(layers):
+        raise ValueError(f"rm.train_layers: got {n}, the model has {len(layers)} layers")
+    model.requires_grad_(False)
+    for layer in layers[len(layers) - n:]:
+        layer.requires_grad_(True)
+    norm = getattr(model.base_model, "norm", None)
+    if isinstance(norm, torch.nn.Module):
+        norm.requires_grad_(True)
+    getattr(model, score_head_name(model)).requires_grad_(True)
+
+
 class PooledRewardModel(torch.nn.Module):
     """Wraps a HF ForSequenceClassification model and reads the head at each row's last real token.
 
@@ -60,9 +80,25 @@ class PooledRewardModel(torch.nn.Module):
 
 def load_sequence_classifier(path: str, dtype=torch.float32):
     """A causal-LM folder (fresh head, random init) or a trained RM folder, as AutoModelForSequenceClassification."""
+    import logging
+
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
+    # transformers prints a table of every missing key; on a causal-LM folder the head is missing by design, so the
+    # table is read here and only a key that should have been there is reported.
+    hf_logger = logging.getLogger("transformers.modeling_utils")
+    level = hf_logger.level
+    hf_logger.setLevel(logging.ERROR)
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype,
+                                                                         output_loading_info=True)
+    finally:
+        hf_logger.setLevel(level)
+    head = score_head_name(model)
+    unexpected_missing = sorted(k for k in info["missing_keys"] if k.split(".")[0] != head)
+    if unexpected_missing:
+        warnings.warn(f"{path}: weights not in the checkpoint, initialised at random: {', '.join(unexpected_missing)}",
+                      stacklevel=2)
     model.config.use_cache = False
     if model.config.pad_token_id is None:  # HF's classifier config wants one; our pooling does not use it
         model.config.pad_token_id = model.config.eos_token_id if isinstance(model.config.eos_token_id, int) else 0

@@ -51,9 +51,16 @@ def train_reward_model(cfg: Config, resume: bool = False) -> Path:
     pairs = read_pairs(rm.train_file)
     if not pairs:
         raise ConfigError(f"config key 'rm.train_file': {rm.train_file} holds no pairs")
+    base = str(resolve_model(rm.base_model))
+    if rm.train_layers is not None:  # checked here, before Ray and the ranks start
+        from transformers import AutoConfig
+
+        layers = AutoConfig.from_pretrained(base).num_hidden_layers
+        if rm.train_layers > layers:
+            raise ConfigError(f"config key 'rm.train_layers': got {rm.train_layers}, {rm.base_model} has {layers} "
+                              "layers")
     run = RunDir(cfg, resume=resume)  # on resume, the metrics of steps after the checkpoint are dropped
     out = Path(rm.out or Path(cfg.run_dir) / "rm")
-    base = str(resolve_model(rm.base_model))
     tokenizer = AutoTokenizer.from_pretrained(base)
     encoded = encode_pairs(tokenizer, pairs, rm.max_len)
     rng = random.Random(cfg.seed)

@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--part", choices=("all", "train", "test"), default="all",
                    help="only the questions of one part of a split by question (a hash of its id)")
     q.add_argument("--test-share", type=float, default=0.3, help="the share of questions in the test part")
+    q.add_argument("--limit", type=int, default=None, help="only the first N usable questions (of the part)")
     for p in (t, r, q):
         p.add_argument("--out", required=True, help="pair JSONL to write")
     args = ap.parse_args(argv)
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                 ids = split_ids(args.split)
             pairs = rollout_pairs(args.paths, args.max_pairs_per_task, args.rejected_per_chosen, args.seed, ids, report)
         else:
-            pairs = teleqna_pairs(args.path, report, args.part, args.test_share)
+            pairs = teleqna_pairs(args.path, report, args.part, args.test_share, args.limit)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

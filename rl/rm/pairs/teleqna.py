@@ -76,12 +76,15 @@ def question_part(qid: str, test_share: float) -> str:
 
 
 def teleqna_pairs(path: str | Path, report: Report | None = None, part: str = "all",
-                  test_share: float = 0.3) -> list[Pair]:
+                  test_share: float = 0.3, limit: int | None = None) -> list[Pair]:
     """TeleQnA's official JSON ({"question N": {...}}) -> one pair per distractor; malformed entries are
     skipped with their reason in `report`. An unreadable file or one that is not a JSON object raises.
-    part: "all", or only the questions of the "train" / "test" part (question_part, `test_share` of them in test)."""
+    part: "all", or only the questions of the "train" / "test" part (question_part, `test_share` of them in test).
+    limit: only the first `limit` usable questions of that part, in file order (a cheaper training set)."""
     if part not in ("all", "train", "test") or not 0.0 < test_share < 1.0:
         raise ValueError(f"part must be all, train or test and test_share in (0, 1); got {part!r}, {test_share}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive number of questions; got {limit}")
     report = report if report is not None else Report()
     path = Path(path)
     try:
@@ -92,10 +95,12 @@ def teleqna_pairs(path: str | Path, report: Report | None = None, part: str = "a
         raise ValueError(f"{path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object keyed by question id, got {type(data).__name__}")
-    pairs = []
+    pairs, questions = [], 0
     for qid, entry in data.items():
         if part != "all" and question_part(qid, test_share) != part:
             continue
+        if limit is not None and questions == limit:
+            break
         got, problem = teleqna_entry_pairs(qid, entry)
         if problem:
             category, detail = problem
@@ -104,4 +109,5 @@ def teleqna_pairs(path: str | Path, report: Report | None = None, part: str = "a
         for p in got:
             report.pairs[p.subset] += 1
         pairs += got
+        questions += 1
     return pairs
