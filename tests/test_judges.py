@@ -110,7 +110,7 @@ def test_both_orders_averages_split_and_unparseable_verdicts():
     with ScriptedOpenAI([{"content": f"[[{first_letter}]]"}, {"content": "I cannot decide."}]) as server:
         judge.client = _client(server)
         assert judge.prefer([pair]) == [0.75]
-        assert judge.stats == {"judgments": 2, "unparseable": 1}
+        assert judge.stats == {"judgments": 2, "unparseable": 1, "chose_a": first_letter == "A", "position_only": 0}
 
 
 @pytest.mark.parametrize("reply", ["The first one is better.", "[[C]]", "[A]", "", "[[tie]]"])
@@ -135,6 +135,55 @@ def test_render_messages_spells_out_tool_calls_and_results():
         {"role": "tool", "name": "toggle_roaming", "content": "Roaming is ON"},
     ])
     assert '<tool_call> toggle_roaming({"on": true})' in text and "[tool toggle_roaming] Roaming is ON" in text
+
+
+class _LogprobClient:
+    """Reports next-token logprobs as a local engine would: `fn(prompt conversation) -> {option: logprob}`."""
+
+    name = "logprob-stub"
+
+    def __init__(self, fn):
+        self.fn, self.asked = fn, []
+
+    def next_token_logprobs(self, conversations, prefix, options):
+        self.asked.append((prefix, tuple(options)))
+        return [self.fn(c) for c in conversations]
+
+    def complete(self, conversations, n=1):
+        raise AssertionError("a logprob verdict must not ask for text")
+
+
+def test_logprob_verdict_takes_the_likelier_letter_and_maps_it_back():
+    """verdict="logprob": the reply is started as `[[` and the likelier of A/B as the next token is the verdict,
+    mapped back through the seeded order; an option missing from the engine's top tokens is the less likely one,
+    neither present (or an exact tie) is 0.5 and counted as unparseable."""
+    pairs = [_pair(i) for i in range(20)]
+
+    def knows_good(conv):  # the letter whose slot holds the chosen side gets more probability
+        good = "A" if "GOOD" in conv[-1]["content"].split("<continuation_B>")[0] else "B"
+        return {good: -0.2, "AB".replace(good, ""): -1.9}
+
+    client = _LogprobClient(knows_good)
+    judge = PairwiseJudge(client, seed=0, both_orders=True, verdict="logprob")
+    assert judge.prefer(pairs) == [1.0] * 20
+    assert judge.stats == {"judgments": 40, "unparseable": 0, "chose_a": 20, "position_only": 0}
+    assert set(client.asked) == {("[[", ("A", "B"))}
+    only_a = PairwiseJudge(_LogprobClient(lambda c: {"A": -3.0}), seed=0, verdict="logprob")
+    assert sorted(set(only_a.prefer(pairs))) == [0.0, 1.0]  # A wins wherever it is shown: position, mapped back
+    # in both orders a judge that only reads the position scores exactly 0.5 on every pair, and the stats say why
+    only_a.both_orders = True
+    assert only_a.prefer(pairs) == [0.5] * 20
+    assert only_a.stats["position_only"] == 20 and only_a.stats["chose_a"] == 60
+    for blank in ({}, {"A": -1.0, "B": -1.0}):
+        judge = PairwiseJudge(_LogprobClient(lambda c, blank=blank: blank), verdict="logprob")
+        assert judge.prefer(pairs[:4]) == [0.5] * 4 and judge.stats["unparseable"] == 4
+
+
+def test_logprob_verdict_needs_a_client_that_reports_logprobs():
+    with pytest.raises(ValueError, match="next-token logprobs"):
+        PairwiseJudge(LiteLLMChat(LLMEndpoint(model="openai/x")), verdict="logprob")
+    with pytest.raises(ValueError, match="verdict must be one of"):
+        PairwiseJudge(None, verdict="probability")
 
 
 # ----------------------------------------------------------------------------------------------- assertions
@@ -235,8 +284,35 @@ def test_vllm_chat_judges_for_real_with_the_tiny_model():
             huge = [{"role": "user", "content": "slow data " * 3000}]
             assert client.complete([huge], n=1) == [[""]]
             assert len(AssertionJudge(client).judge(CONV, ["x", "y"])) == 2
+            _engine_logprobs_match_transformers(client, model, judge.prompt(pairs[0], True))
         finally:
             client.close()
     finally:
         ray.shutdown()
         cleanup_vllm_shm()
+
+
+def _engine_logprobs_match_transformers(client, model, conv):
+    """next_token_logprobs reads the right position and tokens: for the two likeliest next tokens after the
+    prompt and `[[` (by transformers' float32 forward pass of the same model), the engine reports the same
+    log-probabilities."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model)
+    text = tok.apply_chat_template(conv, add_generation_prompt=True, tokenize=False) + "[["
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logp = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)(torch.tensor([ids])).logits[0, -1]
+    logp = logp.log_softmax(-1)
+    options = {}
+    for t in logp.topk(10).indices.tolist():  # the likeliest tokens that read back as themselves
+        word = tok.decode([t])
+        if word.strip() and tok(word, add_special_tokens=False)["input_ids"] == [t] and len(options) < 2:
+            options[word] = logp[t].item()
+    assert len(options) == 2
+    got = client.next_token_logprobs([conv], "[[", list(options))[0]
+    assert set(got) == set(options)
+    assert all(abs(got[w] - options[w]) < 1e-3 for w in options), (got, options)
+    with pytest.raises(Exception, match="one token per option"):
+        client.next_token_logprobs([conv], "[[", ["no service at all"])

@@ -75,7 +75,7 @@ def test_offline_audit_of_a_runs_logged_scores(tmp_path, capsys):
 
 def test_offline_audit_of_an_rl_rft_sampling_round(tmp_path):
     """rl.evaluate's episodes.jsonl (rl.rft's sample<r>/): one step, a group per task, tau2's reward as checks."""
-    from rl.rm.eval import audit_rollouts
+    from rl.rm.eval import audit_rollouts, audit_table
 
     rows = [{"task_id": g, "trial": i, "success": ok, "reward": float(ok), "messages": [],  # tau2's log: not scored
              "chat_messages": [{"role": "assistant", "content": str(r)}]}
@@ -91,6 +91,7 @@ def test_offline_audit_of_an_rl_rft_sampling_round(tmp_path):
     audit = audit_rollouts([str(tmp_path)], Scorer())
     assert audit["episodes"] == 7 and audit["passed"] == 2 and set(audit["per_step"]) == {"0"}
     assert audit["overall"]["reward/rm_vs_verifier/pairwise_acc"] == pytest.approx(0.5)
+    assert "| statistic | all steps |\n|---|---|\n| rm_vs_verifier/pairwise_acc | 0.500 |\n" in audit_table(audit)
     rows[3]["chat_messages"] = None  # a scripted agent's episode keeps no conversation of a policy
     (tmp_path / "episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(ValueError, match=r"episodes.jsonl:4: no chat_messages to score"):

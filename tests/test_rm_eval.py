@@ -204,7 +204,8 @@ def test_judge_path_values_best_of_4_as_product_and_dedupes_pairs():
     values = [.5, 1, 1, .5, .5, 1, 1, 1, 1, 0, 1, 1, 1, 1, .5]
     assert report["pairwise"]["overall"]["all_pairs"] == pytest.approx(sum(values) / len(values))
     assert report["kind"] == "judge" and report["model"] == "score-reader"
-    assert report["judge"] == {"both_orders": False, "order_seed": 0, "judgments": 14, "unparseable": 3}
+    assert report["judge"] == {"both_orders": False, "verdict": "text", "order_seed": 0, "judgments": 14,
+                               "unparseable": 3, "chose_a": report["judge"]["chose_a"], "position_only": 0}
 
 
 def _parse_md_table(text: str) -> list[list[str]]:
@@ -252,6 +253,13 @@ def test_cli_judge_over_an_openai_endpoint(tmp_path, capsys):
     assert report["judge"]["both_orders"] is True and report["pairs_files"] == [str(f1), str(f2)]
     assert (tmp_path / "o" / "report.png").is_file()
     assert "| section | subset |" in capsys.readouterr().out
+    # report.md says why: every verdict was A, so each pair got the same letter in both orders
+    assert ("20 verdicts (text): 0 unparseable, 20 for the side shown first (A), 10 pairs given the same letter in "
+            "both orders (decided by position alone)") in (tmp_path / "o" / "report.md").read_text()
+    with pytest.raises(SystemExit):  # next-token logprobs come from a local engine only
+        main(["--pairs", str(f1), "--judge-model", "openai/stub", "--judge-verdict", "logprob", "--out",
+              str(tmp_path / "p")])
+    assert "--judge-verdict logprob needs --judge-vllm" in capsys.readouterr().err
 
 
 def test_cli_clear_errors_for_missing_or_broken_pairs(tmp_path, capsys):

@@ -3,7 +3,7 @@
     python -m rl.rm.eval --pairs test.jsonl --rm runs/rm/model --out runs/rm/eval
     python -m rl.rm.eval --pairs test.jsonl --judge-model openai/Qwen3-4B \\
         --judge-base-url http://127.0.0.1:8000/v1 --out DIR
-    python -m rl.rm.eval --pairs test.jsonl --judge-vllm smollm2-135m --both-orders --out DIR
+    python -m rl.rm.eval --pairs test.jsonl --judge-vllm smollm2-135m --both-orders [--judge-verdict logprob] --out DIR
 
 Scoring, as in RewardBench (v1 for pairwise, v2 for best-of-4):
 * pairwise accuracy per subset: a scalar RM gets 1 when score(chosen) > score(rejected) - a TIE IS WRONG - else 0;
@@ -233,7 +233,8 @@ def evaluate_judge(pairs: list, judge, seed: int = 0, chunk: int = 16, progress:
     credits = [judge_best_of_4_credit([values[i] for i in g]) for g in groups]
     identity = {"model": getattr(judge, "name", type(judge).__name__),
                 "judge": {"both_orders": getattr(judge, "both_orders", None),
-                          "order_seed": getattr(judge, "seed", None), **dict(getattr(judge, "stats", {}))}}
+                          "verdict": getattr(judge, "verdict", None), "order_seed": getattr(judge, "seed", None),
+                          **dict(getattr(judge, "stats", {}))}}
     report = _header("judge", identity, pairs, seed)
     report.update(pairs_judged=len(keys), seconds=time.perf_counter() - t0,
                   pairwise=pairwise_accuracy(pairs, values), surface_matched=surface_matched_accuracy(pairs, values),
@@ -297,6 +298,18 @@ def plot_report(report: dict, path: str | Path) -> Path:
     return Path(path)
 
 
+def _judge_line(judge: dict | None) -> str:
+    """What a judge's verdicts were made of: how many were unparseable, how often the side shown first won, and how
+    many pairs (asked in both orders) got the same letter twice, i.e. were decided by position alone."""
+    if not judge or "chose_a" not in judge:
+        return ""
+    line = (f"{judge['judgments']} verdicts ({judge.get('verdict') or 'text'}): {judge['unparseable']} unparseable, "
+            f"{judge['chose_a']} for the side shown first (A)")
+    if judge.get("both_orders"):
+        line += f", {judge['position_only']} pairs given the same letter in both orders (decided by position alone)"
+    return line + "\n\n"
+
+
 def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -304,13 +317,15 @@ def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
     paths["json"].write_text(json.dumps(report, indent=2) + "\n")
     paths["md"].write_text(f"# {report['kind']} evaluation: {report['model']}\n\n"
                            f"seed {report['seed']}, {report['n_pairs']} pairs, {report['timestamp']}\n\n"
-                           + markdown_table(report))
+                           + _judge_line(report.get("judge")) + markdown_table(report))
     plot_report(report, paths["png"])
     return paths
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
 def _parser() -> argparse.ArgumentParser:
+    from rl.rm.judges import JUDGE_VERDICTS  # the module imports nothing heavy at its top
+
     p = argparse.ArgumentParser(prog="python -m rl.rm.eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--pairs", action="append", default=[], metavar="FILE", help="pair JSONL (repeatable)")
     p.add_argument("--rollouts", action="append", default=[], metavar="RUN_DIR",
@@ -325,6 +340,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-num-cpus", type=float, default=1, help="CPUs of the --judge-vllm actor")
     p.add_argument("--judge-max-model-len", type=int, default=None, help="--judge-vllm context (model's default)")
     p.add_argument("--both-orders", action="store_true", help="judges: ask in both A/B orders and average")
+    p.add_argument("--judge-verdict", choices=JUDGE_VERDICTS, default="text",
+                   help="--judge-vllm: parse the judge's written [[A]]/[[B]] (text), or start its reply with [[ and "
+                        "take the likelier of A and B as the next token (logprob: for small models)")
     p.add_argument("--seed", type=int, default=0, help="A/B order and best-of-4 choice")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N pairs")
     p.add_argument("--batch-size", type=int, default=8, help="--rm scoring batch")
@@ -341,7 +359,7 @@ def _judge_and_close(args) -> tuple[object, Callable[[], None]]:
         client = LiteLLMChat(LLMEndpoint(model=args.judge_model, base_url=args.judge_base_url,
                                          api_key=args.judge_api_key, temperature=0.0,
                                          max_tokens=args.judge_max_tokens))
-        return PairwiseJudge(client, seed=args.seed, both_orders=args.both_orders), lambda: None
+        return PairwiseJudge(client, seed=args.seed, both_orders=args.both_orders), lambda: None  # text verdicts
     import ray
 
     from rl.models import resolve_model
@@ -361,7 +379,7 @@ def _judge_and_close(args) -> tuple[object, Callable[[], None]]:
         finally:
             ray.shutdown()
 
-    return PairwiseJudge(client, seed=args.seed, both_orders=args.both_orders), close
+    return PairwiseJudge(client, seed=args.seed, both_orders=args.both_orders, verdict=args.judge_verdict), close
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -375,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rollouts audits a reward model (--rm) or the scores the run logged, not a pairwise judge")
     if args.both_orders and args.rm:
         parser.error("--both-orders applies to judges (--judge-model / --judge-vllm), not to --rm")
+    if args.judge_verdict == "logprob" and not args.judge_vllm:
+        parser.error("--judge-verdict logprob needs --judge-vllm (a local engine that reports next-token logprobs)")
     if args.judge_base_url and not args.judge_model:
         parser.error("--judge-base-url needs --judge-model")
     if args.limit is not None and args.limit < 1:
@@ -500,15 +520,15 @@ def audit_rollouts(run_dirs: list[str], scorer=None, batch: int = 8) -> dict:
 
 
 def audit_table(audit: dict) -> str:
+    """Overall, then the first and the last step (one step, as in an rl.rft sampling round: overall alone)."""
     steps = list(audit["per_step"])
-    first, last = (audit["per_step"][steps[0]], audit["per_step"][steps[-1]]) if steps else ({}, {})
+    shown = [steps[0], steps[-1]] if len(steps) > 1 else []
     lines = ["", f"On-policy audit: {audit['episodes']} episodes of {', '.join(audit['runs'])} ({audit['passed']} "
              f"passed tau2), scored by {audit['scored_by']}", "",
-             f"| statistic | all steps | step {steps[0] if steps else '-'} | step {steps[-1] if steps else '-'} |",
-             "|---|---|---|---|"]
+             "| statistic | all steps |" + "".join(f" step {s} |" for s in shown), "|---|---|" + "---|" * len(shown)]
     for key, value in audit["overall"].items():
-        lines.append(f"| {key.removeprefix('reward/')} | {_fmt(value)} | {_fmt(first.get(key))} | "
-                     f"{_fmt(last.get(key))} |")
+        lines.append(f"| {key.removeprefix('reward/')} | {_fmt(value)} |"
+                     + "".join(f" {_fmt(audit['per_step'][s].get(key))} |" for s in shown))
     return "\n".join(lines) + "\n"
 
 

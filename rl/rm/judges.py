@@ -11,12 +11,17 @@ Judges, built so that known LLM-judge biases cannot pay off:
 * length bias: both instructions say explicitly that length and verbosity are not merit.
 * parse failures: never guessed. A pairwise verdict that is not exactly one of `[[A]]` / `[[B]]` scores 0.5;
   an assertion without a `<n>: MET` line is not met. Counts are kept in `judge.stats`.
+* small local judges: `PairwiseJudge(verdict="logprob")` (a client with `next_token_logprobs`: VLLMChat) does not
+  let the model write: the reply is started as `[[` and the verdict is whichever of `A` / `B` the model finds more
+  likely as the next token (0.5 when neither is among its TOP_LOGPROBS most likely tokens, or on an exact tie).
+  SmolLM2-135M-Instruct wrote no parseable verdict for 157 of 163 TeleQnA pairs when asked for text.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -35,6 +40,11 @@ class ChatClient(Protocol):
     def complete(self, conversations: list[list[dict]], n: int = 1) -> list[list[str]]:
         """n sampled completions (texts) for each conversation, in order."""
         ...
+
+
+# How many of the most likely next tokens a local engine reports (vLLM's default max_logprobs): an option outside
+# them counts as absent.
+TOP_LOGPROBS = 20
 
 
 # ------------------------------------------------------------------------------------------------- clients
@@ -145,6 +155,38 @@ class _VLLMChatEngine:
                 out[i] = texts if len(texts) == n else texts[:1] * n
         return out
 
+    def next_token_logprobs(self, conversations: list[list[dict]], prefix: str,
+                            options: list[str]) -> list[dict[str, float]]:
+        """Per conversation, the log-probability of each option (one token each) as the next token of an assistant
+        reply that starts with `prefix`: {option: logprob} for the options among the TOP_LOGPROBS most likely
+        tokens ({} for a prompt longer than max_model_len)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        option_ids = {}
+        for option in options:
+            ids = self.tokenizer(option, add_special_tokens=False)["input_ids"]
+            if len(ids) != 1:
+                raise ValueError(f"verdict option {option!r} is {len(ids)} tokens in this tokenizer; a verdict by "
+                                 "next-token probability needs one token per option")
+            option_ids[option] = ids[0]
+        out: list[dict[str, float]] = [{} for _ in conversations]
+        prompts, where = [], []
+        for i, conv in enumerate(conversations):
+            text = self.tokenizer.apply_chat_template(conv, add_generation_prompt=True, tokenize=False) + prefix
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(ids) >= self.max_model_len:
+                self.overlong += 1
+                continue
+            prompts.append(TokensPrompt(prompt_token_ids=ids))
+            where.append(i)
+        if prompts:
+            params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=TOP_LOGPROBS)
+            for i, res in zip(where, self.llm.generate(prompts, params, use_tqdm=False)):
+                top = res.outputs[0].logprobs[0]  # {token id: Logprob} of the first generated position
+                out[i] = {o: top[t].logprob for o, t in option_ids.items() if t in top}
+        return out
+
     def shutdown(self) -> None:
         if getattr(self, "llm", None) is not None:
             self.llm.llm_engine.engine_core.shutdown()  # frees the engine processes and their /dev/shm segments
@@ -181,6 +223,12 @@ class VLLMChat:
         import ray
 
         return ray.get(self.actor.complete.remote(conversations, n))
+
+    def next_token_logprobs(self, conversations: list[list[dict]], prefix: str,
+                            options: list[str]) -> list[dict[str, float]]:
+        import ray
+
+        return ray.get(self.actor.next_token_logprobs.remote(conversations, prefix, options))
 
     def close(self) -> None:
         import ray
@@ -254,15 +302,32 @@ def parse_pairwise_verdict(text: str) -> str | None:
     return found[-1] if found else None
 
 
+JUDGE_VERDICTS = ("text", "logprob")
+
+
+def likelier_verdict(logprobs: dict[str, float]) -> str | None:
+    """'A' / 'B', whichever the judge found more likely as its verdict token (one missing from the top tokens is
+    less likely than the other); None when neither is there or on an exact tie."""
+    a, b = logprobs.get("A", -math.inf), logprobs.get("B", -math.inf)
+    return None if a == b else ("A" if a > b else "B")
+
+
 class PairwiseJudge:
     """prefer(pairs) -> per pair the judge's preference for the chosen side: 1.0 chosen, 0.0 rejected, 0.5
     unparseable; with both_orders the mean of the two orders (a split verdict is 0.5)."""
 
     def __init__(self, client: ChatClient, seed: int = 0, both_orders: bool = False,
-                 max_context_chars: int = 12000, max_candidate_chars: int = 6000):
-        self.client, self.seed, self.both_orders = client, seed, both_orders
+                 max_context_chars: int = 12000, max_candidate_chars: int = 6000, verdict: str = "text"):
+        if verdict not in JUDGE_VERDICTS:
+            raise ValueError(f"verdict must be one of {JUDGE_VERDICTS}, not {verdict!r}")
+        if verdict == "logprob" and not hasattr(client, "next_token_logprobs"):
+            raise ValueError(f"verdict='logprob' needs a client that reports next-token logprobs (VLLMChat), not "
+                             f"{type(client).__name__}")
+        self.client, self.seed, self.both_orders, self.verdict = client, seed, both_orders, verdict
         self.max_context_chars, self.max_candidate_chars = max_context_chars, max_candidate_chars
-        self.stats = {"judgments": 0, "unparseable": 0}
+        # chose_a: verdicts for the side shown first (a fair judge: about half); position_only (with both_orders):
+        # pairs given the same letter in both orders, i.e. decided by position alone
+        self.stats = {"judgments": 0, "unparseable": 0, "chose_a": 0, "position_only": 0}
 
     @property
     def name(self) -> str:
@@ -286,16 +351,25 @@ class PairwiseJudge:
         for i, p in enumerate(pairs):
             first = self.chosen_first(p)
             asks += [(i, first), (i, not first)] if self.both_orders else [(i, first)]
-        replies = self.client.complete([self.prompt(pairs[i], a) for i, a in asks], n=1) if asks else []
+        prompts = [self.prompt(pairs[i], a) for i, a in asks]
+        if not asks:
+            verdicts = []
+        elif self.verdict == "logprob":
+            verdicts = [likelier_verdict(lp) for lp in self.client.next_token_logprobs(prompts, "[[", ["A", "B"])]
+        else:
+            verdicts = [parse_pairwise_verdict(texts[0] if texts else "") for texts in self.client.complete(prompts)]
         votes: list[list[float]] = [[] for _ in pairs]
-        for (i, chosen_is_a), texts in zip(asks, replies):
-            verdict = parse_pairwise_verdict(texts[0] if texts else "")
+        letters: list[list[str | None]] = [[] for _ in pairs]
+        for (i, chosen_is_a), verdict in zip(asks, verdicts):
             self.stats["judgments"] += 1
+            letters[i].append(verdict)
             if verdict is None:
                 self.stats["unparseable"] += 1
                 votes[i].append(0.5)
             else:
+                self.stats["chose_a"] += verdict == "A"
                 votes[i].append(1.0 if (verdict == "A") == chosen_is_a else 0.0)
+        self.stats["position_only"] += sum(len(ls) == 2 and ls[0] is not None and ls[0] == ls[1] for ls in letters)
         return [sum(v) / len(v) for v in votes]
 
 
