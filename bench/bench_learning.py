@@ -3,16 +3,17 @@
     python -m bench.bench_learning [--config configs/learn_tiny.yaml] [--seeds 0 1 2] [--out runs/bench_learning]
                                    [--sft-limit 100] [--sft-epochs 20] [--sft-lr 3e-3] [--no-ceiling]
                                    [--rft-rounds 0] [--rft-trials 8] [--rft-per-task 2] [--rft-engines 2]
-                                   [--rft-dtype auto|float32|bfloat16] [--heldout-trials 0] [key=value ...]
+                                   [--rft-dtype auto|float32|bfloat16] [--rft-unsolved-trials 0]
+                                   [--heldout-trials 0] [key=value ...]
 
 Per seed, one rl.rft program: SFT on `--sft-limit` expert conversations of the training tasks (the seed draws
 which), its held-out greedy success, then `--rft-rounds` rounds of rejection-sampling fine-tuning (each samples every
 training task `--rft-trials` times at `--rft-temperature` and fine-tunes the newest policy on the warm start's
 demonstrations plus every round's successes so far, at most `--rft-per-task` distinct ones per task: tau2's verdict
-is the only judge), held-out success after each (greedy, and with --heldout-trials k its pass^1..k sampled at the
-rounds' temperature); its engines (`--rft-engines`, in `--rft-dtype`) play every stage. Then RL (rl.train,
-configured by --config and the overrides, from the last policy; train.steps=0 for none, and the last round is the
-end point).
+is the only judge; with `--rft-unsolved-trials k` the tasks no sample solved are sampled k times more first),
+held-out success after each (greedy, and with --heldout-trials k its pass^1..k sampled at the rounds' temperature);
+its engines (`--rft-engines`, in `--rft-dtype`) play every stage. Then RL (rl.train, configured by --config and the
+overrides, from the last policy; train.steps=0 for none, and the last round is the end point).
 For context beside it: the expert's success on the same held-out tasks, and a ceiling, SFT on every expert
 conversation of the training tasks (one seed, rl.rft with no rounds). With train.validation_tasks=N, each stage's
 success on those N training tasks set aside, and the held-out success of the stage each seed's validation picks.
@@ -51,6 +52,7 @@ def _recipe(args, seed: int, root: Path, sft_limit: int, rounds: int, overrides:
               str(sft_limit), "--sft-epochs", str(args.sft_epochs), "--sft-lr", str(args.sft_lr), "--rounds",
               str(rounds), "--trials", str(args.rft_trials), "--temperature", str(args.rft_temperature),
               "--per-task", str(args.rft_per_task), "--epochs", str(args.rft_epochs), "--lr", str(args.rft_lr),
+              "--unsolved-trials", str(args.rft_unsolved_trials),
               "--heldout-trials", str(args.heldout_trials if rounds else 0), *overrides, *engines],
              root.parent / f"{root.name}.log")
     return json.loads(summary.read_text())
@@ -124,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
                          "1.3-1.45x faster; every stage is evaluated in it, so before and after are measured alike)")
     ap.add_argument("--rft-epochs", type=int, default=3)
     ap.add_argument("--rft-lr", type=float, default=1e-3)
+    ap.add_argument("--rft-unsolved-trials", type=int, default=0,
+                    help="each round, sample the training tasks none of its samples solved this many times more")
     ap.add_argument("--heldout-trials", type=int, default=0,
                     help="with rounds: also sample the held-out tasks this many times at --rft-temperature at the "
                          "start and after each round (tau2's pass^k; less noisy than one greedy pass)")
@@ -142,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"config": args.config, "overrides": args.overrides, "seeds": args.seeds,
                     "sft_limit": args.sft_limit, "sft_epochs": args.sft_epochs, "sft_lr": args.sft_lr,
                     "rft": {k: getattr(args, f"rft_{k}") for k in ("rounds", "trials", "temperature", "dtype",
-                                                                    "engines", "per_task", "epochs", "lr")},
+                                                                    "engines", "per_task", "epochs", "lr",
+                                                                    "unsolved_trials")},
                     "heldout_trials": args.heldout_trials,
                     "runs": {}}
     cfg = load_config(args.config, args.overrides)
@@ -187,6 +192,11 @@ def _chosen_by_validation(runs: list[dict], rounds: int) -> list[int]:
     return [max(range(rounds + 1), key=lambda i: (val(run, i), -i)) for run in runs]
 
 
+def _retry_words(rft: dict) -> str:
+    k = rft.get("unsolved_trials", 0)  # results from before the flag existed: 0
+    return f", the tasks none of them solved {k} times more" if k else ""
+
+
 def _table(r: dict, tasks: int) -> list[str]:
     def ms(d: dict) -> str:
         return f"{d['mean']:.3f} ± {d['std']:.3f}"
@@ -196,7 +206,8 @@ def _table(r: dict, tasks: int) -> list[str]:
     runs = list(r["runs"].values())
     rounds = min(len(run["rft"]) for run in runs)
     rft = (f", {rounds} round{'s' * (rounds > 1)} of rejection sampling ({r['rft']['trials']} samples per training "
-           f"task at {r['rft']['temperature']}, up to {r['rft']['per_task']} successes per task)" if rounds else "")
+           f"task at {r['rft']['temperature']}{_retry_words(r['rft'])}, up to {r['rft']['per_task']} successes per "
+           "task)" if rounds else "")
     steps = runs[0]["steps"]
     rl = f"then RL ({steps} steps)" if steps or not rounds else "no RL after them"
     lines = [f"Held-out greedy success ({tasks} tasks), {len(runs)} seed{'s' * (len(runs) > 1)} ({r['config']} "
@@ -206,7 +217,13 @@ def _table(r: dict, tasks: int) -> list[str]:
     for i in range(rounds):
         held = _mean_std([run["rft"][i]["heldout"]["eval/success"] for run in runs])
         sampled = _mean_std([run["rft"][i]["train_success"] for run in runs])
-        lines.append(f"| after rejection-sampling round {i + 1} | {ms(held)} | {ms(sampled)} (before the round) |")
+        retry = ""
+        if all("unsolved" in run["rft"][i] for run in runs):
+            unsolved, solved = (statistics.mean(run["rft"][i][k] for run in runs)
+                                for k in ("unsolved", "unsolved_then_solved"))
+            retry = f"; {unsolved:.0f} tasks unsolved, {solved:.0f} of them solved by the extra samples (mean)"
+        lines.append(f"| after rejection-sampling round {i + 1} | {ms(held)} | {ms(sampled)} (before the round)"
+                     f"{retry} |")
     if steps or not rounds:
         lines.append(f"| after RL | {ms(r['after'])} | |")
     lines.append(f"| gain | {ms(r['gain'])} | |")

@@ -7,7 +7,8 @@ them; a program per stage spent ~70 s starting each).
     python -m rl.rft --config configs/learn_tiny.yaml --out runs/rft [--teacher expert|oracle] [--sft-limit 100]
                      [--sft-epochs 20] [--sft-lr 3e-3] [--sft-batch 4] [--rounds 1] [--trials 8]
                      [--sample-tasks 0] [--temperature 0.7] [--per-task 2] [--epochs 3] [--lr 1e-3] [--batch 8]
-                     [--heldout-trials 0] [--select verifier|reward] [--min-reward X] [key=value ...]
+                     [--heldout-trials 0] [--unsolved-trials 0] [--select verifier|reward] [--min-reward X]
+                     [key=value ...]
 
 Stages, each a folder of --out:
     sft/            the warm start: SFT on --sft-limit of the teacher's conversations of the training tasks (drawn
@@ -16,6 +17,9 @@ Stages, each a folder of --out:
     sampled_sft/    with --heldout-trials k: the held-out tasks sampled k times at --temperature (tau2's pass^k)
     sample<r>/      round r: every training task (or a fixed draw of --sample-tasks of them, the same each round:
                     what a larger model's sampling can afford on a CPU) sampled --trials times at --temperature
+    retry<r>/       with --unsolved-trials k: the tasks no sample of round r solved, sampled k times more by the same
+                    policy (difficulty-aware rejection sampling, DART: uniform sampling keeps mostly the easy tasks'
+                    successes; the hard ones need more tries)
     rft<r>/         round r's policy: the newest policy fine-tuned (fresh optimizer, warm-up then decay) on the warm
                     start's conversations plus what --select chooses of every round's samples so far: tau2's passes
                     (verifier), or the reward section's best (reward; rl/rft_selection.py: the reward-mixing
@@ -72,6 +76,7 @@ class Recipe:
     heldout_trials: int = 0
     select: str = "verifier"
     min_reward: float | None = None
+    unsolved_trials: int = 0
 
 
 def policy_folders(out: Path, rounds: int) -> list[Path]:
@@ -190,6 +195,9 @@ class RejectionSampling:
             samples.append(str(sample))
             sampled = self._evaluate(sample, policy_folders(out, r)[-2], self.sampled_tasks, recipe.trials,
                                      greedy=False, what=f"round {r}: sampling the training tasks")
+            retried = self._sample_unsolved(r, sample) if recipe.unsolved_trials else None
+            if retried:
+                samples.append(str(retried))
             if not (policy / "config.json").is_file():
                 try:
                     own = demonstration_rows(self.cfg, self.tokenizer, None, self._chosen(policy, samples), None,
@@ -203,12 +211,30 @@ class RejectionSampling:
                                 random.Random(f"{self.cfg.seed}/round {r}"), f"round {r}")
                 self.fine_tuning[policy.name]["own"] = len(own)  # the policy's own conversations among them
             summary["rft"].append({"round": r, "train_success": sampled["pass_hat_k"]["1"],
+                                   **(self._retry_record(sample, retried) if recipe.unsolved_trials else {}),
                                    "heldout": self._greedy(policy, "eval"),
                                    "heldout_sampled": self._heldout_sampled(policy),
                                    "validation": self._greedy(policy, "val")})
             self._write(summary)
         self._write(summary)
         return summary
+
+    def _sample_unsolved(self, r: int, sample: Path) -> Path | None:
+        """Round r's tasks that none of its samples solved, sampled --unsolved-trials times more by the same policy
+        into retry<r>/ (None when every task was solved)."""
+        solved = passed_tasks(sample)
+        unsolved = [t for t in self.sampled_tasks if t.id not in solved]
+        if not unsolved:
+            return None
+        retry = self.out / f"retry{r}"
+        self._evaluate(retry, policy_folders(self.out, r)[-2], unsolved, self.recipe.unsolved_trials, greedy=False,
+                       what=f"round {r}: sampling the {len(unsolved)} tasks no sample solved")
+        return retry
+
+    def _retry_record(self, sample: Path, retried: Path | None) -> dict:
+        """How many sampled tasks round r left unsolved, and how many of them the extra samples solved."""
+        unsolved = len(self.sampled_tasks) - len(passed_tasks(sample))
+        return {"unsolved": unsolved, "unsolved_then_solved": len(passed_tasks(retried)) if retried else 0}
 
     def _chosen(self, policy: Path, samples: list[str]):
         """What `policy`'s fine-tuning imitates of the samples: their folders (tau2's passes are taken from them) or,
@@ -306,6 +332,13 @@ class RejectionSampling:
         return report
 
 
+def passed_tasks(folder: Path) -> set[str]:
+    """The ids of the tasks with at least one episode tau2 passed in an rl.evaluate folder."""
+    from rl.run_dir import read_jsonl
+
+    return {row["task_id"] for row in read_jsonl(folder / "episodes.jsonl") if row["success"]}
+
+
 @contextmanager
 def timed(what: str):
     """A line on stdout when a stage ends, with its wall time."""
@@ -339,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--heldout-trials", type=int, default=d.heldout_trials,
                        help="also sample the held-out tasks this many times at --temperature after each stage "
                             "(tau2's pass^k: less noisy than one greedy pass)")
+        p.add_argument("--unsolved-trials", type=int, default=d.unsolved_trials,
+                       help="sample the tasks no sample of a round solved this many times more (0: no retry)")
         p.add_argument("--select", choices=SELECTIONS, default=d.select,
                        help="what a round imitates: tau2's passes, or the config's reward section's best "
                             "(rl/rft_selection.py)")
@@ -349,20 +384,21 @@ def main(argv: list[str] | None = None) -> int:
     least = {"--sft-epochs": (args.sft_epochs, 1), "--sft-batch": (args.sft_batch, 1), "--trials": (args.trials, 1),
              "--per-task": (args.per_task, 1), "--epochs": (args.epochs, 1), "--batch": (args.batch, 1),
              "--sft-limit": (args.sft_limit, 0), "--rounds": (args.rounds, 0),
-             "--heldout-trials": (args.heldout_trials, 0), "--sample-tasks": (args.sample_tasks, 0)}
+             "--heldout-trials": (args.heldout_trials, 0), "--sample-tasks": (args.sample_tasks, 0),
+             "--unsolved-trials": (args.unsolved_trials, 0)}
     bad = [flag for flag, (value, lowest) in least.items() if value < lowest]
     if args.min_reward is not None and args.select != "reward":
         print("rl.rft: --min-reward needs --select reward", file=sys.stderr)
         return 2
     if bad or args.temperature <= 0:
         print(f"rl.rft: {', '.join(bad) or '--temperature'} out of range (counts >= 1, --sft-limit / --rounds / "
-              f"--heldout-trials / --sample-tasks >= 0, --temperature > 0)", file=sys.stderr)
+              f"--heldout-trials / --sample-tasks / --unsolved-trials >= 0, --temperature > 0)", file=sys.stderr)
         return 2
     recipe = Recipe(teacher=args.teacher, sft_limit=args.sft_limit or None, sft_epochs=args.sft_epochs,
                     sft_lr=args.sft_lr, sft_batch=args.sft_batch, rounds=args.rounds, trials=args.trials,
                     sample_tasks=args.sample_tasks or None, temperature=args.temperature, per_task=args.per_task,
                     epochs=args.epochs, lr=args.lr, batch=args.batch, heldout_trials=args.heldout_trials,
-                    select=args.select, min_reward=args.min_reward)
+                    select=args.select, min_reward=args.min_reward, unsolved_trials=args.unsolved_trials)
     try:
         job = RejectionSampling(cfg, recipe, Path(args.out))
     except ValueError as e:

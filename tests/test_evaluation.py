@@ -127,6 +127,14 @@ def test_bench_learning_table_reports_mean_std_gain_and_context():
     runs[2]["rft"][0]["validation"]["eval/success"] = 0.5  # a tie with the start: the start is kept
     text = "\n".join(_table(report, 40))
     assert "(rounds 1 / 1 / 0; 0 = the start" in text and "held-out greedy 0.267 ± 0.252, gain 0.167 ± 0.153" in text
+    # --rft-unsolved-trials: the header says so, and each round's row how many tasks were retried and solved
+    report["rft"]["unsolved_trials"] = 8
+    for s, run in runs.items():
+        run["rft"][0].update(unsolved=20 + s, unsolved_then_solved=s)
+    text = "\n".join(_table(report, 40))
+    assert "(8 samples per training task at 0.7, the tasks none of them solved 8 times more, up to 2" in text
+    assert ("| 0.500 ± 0.100 (before the round); 21 tasks unsolved, 1 of them solved by the extra samples (mean) |"
+            in text)
 
 
 def test_bench_learning_runs_each_seed_as_one_rl_rft_program(tmp_path, monkeypatch):
@@ -149,16 +157,17 @@ def test_bench_learning_runs_each_seed_as_one_rl_rft_program(tmp_path, monkeypat
     monkeypatch.setattr(bench_learning, "_run", fake_run)
     args = Namespace(rft_rounds=2, rft_trials=8, rft_temperature=0.7, rft_per_task=2, rft_epochs=3, rft_lr=1e-3,
                      rft_dtype="bfloat16", rft_engines=2, config="c.yaml", sft_epochs=20, sft_lr=3e-3,
-                     heldout_trials=4)
+                     heldout_trials=4, rft_unsolved_trials=8)
     summary = bench_learning._recipe(args, 1, tmp_path / "seed1", 100, 2, ["env.max_turns=20"])
     assert len(summary["rft"]) == 2
     (cmd,) = calls
     flags = {f: cmd[cmd.index(f) + 1] for f in ("--out", "--sft-limit", "--sft-epochs", "--rounds", "--trials",
-                                                "--temperature", "--per-task", "--epochs", "--lr", "--heldout-trials")}
+                                                "--temperature", "--per-task", "--epochs", "--lr", "--heldout-trials",
+                                                "--unsolved-trials")}
     assert cmd[1] == "rl.rft" and "seed=1" in cmd and "env.max_turns=20" in cmd
     assert flags == {"--out": str(tmp_path / "seed1"), "--sft-limit": "100", "--sft-epochs": "20", "--rounds": "2",
                      "--trials": "8", "--temperature": "0.7", "--per-task": "2", "--epochs": "3", "--lr": "0.001",
-                     "--heldout-trials": "4"}
+                     "--heldout-trials": "4", "--unsolved-trials": "8"}
     assert {"rollout.dtype=bfloat16", "rollout.num_workers=2", "env_pool.num_workers=2"} <= set(cmd)
     bench_learning._recipe(args, 1, tmp_path / "seed1", 100, 2, ["env.max_turns=20"])
     assert len(calls) == 1  # finished: not re-run

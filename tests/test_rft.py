@@ -167,6 +167,47 @@ def test_sample_tasks_draws_the_same_training_tasks_every_round(tmp_path, monkey
     assert drawn[0] == drawn[1] and len(drawn[0]) == 6 and set(drawn[0]) <= {t.id for t in job.train_tasks}
 
 
+def test_unsolved_trials_resample_only_the_tasks_no_sample_solved(tmp_path, monkeypatch):
+    """--unsolved-trials: after a round's samples, the tasks none of them passed are sampled k times more by the same
+    policy (retry<r>/), and the round imitates the successes of both folders. Here the retry's draw passes 3 of the
+    15 unsolved tasks."""
+    log = []
+    job, seen = _job(tmp_path, 1, log, monkeypatch, unsolved_trials=3)
+    first_play = job.engines.play
+    train_ids = [t.id for t in job.train_tasks]
+
+    def play(jobs, greedy, concurrency):
+        if len(jobs) == 15 * 3:  # the retry: the 15 tasks policy 1 does not pass, 3 trials each
+            log.append(("play", job.engines.version, greedy, len(jobs)))
+            return (EpisodeOutcome(t["id"], k, 1.0, True, "agent_stop", messages=[], chat_messages=[])
+                    if t["id"] in train_ids[5:8] and k == 2 else
+                    EpisodeOutcome(t["id"], k, 0.0, False, "agent_stop", messages=[], chat_messages=[])
+                    for t, k in jobs)
+        return first_play(jobs, greedy, concurrency)
+
+    job.engines.play = play
+    summary = job._stages()
+    # held-out after SFT; 20 tasks x 2; the 15 unsolved x 3 by the same policy (version 1); round 1's held-out
+    assert [e[1:] for e in log if e[0] == "play"] == [(1, True, 2), (1, False, 40), (1, False, 45), (2, True, 2)]
+    retried = {json.loads(line)["task_id"] for line in (tmp_path / "retry1" / "episodes.jsonl").open()}
+    assert retried == set(train_ids[5:])
+    assert seen == [[str(tmp_path / "sample1"), str(tmp_path / "retry1")]]
+    # the fine-tuning imitates 5 tasks x 2 passes + 3 retry passes, beside the warm start's 3
+    assert ("schedule", 5e-4, 4) in log  # ceil(16 / 4)
+    assert summary["rft"][0]["unsolved"] == 15 and summary["rft"][0]["unsolved_then_solved"] == 3
+    assert summary["rft"][0]["train_success"] == 0.25  # the round's own samples, as without retries
+
+
+def test_no_retry_when_every_sampled_task_was_solved(tmp_path, monkeypatch):
+    log = []
+    job, seen = _job(tmp_path, 1, log, monkeypatch, unsolved_trials=3)
+    job.engines.play = lambda jobs, greedy, concurrency: (  # every episode passes
+        EpisodeOutcome(t["id"], k, 1.0, True, "agent_stop", messages=[], chat_messages=[]) for t, k in jobs)
+    summary = job._stages()
+    assert not (tmp_path / "retry1").exists() and seen == [[str(tmp_path / "sample1")]]
+    assert summary["rft"][0]["unsolved"] == 0 and summary["rft"][0]["unsolved_then_solved"] == 0
+
+
 @pytest.mark.parametrize("min_reward, chosen, passing", [(None, 20, 5), (1.0, 5, 5)])
 def test_select_reward_imitates_what_the_reward_section_ranks_best(tmp_path, monkeypatch, min_reward, chosen, passing):
     """--select reward (tau2's reward alone here): without a floor every sampled task gives its best conversation,
