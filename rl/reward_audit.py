@@ -8,6 +8,10 @@ whether RL is about to optimise something the verifier does not reward.
 For one component over one step (every list has one entry per episode; `groups` says which episodes share a task):
   pairwise_acc     over (passed, failed) episode pairs of the same group: the share the component ranks the passed
                    one higher (a tie counts 1/2). The on-policy version of a reward model's pair accuracy.
+  pairwise_acc_same_ending   the same over the pairs whose two episodes ended the same way (both stopped by the
+                   agent, say), when the endings are known: a failure that crashed on a broken tool call is easy to
+                   rank below a success (on the tiny policy's samples that surface alone agrees with tau2 ~0.8);
+                   this is the on-policy counterpart of the static pairs' surface-matched subset.
   best_of_group    over groups with a passing episode: the share where the component's top-scored episode passed
                    (ties at the top share the credit): would best-of-n selection by this component pick a success?
   spearman_checks  rank correlation with the verifiable checks score over all episodes (average ranks for ties).
@@ -56,27 +60,38 @@ def spearman(x: list[float], y: list[float]) -> float | None:
     return cov / math.sqrt(vx * vy) if vx > 0 and vy > 0 else None
 
 
-def audit_component(groups: list, verdicts: list[bool], checks: list[float], values: list[float | None]) -> dict:
-    """The audit of one component over one step (see the module docstring); episodes without a value are skipped."""
+def audit_component(groups: list, verdicts: list[bool], checks: list[float], values: list[float | None],
+                    endings: list[str | None] | None = None) -> dict:
+    """The audit of one component over one step (see the module docstring); episodes without a value are skipped.
+    `endings`: how each episode ended (its termination), for pairwise_acc_same_ending."""
     keep = [i for i, v in enumerate(values) if v is not None]
     groups, verdicts = [groups[i] for i in keep], [verdicts[i] for i in keep]
     checks, values = [checks[i] for i in keep], [float(values[i]) for i in keep]
+    ends = [endings[i] for i in keep] if endings is not None else [None] * len(keep)
     out: dict[str, float] = {}
-    pair_credit, best_credit, stds = [], [], []
-    for members in _by_group(groups, verdicts, values).values():
-        passed = [v for ok, v in members if ok]
-        failed = [v for ok, v in members if not ok]
-        pair_credit += [1.0 if p > f else 0.5 if p == f else 0.0 for p in passed for f in failed]
+    pair_credit, same_ending, best_credit, stds = [], [], [], []
+    for members in _by_group(groups, verdicts, values, ends).values():
+        passed = [(v, e) for ok, v, e in members if ok]
+        failed = [(v, e) for ok, v, e in members if not ok]
+        for p, p_end in passed:
+            for f, f_end in failed:
+                credit = 1.0 if p > f else 0.5 if p == f else 0.0
+                pair_credit.append(credit)
+                if p_end is not None and p_end == f_end:
+                    same_ending.append(credit)
         if passed:
-            top = max(v for _, v in members)
-            at_top = [ok for ok, v in members if v == top]
+            top = max(v for _, v, _ in members)
+            at_top = [ok for ok, v, _ in members if v == top]
             best_credit.append(sum(at_top) / len(at_top))
         if len(members) > 1:
-            mean = sum(v for _, v in members) / len(members)
-            stds.append(math.sqrt(sum((v - mean) ** 2 for _, v in members) / len(members)))
+            mean = sum(v for _, v, _ in members) / len(members)
+            stds.append(math.sqrt(sum((v - mean) ** 2 for _, v, _ in members) / len(members)))
     if pair_credit:
         out["pairwise_acc"] = sum(pair_credit) / len(pair_credit)
         out["pairs"] = len(pair_credit)
+    if same_ending:
+        out["pairwise_acc_same_ending"] = sum(same_ending) / len(same_ending)
+        out["pairs_same_ending"] = len(same_ending)
     if best_credit:
         out["best_of_group"] = sum(best_credit) / len(best_credit)
     rho = spearman(values, checks)
@@ -87,14 +102,15 @@ def audit_component(groups: list, verdicts: list[bool], checks: list[float], val
     return out
 
 
-def audit_step(groups: list, verdicts: list[bool], components: list[dict]) -> dict:
+def audit_step(groups: list, verdicts: list[bool], components: list[dict],
+               endings: list[str | None] | None = None) -> dict:
     """`reward/<component>_vs_verifier/<statistic>` for every audited component present in the step's scores."""
     checks = [c.get("checks", c.get("tau2", 0.0)) for c in components]
     out = {}
     for name in AUDITED_COMPONENTS:
         values = [c.get(name) for c in components]
         if any(v is not None for v in values):
-            for stat, v in audit_component(groups, verdicts, checks, values).items():
+            for stat, v in audit_component(groups, verdicts, checks, values, endings).items():
                 out[f"reward/{name}_vs_verifier/{stat}"] = v
     return out
 

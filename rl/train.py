@@ -236,7 +236,8 @@ class Trainer:
                                      cursor=cursor)
         with timer("reward"):
             scores = self.score(trajs)
-        audit = audit_step([t.group for t in trajs], [t.eval.success for t in trajs], [s.components for s in scores])
+        audit = audit_step([t.group for t in trajs], [t.eval.success for t in trajs], [s.components for s in scores],
+                           [t.termination for t in trajs])
         audit.update(self.audit_monitor.update(self.step + 1, audit))
         batch = build_train_batch(trajs, scores, cfg.algorithm)
         try:

@@ -25,6 +25,21 @@ def test_audit_by_hand():
     assert audit_component(["x", "x"], [False, False], [0, 0.5], [0.1, 0.2]).keys() == {"spearman_checks", "group_std"}
 
 
+def test_same_ending_pairs_tell_a_surface_reader_from_a_task_reader():
+    """A score that only ranks crashed episodes low agrees with tau2 on the pairs that ended differently and not on
+    the ones that ended the same way; pairwise_acc alone would not tell."""
+    groups = ["t"] * 5
+    passed = [True, True, False, False, False]
+    endings = ["agent_stop", "agent_stop", "agent_error", "agent_error", "agent_stop"]
+    surface = [1.0, 1.0, 0.0, 0.0, 1.0]  # "did it stop cleanly?": the clean failure ties with the successes
+    a = audit_component(groups, passed, [1, 1, 0, 0, 0], surface, endings)
+    assert a["pairwise_acc"] == pytest.approx((4 * 1 + 2 * 0.5) / 6)  # 0.83 looks like a good reward model
+    assert a["pairwise_acc_same_ending"] == pytest.approx(0.5) and a["pairs_same_ending"] == 2  # chance
+    task = audit_component(groups, passed, [1, 1, 0, 0, 0], [0.9, 0.8, 0.1, 0.2, 0.3], endings)
+    assert task["pairwise_acc_same_ending"] == 1.0
+    assert "pairwise_acc_same_ending" not in audit_component(groups, passed, [1, 1, 0, 0, 0], surface)  # unknown
+
+
 def test_audit_step_names_components_and_skips_missing_ones():
     components = [{"checks": c, "rm": r} for c, r in zip(CHECKS, RM)]
     m = audit_step(GROUPS, PASSED, components)
@@ -78,7 +93,7 @@ def test_offline_audit_of_an_rl_rft_sampling_round(tmp_path):
     from rl.rm.eval import audit_rollouts, audit_table
 
     rows = [{"task_id": g, "trial": i, "success": ok, "reward": float(ok), "messages": [],  # tau2's log: not scored
-             "chat_messages": [{"role": "assistant", "content": str(r)}]}
+             "chat_messages": [{"role": "assistant", "content": str(r)}], "termination": "agent_stop"}
             for i, (g, ok, r) in enumerate(zip(GROUPS, PASSED, RM))]
 
     class Scorer:  # scores an episode by the number in its reply: the RM column above
@@ -91,8 +106,46 @@ def test_offline_audit_of_an_rl_rft_sampling_round(tmp_path):
     audit = audit_rollouts([str(tmp_path)], Scorer())
     assert audit["episodes"] == 7 and audit["passed"] == 2 and set(audit["per_step"]) == {"0"}
     assert audit["overall"]["reward/rm_vs_verifier/pairwise_acc"] == pytest.approx(0.5)
-    assert "| statistic | all steps |\n|---|---|\n| rm_vs_verifier/pairwise_acc | 0.500 |\n" in audit_table(audit)
+    assert audit["overall"]["reward/rm_vs_verifier/pairs_same_ending"] == 3  # every episode stopped the same way
+    # beside it, a score that only asks whether the agent stopped (here every episode did: ties, 0.5)
+    assert audit["ending_baseline"]["pairwise_acc"] == 0.5
+    assert ("| statistic | all steps | did-it-stop baseline |\n|---|---|---|\n| rm_vs_verifier/pairwise_acc | 0.500 | "
+            "0.500 |\n") in audit_table(audit)
     rows[3]["chat_messages"] = None  # a scripted agent's episode keeps no conversation of a policy
     (tmp_path / "episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(ValueError, match=r"episodes.jsonl:4: no chat_messages to score"):
         audit_rollouts([str(tmp_path)], Scorer())
+
+
+def test_the_audit_can_draw_tasks_with_both_outcomes_and_cap_each_outcome(tmp_path, capsys):
+    """--audit-tasks N --audit-per-outcome K: a seeded draw of N tasks that hold a pass and a failure, at most K
+    episodes of each outcome; tasks with one outcome only are never drawn."""
+    from rl.rm.eval import audit_rollouts
+
+    rows = [{"task_id": f"t{t}", "trial": k, "success": k < t % 3, "reward": float(k < t % 3), "messages": [],
+             "chat_messages": [{"role": "assistant", "content": f"{k}"}], "termination": "agent_stop"}
+            for t in range(12) for k in range(4)]  # t % 3 == 0: no pass; 1: one pass; 2: two passes
+    (tmp_path / "episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    class Scorer:
+        path = "stub"
+
+        def __init__(self):
+            self.seen = []
+
+        def score(self, conversations):
+            self.seen += conversations
+            return [-float(c[-1]["content"]) for c in conversations]  # earlier trials (the passes) score higher
+
+    scorer = Scorer()
+    audit = audit_rollouts([str(tmp_path)], scorer, tasks=5, per_outcome=1, seed=3)
+    assert audit["episodes"] == 10 == len(scorer.seen) and audit["passed"] == 5  # 5 tasks x (1 pass + 1 failure)
+    assert audit["overall"]["reward/rm_vs_verifier/pairwise_acc"] == 1.0
+    assert audit["ending_baseline"]["pairwise_acc"] == 0.5  # every episode stopped: the baseline cannot tell
+    assert "auditing 10 episodes of 5 of the 8 tasks with both" in capsys.readouterr().err
+    again = audit_rollouts([str(tmp_path)], Scorer(), tasks=5, per_outcome=1, seed=3)
+    assert again == audit  # the same draw for the same seed
+    # every mixed task: one pass + 2 of its 3 failures (t % 3 == 1), two passes + two failures (t % 3 == 2)
+    assert audit_rollouts([str(tmp_path)], Scorer(), per_outcome=2)["episodes"] == 4 * 3 + 4 * 4
+    with pytest.raises(SystemExit):
+        main(["--pairs", "x.jsonl", "--rm", "y", "--audit-tasks", "0", "--out", str(tmp_path / "o")])

@@ -343,7 +343,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-verdict", choices=JUDGE_VERDICTS, default="text",
                    help="--judge-vllm: parse the judge's written [[A]]/[[B]] (text), or start its reply with [[ and "
                         "take the likelier of A and B as the next token (logprob: for small models)")
-    p.add_argument("--seed", type=int, default=0, help="A/B order and best-of-4 choice")
+    p.add_argument("--seed", type=int, default=0, help="A/B order, best-of-4 choice and the --audit-tasks draw")
+    p.add_argument("--audit-tasks", type=int, default=None, metavar="N",
+                   help="--rollouts: audit a random draw of N tasks with both a passed and a failed episode")
+    p.add_argument("--audit-per-outcome", type=int, default=None, metavar="K",
+                   help="--rollouts: at most K passed and K failed episodes of each task")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N pairs")
     p.add_argument("--batch-size", type=int, default=8, help="--rm scoring batch")
     p.add_argument("--out", required=True, metavar="DIR")
@@ -397,6 +401,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--judge-verdict logprob needs --judge-vllm (a local engine that reports next-token logprobs)")
     if args.judge_base_url and not args.judge_model:
         parser.error("--judge-base-url needs --judge-model")
+    if any(v is not None and v < 1 for v in (args.audit_tasks, args.audit_per_outcome)):
+        parser.error("--audit-tasks and --audit-per-outcome must be >= 1")
+    if (args.audit_tasks or args.audit_per_outcome) and not args.rollouts:
+        parser.error("--audit-tasks / --audit-per-outcome choose among --rollouts episodes")
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit must be >= 1, got {args.limit}")
     if not args.pairs:
@@ -432,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     report["limit"] = args.limit
     if args.rollouts:
         try:
-            report["on_policy"] = audit_rollouts(args.rollouts, scorer, batch=args.batch_size)
+            report["on_policy"] = audit_rollouts(args.rollouts, scorer, batch=args.batch_size, tasks=args.audit_tasks,
+                                                 per_outcome=args.audit_per_outcome, seed=args.seed)
         except (FileNotFoundError, ValueError) as e:
             print(f"rm_eval: error: {e}", file=sys.stderr)
             return 2
@@ -454,7 +463,8 @@ def _rm_scorer(args):
 
 def _audit_only(args) -> int:
     try:
-        audit = audit_rollouts(args.rollouts, _rm_scorer(args) if args.rm else None, batch=args.batch_size)
+        audit = audit_rollouts(args.rollouts, _rm_scorer(args) if args.rm else None, batch=args.batch_size,
+                               tasks=args.audit_tasks, per_outcome=args.audit_per_outcome, seed=args.seed)
     except (FileNotFoundError, ValueError) as e:
         print(f"rm_eval: error: {e}", file=sys.stderr)
         return 2
@@ -468,9 +478,10 @@ def _audit_only(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------ on-policy audit
-def _audited_episodes(d: str) -> list[tuple[int, object, list[dict], dict]]:
-    """(step, group, messages, components) of each episode of a run's trajectories.jsonl, or of an rl.evaluate
-    --model folder's episodes.jsonl (an rl.rft sampling round: one step, a group per task, tau2's reward as checks)."""
+def _audited_episodes(d: str) -> list[tuple[int, object, list[dict], dict, str | None]]:
+    """(step, group, messages, components, termination) of each episode of a run's trajectories.jsonl, or of an
+    rl.evaluate --model folder's episodes.jsonl (an rl.rft sampling round: one step, a group per task, tau2's reward
+    as checks)."""
     from rl.contracts import EpisodeRecord
     from rl.run_dir import episode_file, read_jsonl
 
@@ -479,24 +490,29 @@ def _audited_episodes(d: str) -> list[tuple[int, object, list[dict], dict]]:
     for line, row in enumerate(read_jsonl(path), 1):
         if "trial" not in row:
             r = EpisodeRecord.from_row(row)
-            out.append((r.step, r.group, r.messages, dict(r.components)))
+            out.append((r.step, r.group, r.messages, dict(r.components), r.termination))
         elif isinstance(row.get("chat_messages"), list) and row["chat_messages"]:  # what the reward actor scores
             out.append((0, row["task_id"], row["chat_messages"],
-                        {"success": float(row["success"]), "tau2": float(row["reward"])}))
+                        {"success": float(row["success"]), "tau2": float(row["reward"])}, row.get("termination")))
         else:
             raise ValueError(f"{path}:{line}: no chat_messages to score (only rl.evaluate --model episodes keep the "
                              "policy's conversation)")
     return out
 
 
-def audit_rollouts(run_dirs: list[str], scorer=None, batch: int = 8) -> dict:
+def audit_rollouts(run_dirs: list[str], scorer=None, batch: int = 8, tasks: int | None = None,
+                   per_outcome: int | None = None, seed: int = 0) -> dict:
     """The on-policy audit (rl/reward_audit.py) over the episodes of runs' trajectories.jsonl or rl.evaluate
     folders' episodes.jsonl: with `scorer`, its scores replace the logged `rm` component (the audit is rank-based,
-    so raw scores do). A group is one task's episodes of one step of one run. Overall, and per step."""
+    so raw scores do). A group is one task's episodes of one step of one run. Overall, and per step.
+    `tasks` / `per_outcome`: audit only a seeded draw of that many groups with both a passed and a failed episode,
+    and at most that many passed and failed episodes of each (what a large scorer on a CPU can afford)."""
     from rl.reward_audit import audit_step
 
-    records = [(str(d), step, group, messages, components) for d in run_dirs
-               for step, group, messages, components in _audited_episodes(d)]
+    records = [(str(d), step, group, messages, components, ending) for d in run_dirs
+               for step, group, messages, components, ending in _audited_episodes(d)]
+    if tasks or per_outcome:
+        records = _audit_draw(records, tasks, per_outcome, seed)
     if not records:
         raise ValueError(f"--rollouts {', '.join(run_dirs)}: no episodes")
     components = [r[4] for r in records]
@@ -506,29 +522,62 @@ def audit_rollouts(run_dirs: list[str], scorer=None, batch: int = 8) -> dict:
                 c["rm"] = float(v)
     if not any(k in c for c in components for k in ("rm", "judge")):
         raise ValueError("--rollouts: the runs logged no rm or judge score; give --rm PATH to score their episodes")
-    groups = [(d, step, group) for d, step, group, _, _ in records]
+    groups = [(d, step, group) for d, step, group, _, _, _ in records]
     verdicts = [bool(c.get("success", 0.0)) for c in components]
+    endings = [r[5] for r in records]
     steps = sorted({r[1] for r in records})
     per_step = {}
     for step in steps:
         idx = [i for i, r in enumerate(records) if r[1] == step]
         per_step[str(step)] = audit_step([groups[i] for i in idx], [verdicts[i] for i in idx],
-                                         [components[i] for i in idx])
+                                         [components[i] for i in idx], [endings[i] for i in idx])
     return {"runs": list(run_dirs), "episodes": len(records), "passed": sum(verdicts),
             "scored_by": str(getattr(scorer, "path", "rm")) if scorer is not None else "the runs' logged scores",
-            "overall": audit_step(groups, verdicts, components), "per_step": per_step}
+            "overall": audit_step(groups, verdicts, components, endings), "per_step": per_step,
+            "ending_baseline": _ending_baseline(groups, verdicts, components, endings)}
+
+
+def _ending_baseline(groups: list, verdicts: list[bool], components: list[dict], endings: list) -> dict:
+    """The same statistics for a score that only asks "did the agent stop, rather than crash or run out of turns?"
+    (1 / 0): what a reward model must beat to have learned more than how an episode ended ({} if endings are
+    unknown)."""
+    from rl.reward_audit import audit_component
+
+    if any(e is None for e in endings):
+        return {}
+    checks = [c.get("checks", c.get("tau2", 0.0)) for c in components]
+    stopped = [float(e == "agent_stop") for e in endings]
+    return audit_component(groups, verdicts, checks, stopped, endings)
+
+
+def _audit_draw(records: list[tuple], tasks: int | None, per_outcome: int | None, seed: int) -> list[tuple]:
+    """A seeded draw of `tasks` groups (run, step, task) that hold both outcomes, at most `per_outcome` passed and
+    failed episodes of each (the first in the file), in file order."""
+    by_group: dict = defaultdict(lambda: {True: [], False: []})
+    for i, r in enumerate(records):
+        by_group[r[:3]][bool(r[4].get("success", 0.0))].append(i)
+    mixed = sorted((g for g, v in by_group.items() if v[True] and v[False]), key=str)
+    drawn = random.Random(seed).sample(mixed, min(tasks, len(mixed))) if tasks else mixed
+    keep = sorted(i for g in drawn for ok in (True, False) for i in by_group[g][ok][:per_outcome or None])
+    print(f"rm_eval: auditing {len(keep)} episodes of {len(drawn)} of the {len(mixed)} tasks with both a passed and "
+          f"a failed episode (seed {seed})", file=sys.stderr)
+    return [records[i] for i in keep]
 
 
 def audit_table(audit: dict) -> str:
     """Overall, then the first and the last step (one step, as in an rl.rft sampling round: overall alone)."""
     steps = list(audit["per_step"])
     shown = [steps[0], steps[-1]] if len(steps) > 1 else []
+    baseline = audit.get("ending_baseline") or {}
+    extra = " did-it-stop baseline |" if baseline else ""
     lines = ["", f"On-policy audit: {audit['episodes']} episodes of {', '.join(audit['runs'])} ({audit['passed']} "
              f"passed tau2), scored by {audit['scored_by']}", "",
-             "| statistic | all steps |" + "".join(f" step {s} |" for s in shown), "|---|---|" + "---|" * len(shown)]
+             "| statistic | all steps |" + "".join(f" step {s} |" for s in shown) + extra,
+             "|---|---|" + "---|" * (len(shown) + bool(baseline))]
     for key, value in audit["overall"].items():
         lines.append(f"| {key.removeprefix('reward/')} | {_fmt(value)} |"
-                     + "".join(f" {_fmt(audit['per_step'][s].get(key))} |" for s in shown))
+                     + "".join(f" {_fmt(audit['per_step'][s].get(key))} |" for s in shown)
+                     + (f" {_fmt(baseline.get(key.rsplit('/', 1)[-1]))} |" if baseline else ""))
     return "\n".join(lines) + "\n"
 
 
