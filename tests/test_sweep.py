@@ -196,7 +196,8 @@ def test_missing_base_config_and_key(tmp_path):
         load_sweep(tmp_path / "b.yaml")
 
 
-def test_the_repo_sweeps_load(tmp_path):
+def test_the_repo_sweeps_load(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the RM's placeholder path is relative: a runs/rm/model of one's own must not count
     runs = plan(load_sweep(Path(REPO_ROOT) / "configs" / "sweeps" / "algorithms.yaml"))
     assert len(runs) == 8 and {r.config.algorithm.name for r in runs} == {"grpo", "dr_grpo", "rloo", "reinforce_pp"}
     arms = ["checks_only", "rm_only", "weighted", "gated", "multiplicative"]
