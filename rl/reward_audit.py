@@ -102,10 +102,16 @@ def audit_component(groups: list, verdicts: list[bool], checks: list[float], val
     return out
 
 
+def checks_scores(components: list[dict]) -> list[float]:
+    """Each episode's verifiable score: the reward's `checks` component, or tau2's reward where only that was kept
+    (an rl.evaluate folder)."""
+    return [c.get("checks", c.get("tau2", 0.0)) for c in components]
+
+
 def audit_step(groups: list, verdicts: list[bool], components: list[dict],
                endings: list[str | None] | None = None) -> dict:
     """`reward/<component>_vs_verifier/<statistic>` for every audited component present in the step's scores."""
-    checks = [c.get("checks", c.get("tau2", 0.0)) for c in components]
+    checks = checks_scores(components)
     out = {}
     for name in AUDITED_COMPONENTS:
         values = [c.get(name) for c in components]

@@ -195,7 +195,7 @@ class RejectionSampling:
             samples.append(str(sample))
             sampled = self._evaluate(sample, policy_folders(out, r)[-2], self.sampled_tasks, recipe.trials,
                                      greedy=False, what=f"round {r}: sampling the training tasks")
-            retried = self._sample_unsolved(r, sample) if recipe.unsolved_trials else None
+            retried, retry_record = self._sample_unsolved(r, sample) if recipe.unsolved_trials else (None, {})
             if retried:
                 samples.append(str(retried))
             if not (policy / "config.json").is_file():
@@ -211,7 +211,7 @@ class RejectionSampling:
                                 random.Random(f"{self.cfg.seed}/round {r}"), f"round {r}")
                 self.fine_tuning[policy.name]["own"] = len(own)  # the policy's own conversations among them
             summary["rft"].append({"round": r, "train_success": sampled["pass_hat_k"]["1"],
-                                   **(self._retry_record(sample, retried) if recipe.unsolved_trials else {}),
+                                   **retry_record,
                                    "heldout": self._greedy(policy, "eval"),
                                    "heldout_sampled": self._heldout_sampled(policy),
                                    "validation": self._greedy(policy, "val")})
@@ -219,22 +219,18 @@ class RejectionSampling:
         self._write(summary)
         return summary
 
-    def _sample_unsolved(self, r: int, sample: Path) -> Path | None:
+    def _sample_unsolved(self, r: int, sample: Path) -> tuple[Path | None, dict]:
         """Round r's tasks that none of its samples solved, sampled --unsolved-trials times more by the same policy
-        into retry<r>/ (None when every task was solved)."""
+        into retry<r>/ (None when every task was solved), and the record of it: how many tasks were left unsolved
+        and how many of them the extra samples solved."""
         solved = passed_tasks(sample)
         unsolved = [t for t in self.sampled_tasks if t.id not in solved]
         if not unsolved:
-            return None
+            return None, {"unsolved": 0, "unsolved_then_solved": 0}
         retry = self.out / f"retry{r}"
         self._evaluate(retry, policy_folders(self.out, r)[-2], unsolved, self.recipe.unsolved_trials, greedy=False,
                        what=f"round {r}: sampling the {len(unsolved)} tasks no sample solved")
-        return retry
-
-    def _retry_record(self, sample: Path, retried: Path | None) -> dict:
-        """How many sampled tasks round r left unsolved, and how many of them the extra samples solved."""
-        unsolved = len(self.sampled_tasks) - len(passed_tasks(sample))
-        return {"unsolved": unsolved, "unsolved_then_solved": len(passed_tasks(retried)) if retried else 0}
+        return retry, {"unsolved": len(unsolved), "unsolved_then_solved": len(passed_tasks(retry))}
 
     def _chosen(self, policy: Path, samples: list[str]):
         """What `policy`'s fine-tuning imitates of the samples: their folders (tau2's passes are taken from them) or,

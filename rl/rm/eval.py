@@ -541,13 +541,12 @@ def _ending_baseline(groups: list, verdicts: list[bool], components: list[dict],
     """The same statistics for a score that only asks "did the agent stop, rather than crash or run out of turns?"
     (1 / 0): what a reward model must beat to have learned more than how an episode ended ({} if endings are
     unknown)."""
-    from rl.reward_audit import audit_component
+    from rl.reward_audit import audit_component, checks_scores
 
     if any(e is None for e in endings):
         return {}
-    checks = [c.get("checks", c.get("tau2", 0.0)) for c in components]
     stopped = [float(e == "agent_stop") for e in endings]
-    return audit_component(groups, verdicts, checks, stopped, endings)
+    return audit_component(groups, verdicts, checks_scores(components), stopped, endings)
 
 
 def _audit_draw(records: list[tuple], tasks: int | None, per_outcome: int | None, seed: int) -> list[tuple]:
