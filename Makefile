@@ -84,15 +84,16 @@ bench-learning: install
 
 # The reward-mixing ablation on the same recipe: a reward model trained on verifier-labelled perturbation pairs of
 # the training tasks, then per seed one rejection-sampling round per selection (tau2's passes, the reward model alone,
-# the passes the reward model prefers) from a shared warm start and shared samples: runs/bench_selection/results.md.
-# ~45 min a seed on 2 cores (the rm_only arm fine-tunes on twice the conversations) with bench-learning's seeds
-# (--start runs/bench_learning: no warm start of its own).
+# the passes the reward model prefers, the passes then the reward model's favourite failures) from a shared warm start
+# and shared samples: runs/bench_selection/results.md. ~70 min a seed on 2 cores without bfloat16 instructions (its
+# own warm start and samples 26 min, the arms 8-17 min each: rm_only and weighted fine-tune on twice the
+# conversations); ~45 min with bench-learning's seeds (--start runs/bench_learning: no warm start of its own).
 bench-selection: install
 	$(PY) -m rl.rm.pairs tau2 --training-tasks-of $(DEMO_CONFIG) --out runs/rm_learn/pairs_train.jsonl
 	$(PY) -m rl.rm.pairs tau2 --split test --out runs/rm_learn/pairs_test.jsonl
 	$(PY) -m rl.rm.train --config configs/rm_learn_tiny.yaml
 	$(PY) -m bench.bench_selection --rm runs/rm_learn/model --config $(DEMO_CONFIG) --seeds 0 1 2 \
-		--arms verifier rm_only gated $(if $(wildcard runs/bench_learning/seed0/sample1),--start runs/bench_learning)
+		--arms verifier rm_only gated weighted $(if $(wildcard runs/bench_learning/seed0/sample1),--start runs/bench_learning)
 
 replay: install
 	$(PY) -m envs.tau2_telecom.replay --split full

@@ -12,6 +12,9 @@ times), so they differ only in what their one round fine-tunes on (rl.rft --sele
   gated      tau2's passes, the reward model choosing which 2 (gated mixing, --min-reward 1)
   weighted   tau2 + 0.5 x the reward model, no floor: passes first, and a task with no pass gets the reward model's
              favourite failures
+No multiplicative arm: with tau2's 0/1 reward as the checks, checks x (1 - w + w x rm) is 0 for every failure, so with a
+floor it keeps what gated keeps (the passes, ranked by the reward model), and without one a task with no pass gets its
+first-sampled failures, not reward-ranked ones (tests/test_rft_selection.py).
 The shared stages (sft/, eval_sft/, sampled_sft/, sample1/) are linked from --start's seed<k>/ (bench_learning's
 output with --rft-rounds >= 1, the same recipe: bench_learning's defaults) when given; else the verifier arm makes
 them. Reported per arm: held-out greedy and sampled success after the round, the conversations it imitated and how

@@ -46,6 +46,25 @@ def test_each_mixing_chooses_what_its_reward_ranks_first():
     assert _chosen(checks, min_reward=1.0, per_task=2) == ["a1"]  # the verifier's choice: passes only
 
 
+def test_multiplicative_mixing_selects_what_gated_does_on_pass_fail_checks():
+    """Why bench_selection has no multiplicative arm: with tau2's 0/1 reward as the checks, checks x (1 - w + w x rm)
+    is 0 for every failure and rises with the reward model among the passes, so with a floor it keeps what gated
+    keeps; without one, a task with no pass gets its first-sampled failure, not the reward model's favourite."""
+    episodes = [_episode("a", True, "a0"), _episode("a", False, "a1"), _episode("a", True, "a2"),
+                _episode("b", False, "b0"), _episode("b", False, "b1")]
+    rm = [0.2, 0.9, 0.7, 0.3, 0.8]
+
+    def chosen(w, min_reward):
+        rewards = episode_rewards(episodes, w, rm)
+        return [episodes[i].chat[0]["content"] for i in top_per_task(episodes, rewards, 1, min_reward)]
+
+    gated = RewardConfig(task_weight=1.0, rm_path="rm", rm_weight=0.5, mixing="gated")
+    multiplicative = replace(gated, mixing="multiplicative")
+    assert chosen(gated, 1.0) == chosen(multiplicative, 0.5) == ["a2"]  # the pass the reward model prefers
+    assert chosen(multiplicative, None) == ["a2", "b0"]
+    assert chosen(replace(gated, mixing="weighted"), None) == ["a2", "b1"]
+
+
 def test_equal_rewards_keep_sampling_order_and_a_repeated_conversation_counts_once():
     episodes = [_episode("a", True, "same"), _episode("a", True, "same"), _episode("a", True, "other")]
     assert top_per_task(episodes, [1.0, 1.0, 1.0], 2, None) == [0, 2]
