@@ -10,8 +10,8 @@ times), so they differ only in what their one round fine-tunes on (rl.rft --sele
   verifier   tau2's passes, at most 2 a task (the recipe's own selection)
   rm_only    the reward model alone: each task's 2 top-scored samples, passed or not
   gated      tau2's passes, the reward model choosing which 2 (gated mixing, --min-reward 1)
-  weighted   tau2 + 0.5 x the reward model, no floor: passes first, and a task with no pass gets the reward model's
-             favourite failures
+  weighted   tau2 + 0.5 x the reward model, no floor: passes first, then the reward model's favourite failures, up
+             to 2 a task
 No multiplicative arm: with tau2's 0/1 reward as the checks, checks x (1 - w + w x rm) is 0 for every failure, so with a
 floor it keeps what gated keeps (the passes, ranked by the reward model), and without one a task with no pass gets its
 first-sampled failures, not reward-ranked ones (tests/test_rft_selection.py).

@@ -9,7 +9,7 @@ recipe that learns.
             selections: task_weight 0 + rm_weight 1 lets the reward model alone choose (tau2's verdict is only
             logged: what it picks and fails is what the policy learns from a hackable reward); gated mixing with
             --min-reward at the pass level keeps tau2's passes and lets the reward model choose among them; weighted
-            mixing without a floor also fills a task no sample passes with the reward model's favourite failure.
+            mixing without a floor also fills a task with too few passes with the reward model's favourite failures.
 
 rl.evaluate's episode files keep tau2's reward, not its partial credit or the rejected-call count, so the reward
 section's env_assertion_weight, action_weight, malformed_call_penalty and judge_weight must be 0 here (an error
