@@ -93,7 +93,8 @@ bench-selection: install
 	$(PY) -m rl.rm.pairs tau2 --split test --out runs/rm_learn/pairs_test.jsonl
 	$(PY) -m rl.rm.train --config configs/rm_learn_tiny.yaml
 	$(PY) -m bench.bench_selection --rm runs/rm_learn/model --config $(DEMO_CONFIG) --seeds 0 1 2 \
-		--arms verifier rm_only gated weighted $(if $(wildcard runs/bench_learning/seed0/sample1),--start runs/bench_learning)
+		--arms verifier rm_only gated weighted \
+		$(if $(wildcard runs/bench_learning/seed0/sample1),--start runs/bench_learning)
 
 replay: install
 	$(PY) -m envs.tau2_telecom.replay --split full

@@ -29,9 +29,9 @@ EPISODES = [_episode("a", False, "a0"), _episode("a", True, "a1"), _episode("a",
 RM = [0.9, 0.2, 0.5, 0.3, 0.8]  # prefers a failure on task a
 
 
-def _chosen(w, min_reward=None, per_task=1):
-    rewards = episode_rewards(EPISODES, w, RM)
-    return [EPISODES[i].chat[0]["content"] for i in top_per_task(EPISODES, rewards, per_task, min_reward)]
+def _chosen(w, min_reward=None, per_task=1, episodes=EPISODES, rm=RM):
+    rewards = episode_rewards(episodes, w, rm)
+    return [episodes[i].chat[0]["content"] for i in top_per_task(episodes, rewards, per_task, min_reward)]
 
 
 def test_each_mixing_chooses_what_its_reward_ranks_first():
@@ -55,8 +55,7 @@ def test_multiplicative_mixing_selects_what_gated_does_on_pass_fail_checks():
     rm = [0.2, 0.9, 0.7, 0.3, 0.8]
 
     def chosen(w, min_reward):
-        rewards = episode_rewards(episodes, w, rm)
-        return [episodes[i].chat[0]["content"] for i in top_per_task(episodes, rewards, 1, min_reward)]
+        return _chosen(w, min_reward, episodes=episodes, rm=rm)
 
     gated = RewardConfig(task_weight=1.0, rm_path="rm", rm_weight=0.5, mixing="gated")
     multiplicative = replace(gated, mixing="multiplicative")
