@@ -53,11 +53,18 @@ demo: install
 	$(PY) -m bench.bench_learning --config $(DEMO_CONFIG) --seeds 0 --out $(DEMO_DIR) --no-ceiling --sft-epochs 10 \
 		--rft-rounds 1 --rft-trials 4 train.steps=0
 
+# Test files run on TEST_WORKERS pytest-xdist workers, a file whole on one (its module fixtures - a Ray cluster, an
+# engine, a trained model - are built once). Half of the suite's time is a process importing torch/vLLM/DeepSpeed on
+# one core while the other idles, so 2 workers pay on 2 cores too (fresh clone, 2-core EPYC: 1,164 s -> 785 s).
+# tests/conftest.py hands out the longest files first; --no-loadscope-reorder keeps that order. TEST_WORKERS=0: serial.
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
+
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: install
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 # ruff with the project's settings (pyproject.toml: 120 columns); CI runs it before the tests.
 lint: install

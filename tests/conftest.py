@@ -11,6 +11,22 @@ TAU2_SHARED = SHARED / "tau2-telecom"
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+# `make test` runs files on two pytest-xdist workers in collection order (Makefile: TEST_WORKERS). A multi-minute file
+# handed out last keeps one worker busy after the other has finished, so these go first, longest first (1.5-6 min
+# each on a 2-core machine with both workers busy), then the other files with `slow` tests, then the rest.
+LONGEST_FILES = ("test_train_e2e.py", "test_rm_e2e.py", "test_sweep.py", "test_learner.py", "test_driver_kill.py",
+                 "test_rollout_worker.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank: dict = {}
+    for item in items:
+        name = item.path.name
+        own = LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES) + (
+            0 if item.get_closest_marker("slow") else 1)
+        rank[name] = min(rank.get(name, own), own)
+    items.sort(key=lambda item: rank[item.path.name])  # stable: a file's own tests keep their order
+
 
 def missing(reason: str, module: bool = False) -> None:
     """Skip a test whose input (../shared data, an optional package) is absent - except in CI (CI=true), where all
