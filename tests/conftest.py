@@ -24,8 +24,8 @@ def pytest_collection_modifyitems(items):
         name = item.path.name
         own = LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES) + (
             0 if item.get_closest_marker("slow") else 1)
-        rank[name] = min(rank.get(name, own), own)
-    items.sort(key=lambda item: rank[item.path.name])  # stable: a file's own tests keep their order
+        rank[item.path] = min(rank.get(item.path, own), own)
+    items.sort(key=lambda item: rank[item.path])  # stable: a file's own tests keep their order
 
 
 def missing(reason: str, module: bool = False) -> None:

@@ -56,3 +56,24 @@ def test_installed_packages_have_bytecode():
         from tests.conftest import missing
 
         missing("site-packages has no bytecode: install with `make install`, which compiles it")
+
+
+def test_the_longest_files_go_first_and_each_file_keeps_its_order():
+    """`make test`'s xdist workers take files in collection order; the hook puts the multi-minute ones first."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from tests.conftest import LONGEST_FILES, pytest_collection_modifyitems
+
+    tests = Path(REPO_ROOT) / "tests"
+    assert [n for n in LONGEST_FILES if not (tests / n).is_file()] == []  # a renamed file would silently go last
+
+    def item(name, test, slow=False):
+        return SimpleNamespace(path=tests / name, test=test, get_closest_marker=lambda m: slow and m == "slow")
+
+    items = [item("test_a.py", 1), item("test_a.py", 2), item("test_b.py", 1), item("test_b.py", 2, slow=True),
+             item(LONGEST_FILES[1], 1), item(LONGEST_FILES[0], 1), item(LONGEST_FILES[0], 2)]
+    pytest_collection_modifyitems(items)
+    assert [(i.path.name, i.test) for i in items] == [
+        (LONGEST_FILES[0], 1), (LONGEST_FILES[0], 2), (LONGEST_FILES[1], 1), ("test_b.py", 1), ("test_b.py", 2),
+        ("test_a.py", 1), ("test_a.py", 2)]
