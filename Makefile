@@ -54,7 +54,7 @@ demo: install
 		--rft-rounds 1 --rft-trials 4 train.steps=0
 
 # Test files run on TEST_WORKERS pytest-xdist workers, a file whole on one (its module fixtures - a Ray cluster, an
-# engine, a trained model - are built once). Half of the suite's time is a process importing torch/vLLM/DeepSpeed on
+# engine, a trained model - are built once). Much of the suite's time is a process importing torch/vLLM/DeepSpeed on
 # one core while the other idles, so 2 workers pay on 2 cores too (fresh clone, 2-core EPYC: 1,164 s -> 785 s).
 # tests/conftest.py hands out the longest files first; --no-loadscope-reorder keeps that order. TEST_WORKERS=0: serial.
 TEST_WORKERS ?= 2
