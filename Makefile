@@ -55,7 +55,7 @@ demo: install
 
 # Test files run on TEST_WORKERS pytest-xdist workers, a file whole on one (its module fixtures - a Ray cluster, an
 # engine, a trained model - are built once). Much of the suite's time is a process importing torch/vLLM/DeepSpeed on
-# one core while the other idles, so 2 workers pay on 2 cores too (fresh clone, 2-core EPYC: 1,164 s -> 785 s).
+# one core while the other idles, so 2 workers pay on 2 cores too (fresh clone, 2-core EPYC: 1,164 s -> 719-785 s).
 # tests/conftest.py hands out the longest files first; --no-loadscope-reorder keeps that order. TEST_WORKERS=0: serial.
 TEST_WORKERS ?= 2
 XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
