@@ -18,14 +18,17 @@ LONGEST_FILES = ("test_train_e2e.py", "test_rm_e2e.py", "test_sweep.py", "test_l
                  "test_rollout_worker.py")
 
 
+def _rank(item) -> int:
+    if item.path.name in LONGEST_FILES:
+        return LONGEST_FILES.index(item.path.name)
+    return len(LONGEST_FILES) + (0 if item.get_closest_marker("slow") else 1)
+
+
 def pytest_collection_modifyitems(items):
-    rank: dict = {}
+    file_rank: dict = {}  # a file ranks by its most urgent test, so it moves whole
     for item in items:
-        name = item.path.name
-        own = LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES) + (
-            0 if item.get_closest_marker("slow") else 1)
-        rank[item.path] = min(rank.get(item.path, own), own)
-    items.sort(key=lambda item: rank[item.path])  # stable: a file's own tests keep their order
+        file_rank[item.path] = min(file_rank.get(item.path, _rank(item)), _rank(item))
+    items.sort(key=lambda item: file_rank[item.path])  # stable: a file's own tests keep their order
 
 
 def missing(reason: str, module: bool = False) -> None:
