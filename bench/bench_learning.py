@@ -4,13 +4,15 @@
                                    [--sft-limit 100] [--sft-epochs 20] [--sft-lr 3e-3] [--no-ceiling]
                                    [--rft-rounds 0] [--rft-trials 8] [--rft-per-task 2] [--rft-engines 2]
                                    [--rft-dtype auto|float32|bfloat16] [--rft-unsolved-trials 0]
+                                   [--rft-prefer first|shortest]
                                    [--heldout-trials 0] [key=value ...]
 
 Per seed, one rl.rft program: SFT on `--sft-limit` expert conversations of the training tasks (the seed draws
 which), its held-out greedy success, then `--rft-rounds` rounds of rejection-sampling fine-tuning (each samples every
 training task `--rft-trials` times at `--rft-temperature` and fine-tunes the newest policy on the warm start's
 demonstrations plus every round's successes so far, at most `--rft-per-task` distinct ones per task: tau2's verdict
-is the only judge; with `--rft-unsolved-trials k` the tasks no sample solved are sampled k times more first),
+is the only judge; with `--rft-unsolved-trials k` the tasks no sample solved are sampled k times more first;
+`--rft-prefer shortest` keeps a task's shortest passes rather than the first found),
 held-out success after each (greedy, and with --heldout-trials k its pass^1..k sampled at the rounds' temperature);
 its engines (`--rft-engines`, in `--rft-dtype`) play every stage. Then RL (rl.train, configured by --config and the
 overrides, from the last policy; train.steps=0 for none, and the last round is the end point).
@@ -35,6 +37,7 @@ from pathlib import Path
 from bench import finish, run_program
 from rl.choices import ROLLOUT_DTYPES
 from rl.config import load_config
+from rl.demonstrations import PREFERENCES
 from rl.rft import policy_folders
 
 
@@ -52,7 +55,7 @@ def _recipe(args, seed: int, root: Path, sft_limit: int, rounds: int, overrides:
               str(sft_limit), "--sft-epochs", str(args.sft_epochs), "--sft-lr", str(args.sft_lr), "--rounds",
               str(rounds), "--trials", str(args.rft_trials), "--temperature", str(args.rft_temperature),
               "--per-task", str(args.rft_per_task), "--epochs", str(args.rft_epochs), "--lr", str(args.rft_lr),
-              "--unsolved-trials", str(args.rft_unsolved_trials),
+              "--unsolved-trials", str(args.rft_unsolved_trials), "--prefer", args.rft_prefer,
               "--heldout-trials", str(args.heldout_trials if rounds else 0), *overrides, *engines],
              root.parent / f"{root.name}.log")
     return json.loads(summary.read_text())
@@ -128,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rft-lr", type=float, default=1e-3)
     ap.add_argument("--rft-unsolved-trials", type=int, default=0,
                     help="each round, sample the training tasks none of its samples solved this many times more")
+    ap.add_argument("--rft-prefer", choices=PREFERENCES, default="first",
+                    help="which of a task's passes --rft-per-task keeps: the first found, or the shortest")
     ap.add_argument("--heldout-trials", type=int, default=0,
                     help="with rounds: also sample the held-out tasks this many times at --rft-temperature at the "
                          "start and after each round (tau2's pass^k; less noisy than one greedy pass)")
@@ -147,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                     "sft_limit": args.sft_limit, "sft_epochs": args.sft_epochs, "sft_lr": args.sft_lr,
                     "rft": {k: getattr(args, f"rft_{k}") for k in ("rounds", "trials", "temperature", "dtype",
                                                                     "engines", "per_task", "epochs", "lr",
-                                                                    "unsolved_trials")},
+                                                                    "unsolved_trials", "prefer")},
                     "heldout_trials": args.heldout_trials,
                     "runs": {}}
     cfg = load_config(args.config, args.overrides)
@@ -206,8 +211,8 @@ def _table(r: dict, tasks: int) -> list[str]:
     runs = list(r["runs"].values())
     rounds = min(len(run["rft"]) for run in runs)
     rft = (f", {rounds} round{'s' * (rounds > 1)} of rejection sampling ({r['rft']['trials']} samples per training "
-           f"task at {r['rft']['temperature']}{_retry_words(r['rft'])}, up to {r['rft']['per_task']} successes per "
-           "task)" if rounds else "")
+           f"task at {r['rft']['temperature']}{_retry_words(r['rft'])}, up to {r['rft']['per_task']} "
+           f"{'of the shortest ' if r['rft'].get('prefer') == 'shortest' else ''}successes per task)" if rounds else "")
     steps = runs[0]["steps"]
     rl = f"then RL ({steps} steps)" if steps or not rounds else "no RL after them"
     lines = [f"Held-out greedy success ({tasks} tasks), {len(runs)} seed{'s' * (len(runs) > 1)} ({r['config']} "

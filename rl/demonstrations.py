@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import random
 import sys
-from collections import Counter
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 from rl.config import Config
@@ -98,16 +98,32 @@ def _episode_rows(source: str) -> list[tuple[str, bool, list]]:
     return rows
 
 
-def rollout_demonstrations(cfg: Config, sources: list[str], per_task: int | None = None) -> Demonstrations:
+PREFERENCES = ("first", "shortest")  # which of a task's passes a per-task cap keeps
+
+
+def _turns_and_length(messages: list[dict]) -> tuple[int, int]:
+    """How long a conversation is: the agent's turns, then its characters (a tie-break)."""
+    return sum(m.get("role") == "assistant" for m in messages), sum(len(str(m.get("content") or "")) for m in messages)
+
+
+def rollout_demonstrations(cfg: Config, sources: list[str], per_task: int | None = None,
+                           prefer: str = "first") -> Demonstrations:
     """A policy's own successful episodes (tau2's verdict) on the training tasks, from runs' trajectories.jsonl or
     rl.evaluate's episodes.jsonl (sampling the training tasks k times: rejection sampling); each distinct
-    conversation once, and with `per_task` at most that many per task (the first found), so that the tasks the
-    policy already solves every time do not drown the ones it solves once in k."""
+    conversation once, and with `per_task` at most that many per task, so that the tasks the policy already solves
+    every time do not drown the ones it solves once in k. Which of a task's passes the cap keeps (`prefer`): the
+    first found, or the shortest (fewest agent turns, then fewest characters; ties: the first found), so a pass that
+    wandered (redundant checks, rejected calls) before it fixed the phone gives way to one that went straight there.
+    Conversations come back in the order they were found either way."""
     from envs.tau2_telecom.world import get_world
 
+    if prefer not in PREFERENCES:
+        raise ValueError(f"unknown preference {prefer!r} among a task's passes; expected one of "
+                         f"{', '.join(PREFERENCES)}")
     train_ids = set(split_tasks(cfg).train)
     tools = get_world(cfg.env.policy).prompt_tools(cfg.env.mode, cfg.env.prompt)
-    out, seen, taken = Demonstrations(), set(), Counter()
+    out, seen = Demonstrations(), set()
+    passes: dict[str, list[tuple[int, list[dict]]]] = defaultdict(list)  # task -> (order found, messages)
     for source in sources:
         for task_id, success, messages in _episode_rows(source):
             if task_id not in train_ids:
@@ -116,10 +132,15 @@ def rollout_demonstrations(cfg: Config, sources: list[str], per_task: int | None
             key = json.dumps(messages, sort_keys=True)
             if not success:
                 out.failed += 1
-            elif key not in seen and (per_task is None or taken[task_id] < per_task):
+            elif key not in seen:
                 seen.add(key)
-                taken[task_id] += 1
-                out.conversations.append((messages, tools))
+                passes[task_id].append((len(seen), messages))
+    kept = []
+    for found in passes.values():
+        if prefer == "shortest":
+            found = sorted(found, key=lambda p: _turns_and_length(p[1]))  # stable: ties keep the order found
+        kept += found[:per_task] if per_task is not None else found
+    out.conversations = [(messages, tools) for _, messages in sorted(kept, key=lambda p: p[0])]
     return out
 
 
@@ -133,11 +154,12 @@ def chosen_demonstrations(cfg: Config, conversations: list[list[dict]]) -> Demon
 
 def demonstration_rows(cfg: Config, tokenizer, teacher: str | None = "expert",
                        rollouts: list[str] | Demonstrations | None = None, limit: int | None = None,
-                       per_task: int | None = None) -> list[tuple[list[int], list[int]]]:
+                       per_task: int | None = None, prefer: str = "first") -> list[tuple[list[int], list[int]]]:
     """(token ids, loss mask) of each passed demonstration that fits rollout.max_model_len. With `limit`, that many
     of the teacher's, drawn at random (seeded by cfg.seed) from those that fit, so a teacher's draw is the same with
     or without rollouts beside it (the few demonstrations a warm start had, plus the policy's successes); without a
-    teacher the limit draws from the rollouts; `per_task` caps the rollouts' conversations per task. `rollouts` is
+    teacher the limit draws from the rollouts; `per_task` caps the rollouts' conversations per task, keeping the
+    first found or the shortest (`prefer`, rollout_demonstrations). `rollouts` is
     runs to take tau2's passes from, or conversations already chosen (chosen_demonstrations). A bad or empty
     selection is a ValueError."""
     if not teacher and not rollouts:
@@ -145,7 +167,7 @@ def demonstration_rows(cfg: Config, tokenizer, teacher: str | None = "expert",
     if isinstance(rollouts, Demonstrations):
         own = rollouts
     else:
-        own = rollout_demonstrations(cfg, rollouts, per_task) if rollouts else Demonstrations()
+        own = rollout_demonstrations(cfg, rollouts, per_task, prefer) if rollouts else Demonstrations()
     parts = [teacher_demonstrations(cfg, teacher) if teacher else Demonstrations(), own]
     source = " + ".join(([teacher] if teacher else []) + (["rollouts"] if rollouts else []))
     if not any(d.conversations for d in parts):

@@ -7,7 +7,8 @@ them; a program per stage spent ~70 s starting each).
     python -m rl.rft --config configs/learn_tiny.yaml --out runs/rft [--teacher expert|oracle] [--sft-limit 100]
                      [--sft-epochs 20] [--sft-lr 3e-3] [--sft-batch 4] [--rounds 1] [--trials 8]
                      [--sample-tasks 0] [--temperature 0.7] [--per-task 2] [--epochs 3] [--lr 1e-3] [--batch 8]
-                     [--heldout-trials 0] [--unsolved-trials 0] [--select verifier|reward] [--min-reward X]
+                     [--heldout-trials 0] [--unsolved-trials 0] [--prefer first|shortest]
+                     [--select verifier|reward] [--min-reward X]
                      [key=value ...]
 
 Stages, each a folder of --out:
@@ -23,7 +24,8 @@ Stages, each a folder of --out:
     rft<r>/         round r's policy: the newest policy fine-tuned (fresh optimizer, warm-up then decay) on the warm
                     start's conversations plus what --select chooses of every round's samples so far: tau2's passes
                     (verifier), or the reward section's best (reward; rl/rft_selection.py: the reward-mixing
-                    ablation), at most --per-task distinct ones a task
+                    ablation), at most --per-task distinct ones a task (of tau2's passes, the first found or,
+                    with --prefer shortest, the shortest of every round's)
     eval_rft<r>/, sampled_rft<r>/   its held-out evaluations
     val_sft/, val_rft<r>/   with train.validation_tasks: greedy success on the training tasks set aside (to choose
                     settings by, never the held-out numbers)
@@ -51,6 +53,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from rl.config import Config, parse_cli, redacted_yaml
+from rl.demonstrations import PREFERENCES
 from rl.rft_selection import SELECTIONS
 
 STAGE_SUMMARY = "summary.json"
@@ -77,6 +80,7 @@ class Recipe:
     select: str = "verifier"
     min_reward: float | None = None
     unsolved_trials: int = 0
+    prefer: str = "first"
 
 
 def policy_folders(out: Path, rounds: int) -> list[Path]:
@@ -201,7 +205,7 @@ class RejectionSampling:
             if not (policy / "config.json").is_file():
                 try:
                     own = demonstration_rows(self.cfg, self.tokenizer, None, self._chosen(policy, samples), None,
-                                             recipe.per_task)
+                                             recipe.per_task, recipe.prefer)
                 except ValueError as e:  # not one success yet (or none fits the context): the round still counts
                     print(f"rft: round {r}: {e}; fine-tuning on the warm start's conversations alone", flush=True)
                     own = []
@@ -370,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
                             "(tau2's pass^k: less noisy than one greedy pass)")
         p.add_argument("--unsolved-trials", type=int, default=d.unsolved_trials,
                        help="sample the tasks no sample of a round solved this many times more (0: no retry)")
+        p.add_argument("--prefer", choices=PREFERENCES, default=d.prefer,
+                       help="which of a task's passes --per-task keeps: the first found, or the shortest of every "
+                            "round's (fewest agent turns)")
         p.add_argument("--select", choices=SELECTIONS, default=d.select,
                        help="what a round imitates: tau2's passes, or the config's reward section's best "
                             "(rl/rft_selection.py)")
@@ -386,6 +393,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.min_reward is not None and args.select != "reward":
         print("rl.rft: --min-reward needs --select reward", file=sys.stderr)
         return 2
+    if args.prefer != "first" and args.select != "verifier":
+        print("rl.rft: --prefer chooses among tau2's passes (--select verifier); with --select reward the reward "
+              "section ranks them", file=sys.stderr)
+        return 2
     if bad or args.temperature <= 0:
         print(f"rl.rft: {', '.join(bad) or '--temperature'} out of range (counts >= 1, --sft-limit / --rounds / "
               f"--heldout-trials / --sample-tasks / --unsolved-trials >= 0, --temperature > 0)", file=sys.stderr)
@@ -394,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
                     sft_lr=args.sft_lr, sft_batch=args.sft_batch, rounds=args.rounds, trials=args.trials,
                     sample_tasks=args.sample_tasks or None, temperature=args.temperature, per_task=args.per_task,
                     epochs=args.epochs, lr=args.lr, batch=args.batch, heldout_trials=args.heldout_trials,
-                    select=args.select, min_reward=args.min_reward, unsolved_trials=args.unsolved_trials)
+                    select=args.select, min_reward=args.min_reward, unsolved_trials=args.unsolved_trials,
+                    prefer=args.prefer)
     try:
         job = RejectionSampling(cfg, recipe, Path(args.out))
     except ValueError as e:

@@ -157,17 +157,17 @@ def test_bench_learning_runs_each_seed_as_one_rl_rft_program(tmp_path, monkeypat
     monkeypatch.setattr(bench_learning, "_run", fake_run)
     args = Namespace(rft_rounds=2, rft_trials=8, rft_temperature=0.7, rft_per_task=2, rft_epochs=3, rft_lr=1e-3,
                      rft_dtype="bfloat16", rft_engines=2, config="c.yaml", sft_epochs=20, sft_lr=3e-3,
-                     heldout_trials=4, rft_unsolved_trials=8)
+                     heldout_trials=4, rft_unsolved_trials=8, rft_prefer="shortest")
     summary = bench_learning._recipe(args, 1, tmp_path / "seed1", 100, 2, ["env.max_turns=20"])
     assert len(summary["rft"]) == 2
     (cmd,) = calls
     flags = {f: cmd[cmd.index(f) + 1] for f in ("--out", "--sft-limit", "--sft-epochs", "--rounds", "--trials",
                                                 "--temperature", "--per-task", "--epochs", "--lr", "--heldout-trials",
-                                                "--unsolved-trials")}
+                                                "--unsolved-trials", "--prefer")}
     assert cmd[1] == "rl.rft" and "seed=1" in cmd and "env.max_turns=20" in cmd
     assert flags == {"--out": str(tmp_path / "seed1"), "--sft-limit": "100", "--sft-epochs": "20", "--rounds": "2",
                      "--trials": "8", "--temperature": "0.7", "--per-task": "2", "--epochs": "3", "--lr": "0.001",
-                     "--heldout-trials": "4", "--unsolved-trials": "8"}
+                     "--heldout-trials": "4", "--unsolved-trials": "8", "--prefer": "shortest"}
     assert {"rollout.dtype=bfloat16", "rollout.num_workers=2", "env_pool.num_workers=2"} <= set(cmd)
     bench_learning._recipe(args, 1, tmp_path / "seed1", 100, 2, ["env.max_turns=20"])
     assert len(calls) == 1  # finished: not re-run

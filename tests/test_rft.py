@@ -62,7 +62,8 @@ class Engines:
 def _job(tmp_path, rounds, log, monkeypatch, version=0, extra=(), **recipe):
     seen = []
 
-    def own_rows(cfg, tokenizer, teacher, rollouts, limit, per_task):
+    def own_rows(cfg, tokenizer, teacher, rollouts, limit, per_task, prefer):
+        assert prefer == recipe.get("prefer", "first")  # which of a task's passes: the recipe's choice
         seen.append(list(rollouts))
         passed = [row for r in rollouts for row in map(json.loads, (Path(r) / "episodes.jsonl").open())
                   if row["success"]]
@@ -100,6 +101,12 @@ def test_each_round_samples_the_newest_policy_and_fine_tunes_on_every_success_so
     for stage in ("eval_sft", "sample1", "rft1", "eval_rft1", "sample2", "eval_rft2"):
         assert (tmp_path / stage).is_dir(), stage
     assert json.loads((tmp_path / "eval_rft2" / "report.json").read_text())["tasks"] == 2
+
+
+def test_the_recipes_preference_among_passes_reaches_the_selection(tmp_path, monkeypatch):
+    job, seen = _job(tmp_path, 1, [], monkeypatch, prefer="shortest")  # own_rows asserts what it is given
+    job._stages()
+    assert seen == [[str(tmp_path / "sample1")]]
 
 
 def test_a_rerun_finishes_only_what_is_missing(tmp_path, monkeypatch):
@@ -217,7 +224,7 @@ def test_select_reward_imitates_what_the_reward_section_ranks_best(tmp_path, mon
     log, imitated = [], []
     job, _ = _job(tmp_path, 1, log, monkeypatch, select="reward", min_reward=min_reward)
 
-    def rows(cfg, tokenizer, teacher, rollouts, limit, per_task):
+    def rows(cfg, tokenizer, teacher, rollouts, limit, per_task, prefer):
         assert isinstance(rollouts, Demonstrations)
         imitated.append(rollouts.conversations)
         return [([1, 2, 3], [0, 1, 1])] * len(rollouts.conversations)
@@ -242,6 +249,8 @@ def test_selection_flags_are_checked_before_anything_starts(tmp_path, capsys):
     assert "--min-reward needs --select reward" in capsys.readouterr().err
     assert main(["--config", config, "--out", str(tmp_path), "--select", "reward"]) == 2
     assert "set reward.env_assertion_weight=0.25, reward.action_weight=0.25" in capsys.readouterr().err
+    assert main(["--config", config, "--out", str(tmp_path), "--select", "reward", "--prefer", "shortest"]) == 2
+    assert "--prefer chooses among tau2's passes (--select verifier)" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
 

@@ -77,6 +77,45 @@ def test_rejection_sampling_reads_evaluations_of_a_model(tmp_path):
         rollout_demonstrations(_cfg(tmp_path, "env.split=small"), [str(evaluation)])
 
 
+def test_a_per_task_cap_keeps_the_shortest_passes_of_every_round_when_asked(tmp_path):
+    """--prefer shortest: of a task's distinct passes, across every round's samples, the cap keeps those with the
+    fewest agent turns (then characters; ties: the first found), in the order found; failures are never kept; the
+    default keeps the first found; an unknown preference is an error naming it."""
+    from envs.tau2_telecom.tasks import load_split
+    from rl.eval_report import EpisodeOutcome
+
+    a, b = (t.id for t in load_split("small")[:2])
+    head = _row(a, 1, "")["messages"][:2]
+
+    def episode(task, k, ok, *turns):
+        chat = head + [{"role": "assistant" if i % 2 == 0 else "tool", "content": t} for i, t in enumerate(turns)]
+        return EpisodeOutcome(task, k, float(ok), ok, "agent_stop", messages=[{"role": "tau2"}], chat_messages=chat)
+
+    rounds = [[episode(a, 0, True, "check", "ok", "check again", "ok", "fix"),  # 3 turns
+               episode(a, 1, True, "check", "ok", "fix it now"),                # 2 turns, longer text
+               episode(b, 0, True, "x", "ok", "y", "ok", "z"),
+               episode(a, 2, False, "fix")],                                    # the shortest, but failed
+              [episode(a, 0, True, "check", "ok", "fix"),                       # 2 turns, shortest text: round 2
+               episode(b, 0, True, "x", "ok", "y", "ok", "z")]]                 # the same conversation again
+    sources = []
+    for r, outcomes in enumerate(rounds):
+        folder = tmp_path / f"sample{r + 1}"
+        folder.mkdir()
+        (folder / "episodes.jsonl").write_text("".join(json.dumps(o.row()) + "\n" for o in outcomes))
+        sources.append(str(folder))
+    cfg = _cfg(tmp_path, "env.split=small")
+
+    def last_turns(demos):
+        return [m[-1]["content"] for m, _ in demos.conversations]
+
+    assert last_turns(rollout_demonstrations(cfg, sources, per_task=2, prefer="shortest")) == ["fix it now", "z",
+                                                                                               "fix"]
+    assert last_turns(rollout_demonstrations(cfg, sources, per_task=1, prefer="shortest")) == ["z", "fix"]
+    assert last_turns(rollout_demonstrations(cfg, sources, per_task=2)) == ["fix", "fix it now", "z"]
+    with pytest.raises(ValueError, match="unknown preference 'longest'"):
+        rollout_demonstrations(cfg, sources, per_task=2, prefer="longest")
+
+
 def test_a_limit_draws_the_teachers_demonstrations_alike_with_or_without_rollouts(tmp_path):
     """The few demonstrations of a warm start stay the same when the policy's own successes are added to them."""
     from transformers import AutoTokenizer
