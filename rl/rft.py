@@ -248,7 +248,7 @@ class RejectionSampling:
             chosen, record = select_by_reward(self.cfg.reward, samples, self.recipe.per_task, self.recipe.min_reward,
                                               {t.id for t in self.train_tasks})
         self.selection[policy.name] = record
-        audit = {k: f"{v:.3f}" for k, v in record.get("rm_vs_verifier", {}).items() if k != "pairs"}
+        audit = {k: f"{v:.3f}" for k, v in record.get("rm_vs_verifier", {}).items() if not k.startswith("pairs")}
         print(f"rft: {policy.name}: chose {record['chosen']} conversations of {record['tasks_chosen']} tasks, "
               f"{record['chosen_passing']} of them passed by tau2 ({record['tasks_chosen_without_a_pass']} tasks "
               f"with no pass); the reward model against tau2 on the samples: {audit or 'no reward model'}",

@@ -15,7 +15,10 @@ rl.evaluate's episode files keep tau2's reward, not its partial credit or the re
 section's env_assertion_weight, action_weight, malformed_call_penalty and judge_weight must be 0 here (an error
 names the key otherwise). The round's record in rl.rft's summary says how many of the chosen conversations tau2
 passes and holds the reward model's on-policy audit on the round's samples (rl/reward_audit.py: pairwise accuracy
-within a task, best-of-group, Spearman with the checks).
+within a task, the same over pairs that ended alike, best-of-group, Spearman with the checks). The same-ending
+number is the one to read: the tiny RM ranked a pass above a failure that crashed (too many errors, the turn limit)
+0.67-1.0 of the time and above one where the agent stopped with the wrong fix 0.49-0.54 (two seeds' round-1
+samples), so its overall agreement mostly says how the policy fails.
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ class SampledEpisode:
     # the policy's chat messages (Trajectory.messages): what the reward model reads, in rl.train too, and what
     # fine-tuning imitates (the row's `messages` is tau2's own log, in tau2's format)
     chat: list[dict]
+    termination: str | None = None  # how it ended (agent_stop, too_many_errors, ...): the audit's same-ending pairs
 
 
 def read_samples(folder: str | Path) -> list[SampledEpisode]:
@@ -52,7 +56,7 @@ def read_samples(folder: str | Path) -> list[SampledEpisode]:
     for line, row in enumerate(read_jsonl(path), 1):
         try:
             out.append(SampledEpisode(row["task_id"], bool(row["success"]), float(row["reward"]),
-                                      row["chat_messages"]))
+                                      row["chat_messages"], row.get("termination")))
         except (KeyError, TypeError) as e:
             raise ValueError(f"{path}:{line}: not an rl.evaluate --model episode ({e!r})") from e
     return out
@@ -111,7 +115,8 @@ def selection_summary(episodes: list[SampledEpisode], rewards: list[float], chos
            "reward_mean": sum(rewards) / max(1, len(rewards))}
     if any(r is not None for r in rm):
         out["rm_vs_verifier"] = audit_component([e.task_id for e in episodes], [e.success for e in episodes],
-                                                [e.tau2_reward for e in episodes], rm)
+                                                [e.tau2_reward for e in episodes], rm,
+                                                [e.termination for e in episodes])
     return out
 
 

@@ -78,6 +78,17 @@ def test_the_summary_shows_a_reward_model_that_prefers_failures():
     assert "rm_vs_verifier" not in selection_summary(EPISODES, rewards, [1], [None] * 5)
 
 
+def test_the_audit_splits_out_the_pairs_that_ended_alike():
+    """A reward model can rank a pass above a failure that crashed without judging the task: the audit reports the
+    pairs whose two episodes ended the same way on their own (episodes without a recorded ending join none)."""
+    endings = ["too_many_errors", "agent_stop", "agent_stop", None, None]
+    episodes = [replace(e, termination=end) for e, end in zip(EPISODES, endings)]
+    rm = [0.1, 0.5, 0.9, 0.3, 0.8]  # a1 (pass) above the crashed a0, below a2, which also stopped
+    audit = selection_summary(episodes, [0.0] * 5, [], rm)["rm_vs_verifier"]
+    assert (audit["pairwise_acc"], audit["pairs"]) == (0.5, 2)
+    assert (audit["pairwise_acc_same_ending"], audit["pairs_same_ending"]) == (0.0, 1)
+
+
 def test_keys_the_episode_files_cannot_supply_are_named():
     cfg = load_config(f"{REPO_ROOT}/configs/learn_tiny.yaml")  # partial credit and a format penalty
     with pytest.raises(ValueError, match=r"reward.env_assertion_weight=0.25, reward.action_weight=0.25, "
@@ -99,7 +110,7 @@ def test_the_reward_model_scores_the_samples_it_selects_from(tmp_path, untrained
     from rl.rm.model import RewardModelScorer
 
     rows = [{"task_id": e.task_id, "success": e.success, "reward": e.tau2_reward, "messages": [],  # tau2's log
-             "chat_messages": e.chat} for e in EPISODES]
+             "chat_messages": e.chat, "termination": "agent_stop"} for e in EPISODES]
     rows.append({**rows[0], "task_id": "held-out"})
     (tmp_path / "episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     w = RewardConfig(task_weight=0.0, rm_path=untrained_rm, rm_weight=1.0)
@@ -108,6 +119,7 @@ def test_the_reward_model_scores_the_samples_it_selects_from(tmp_path, untrained
     best = {t: max((i for i, e in enumerate(EPISODES) if e.task_id == t), key=lambda i: raw[i]) for t in "ab"}
     assert chosen == [EPISODES[best["a"]].chat, EPISODES[best["b"]].chat]
     assert record["episodes"] == 5 and record["rm_vs_verifier"]["pairs"] == 2
+    assert record["rm_vs_verifier"]["pairs_same_ending"] == 2  # the files' endings reach the audit
 
 
 def test_bench_selection_shares_the_start_and_tabulates_each_arm(tmp_path, monkeypatch, capsys):
