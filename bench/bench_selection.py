@@ -92,7 +92,8 @@ def _table(report: dict) -> list[str]:
                      f"{ms(r['gain'])} | {ms(r['heldout_sampled'])} | {ms(r['gain_sampled'])} |")
     audits = [a for a in report["audit"].values() if a]
     if audits:
-        keys = [k for k in ("pairwise_acc", "best_of_group", "spearman_checks") if all(k in a for a in audits)]
+        keys = [k for k in ("pairwise_acc", "pairwise_acc_same_ending", "best_of_group", "spearman_checks")
+                if all(k in a for a in audits)]
         lines += ["", "The reward model against tau2 on each seed's round-1 samples (on-policy audit, mean ± std "
                   "over seeds): " + ", ".join(f"{k} {ms(_ms([a[k] for a in audits]))}" for k in keys)]
     return lines
