@@ -21,7 +21,7 @@ them. Reported per arm: held-out greedy and sampled success after the round, the
 many of them tau2 passes; per seed, the reward model's on-policy audit on the shared samples (rl/reward_audit.py).
 
     <out>/seed<k>/<arm>/   rl.rft's folder (summary.json: the round's selection record)
-    <out>/seed<k>/<arm>.log, <out>/results.json, results.md
+    <out>/seed<k>/<arm>.log, <out>/results.json, results.md, results.png (bench/selection_plot.py)
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from pathlib import Path
 from bench import finish, run_program
 from bench.bench_learning import _mean_std as _ms
 from bench.bench_learning import _native_bf16
+from bench.selection_plot import plot
 from rl.choices import ROLLOUT_DTYPES
 
 # arm -> (rl.rft flags, reward overrides). Every reward arm scores tau2's 0/1 reward and the RM alone (the episode
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             "heldout_sampled": _ms([r["heldout_sampled"] for r in rs]),
             "gain_sampled": _ms([r["heldout_sampled"] - r["before_sampled"] for r in rs])}
     (out / "results.md").write_text("\n".join(_table(report)) + "\n")
+    plot({out.name: report}, out / "results.png")
     finish(report, str(out / "results.json"), lambda r: print("\n".join(_table(r))))
     return 0
 

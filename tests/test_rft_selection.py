@@ -170,5 +170,34 @@ def test_bench_selection_shares_the_start_and_tabulates_each_arm(tmp_path, monke
     assert report["arms"]["rm_only"]["gain"]["values"] == pytest.approx([0.0, 0.025])
     assert "| rm_only | 60 | 0.508 ± 0.012 | 0.263 ± 0.018 | 0.013 ± 0.018 |" in capsys.readouterr().out
     assert "pairwise_acc 0.650 ± 0.071" in (tmp_path / "b" / "results.md").read_text()
+    assert (tmp_path / "b" / "results.png").stat().st_size > 10_000  # the run's plot
     calls.clear()
     assert bench_selection.main(argv) == 0 and calls == []  # every arm finished: nothing runs again
+
+
+def test_the_selection_plot_pairs_each_runs_arms_and_names_a_bad_file(tmp_path, capsys):
+    """Gains are each run's arm over that run's own start (runs from several results files, each seed one run); a
+    file that is not bench_selection's is named, not a crash."""
+    from bench import selection_plot
+
+    def report(start, arms):
+        return {"runs": {"0": {arm: {"before": start, "before_sampled": start, "heldout": start + g,
+                                     "heldout_sampled": start + g / 2} for arm, g in arms.items()}}}
+
+    reports = {"a": report(0.25, {"verifier": 0.1, "gated": 0.05}), "b": report(0.5, {"verifier": -0.05})}
+    arms, greedy, sampled = selection_plot.paired_gains(reports)
+    assert arms == ["verifier", "gated"]
+    assert list(greedy) == ["a seed 0", "b seed 0"] and list(greedy["b seed 0"]) == ["verifier"]
+    assert greedy["a seed 0"] == pytest.approx({"verifier": 0.1, "gated": 0.05})
+    assert greedy["b seed 0"]["verifier"] == pytest.approx(-0.05)  # over its own start, 0.5
+    assert sampled["a seed 0"]["gated"] == pytest.approx(0.025)
+    paths = []
+    for name, r in reports.items():
+        (tmp_path / name).mkdir()
+        paths.append(tmp_path / name / "results.json")
+        paths[-1].write_text(json.dumps(r))
+    assert selection_plot.main([*map(str, paths), "--out", str(tmp_path / "p.png")]) == 0
+    assert (tmp_path / "p.png").stat().st_size > 10_000
+    (tmp_path / "bad.json").write_text('{"seeds": [0]}')
+    assert selection_plot.main([str(tmp_path / "bad.json"), "--out", str(tmp_path / "q.png")]) == 2
+    assert "bad.json: not a bench_selection results.json" in capsys.readouterr().err
