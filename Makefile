@@ -82,12 +82,13 @@ bench: install
 
 # Held-out success (greedy, and pass^1..4 sampled) at the SFT start and after 3 rounds of rejection sampling over 3
 # seeds (mean ± std), beside the expert and an SFT-on-all-expert-data ceiling: runs/bench_learning/results.md.
-# Each round samples the tasks none of its 8 samples solved 8 times more (difficulty-aware). GRPO after the rounds:
+# Each round samples the tasks none of its 8 samples solved 8 times more (difficulty-aware) and imitates each task's 2
+# shortest passes. GRPO after the rounds:
 # set train.steps. One rl.rft program per seed, ~37 min each on 2 cores with bfloat16 instructions (the ceiling
 # ~25 min more); re-running finishes what is missing.
 bench-learning: install
 	$(PY) -m bench.bench_learning --config $(DEMO_CONFIG) --seeds 0 1 2 --rft-rounds 3 --rft-unsolved-trials 8 \
-		--heldout-trials 4 train.steps=0
+		--rft-prefer shortest --heldout-trials 4 train.steps=0
 
 # The reward-mixing ablation on the same recipe: a reward model trained on verifier-labelled perturbation pairs of
 # the training tasks, then per seed one rejection-sampling round per selection (tau2's passes, the reward model alone,
