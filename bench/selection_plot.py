@@ -75,9 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.results:
         try:
             report = json.loads(Path(path).read_text())
-            report["runs"]  # noqa: B018 - a results file of another bench has none
-        except (OSError, ValueError, KeyError) as e:
-            print(f"selection_plot: {path}: not a bench_selection results.json ({e!r})", file=sys.stderr)
+        except (OSError, ValueError) as e:
+            report = {"error": repr(e)}
+        if not isinstance(report, dict):
+            report = {"error": "not a JSON object"}
+        if not isinstance(report.get("runs"), dict):  # another bench's results have no per-seed arms
+            print(f"selection_plot: {path}: not a bench_selection results.json "
+                  f"({report.get('error', 'no runs per seed and arm')})", file=sys.stderr)
             return 2
         reports[Path(path).parent.name] = report
     print(plot(reports, args.out))
