@@ -79,22 +79,39 @@ def untrained_rm(tmp_path_factory):
 REPO_ROOT = str(Path(__file__).resolve().parents[1])
 
 
-def cleanup_vllm_shm() -> None:
-    """vLLM engines torn down abruptly leave /dev/shm segments behind (see ../shared/notes); remove ours that no
-    live process still maps (another engine - a concurrent test run - may be using the rest)."""
+def cleanup_vllm_shm(min_age_s: float = 60.0) -> None:
+    """vLLM engines torn down abruptly leave /dev/shm segments and named semaphores behind (see ../shared/notes);
+    remove ours that no live process maps. A mapping is matched by inode, not by name: glibc maps a semaphore under
+    its temporary name (`sem.XXXXXX (deleted)`), so matching names deleted the live semaphores of the other xdist
+    worker's processes, which a child spawned later then could not open. Candidates are listed before the maps are
+    read and ones written in the last min_age_s are kept, so nothing created (not yet mapped) meanwhile is removed."""
     import glob
     import os as _os
+    import time as _time
 
-    in_use = set()
+    candidates = []
+    for path in glob.glob("/dev/shm/psm_*") + glob.glob("/dev/shm/sem.mp-*") + glob.glob("/dev/shm/sem.loky-*"):
+        try:
+            st = _os.stat(path)
+        except OSError:
+            continue
+        if st.st_uid == _os.getuid() and _time.time() - st.st_mtime >= min_age_s:
+            candidates.append((path, f"{_os.major(st.st_dev):02x}:{_os.minor(st.st_dev):02x}", st.st_ino))
+    if not candidates:
+        return
+    mapped = set()  # (device as /proc/PID/maps prints it, inode)
     for maps in glob.glob("/proc/[0-9]*/maps"):
         try:
             with open(maps) as fh:
-                in_use.update(line.split(None, 5)[-1].strip() for line in fh if "/dev/shm/" in line)
-        except OSError:
+                for line in fh:
+                    if "/dev/shm/" in line:
+                        fields = line.split(None, 5)
+                        mapped.add((fields[3], int(fields[4])))
+        except (OSError, ValueError, IndexError):
             pass
-    for path in glob.glob("/dev/shm/psm_*") + glob.glob("/dev/shm/sem.mp-*") + glob.glob("/dev/shm/sem.loky-*"):
-        try:
-            if path not in in_use and _os.stat(path).st_uid == _os.getuid():
+    for path, device, inode in candidates:
+        if (device, inode) not in mapped:
+            try:
                 _os.unlink(path)
-        except OSError:
-            pass
+            except OSError:
+                pass

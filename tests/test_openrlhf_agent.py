@@ -365,7 +365,9 @@ def test_openrlhf_rollout_actor_runs_the_plugin_on_vllm(tmp_path, tokenizer):
     make_dataset(load_config(str(cfg_path)), tmp_path / "p.jsonl", limit=1)
     row = json.loads((tmp_path / "p.jsonl").read_text().splitlines()[0])
     model = str(resolve_model("tiny"))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    # log_to_driver: the actor's and its engine process's stderr reach a failure's report (a CI run once showed only
+    # vLLM's "Engine core initialization failed. See root cause above").
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True,
              runtime_env={"env_vars": {"PYTHONPATH": REPO_ROOT, "TELERL_CONFIG": str(cfg_path)}})
     actor = None
     try:
