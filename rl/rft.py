@@ -81,6 +81,7 @@ class Recipe:
     min_reward: float | None = None
     unsolved_trials: int = 0
     prefer: str = "first"
+    order_seed: int | None = None
 
 
 def policy_folders(out: Path, rounds: int) -> list[Path]:
@@ -211,8 +212,9 @@ class RejectionSampling:
                     own = []
                 self.learner.new_schedule(recipe.lr, sft_steps(len(self.warm) + len(own), recipe.epochs, recipe.batch))
                 # each stage's own shuffle (rl.sft's for the warm start), so a resumed recipe trains as an unbroken one
+                order = self.cfg.seed if recipe.order_seed is None else f"{self.cfg.seed}/order {recipe.order_seed}"
                 self._fine_tune(policy, self.warm + own, recipe.epochs, recipe.batch,
-                                random.Random(f"{self.cfg.seed}/round {r}"), f"round {r}")
+                                random.Random(f"{order}/round {r}"), f"round {r}")
                 self.fine_tuning[policy.name]["own"] = len(own)  # the policy's own conversations among them
             summary["rft"].append({"round": r, "train_success": sampled["pass_hat_k"]["1"],
                                    **retry_record,
@@ -382,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
                             "(rl/rft_selection.py)")
         p.add_argument("--min-reward", type=float, default=None,
                        help="with --select reward: keep only episodes scoring at least this (default: no floor)")
+        p.add_argument("--order-seed", type=int, default=None,
+                       help="seeds the order the rounds fine-tune in, nothing else (default: the config's seed): "
+                            "the same data in another order tells how much a result owes to the order")
 
     cfg, args = parse_cli(argv, description=__doc__, add_arguments=flags)
     least = {"--sft-epochs": (args.sft_epochs, 1), "--sft-batch": (args.sft_batch, 1), "--trials": (args.trials, 1),
@@ -406,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
                     sample_tasks=args.sample_tasks or None, temperature=args.temperature, per_task=args.per_task,
                     epochs=args.epochs, lr=args.lr, batch=args.batch, heldout_trials=args.heldout_trials,
                     select=args.select, min_reward=args.min_reward, unsolved_trials=args.unsolved_trials,
-                    prefer=args.prefer)
+                    prefer=args.prefer, order_seed=args.order_seed)
     try:
         job = RejectionSampling(cfg, recipe, Path(args.out))
     except ValueError as e:

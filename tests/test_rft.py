@@ -142,6 +142,31 @@ def test_a_resumed_recipe_shuffles_a_round_as_an_unbroken_one(tmp_path, monkeypa
     assert len(set(round_2_batches(unbroken))) > 1  # warm-start (2-token) and own (3-token) rows are mixed differently
 
 
+def test_an_order_seed_reorders_only_the_rounds_fine_tuning(tmp_path, monkeypatch):
+    def stages(log):
+        """The SFT's batches, the plays, and round 1's batches."""
+        first_save = next(i for i, e in enumerate(log) if e == ("save", "sft"))
+        rows = [(i, e[1]) for i, e in enumerate(log) if e[0] == "rows"]
+        return ([r for i, r in rows if i < first_save], [e for e in log if e[0] == "play"],
+                [r for i, r in rows if i > first_save])
+
+    runs = {}
+    for name, order in (("default", None), ("again", None), ("order1", 1), ("order2", 2)):
+        log = []
+        job, _ = _job(tmp_path / name, 1, log, monkeypatch, order_seed=order)
+        job._stages()
+        runs[name] = stages(log)
+    assert runs["again"] == runs["default"]  # the config's seed orders the round when no order seed is given
+    for name in ("order1", "order2"):
+        sft, plays, round1 = runs[name]
+        assert (sft, plays) == runs["default"][:2]  # the warm start and the samples are untouched
+        rows = sorted(n for batch in round1 for n in batch)
+        assert rows == sorted(n for batch in runs["default"][2] for n in batch)  # the same rows...
+        assert round1 != runs["default"][2]  # ...in another order
+    assert runs["order1"][2] != runs["order2"][2]
+    assert json.loads((tmp_path / "order1" / "summary.json").read_text())["recipe"]["order_seed"] == 1
+
+
 def test_a_round_without_a_success_fine_tunes_on_the_warm_start_alone(tmp_path, monkeypatch, capsys):
     log = []
     job, _ = _job(tmp_path, 1, log, monkeypatch)

@@ -175,6 +175,54 @@ def test_bench_selection_shares_the_start_and_tabulates_each_arm(tmp_path, monke
     assert bench_selection.main(argv) == 0 and calls == []  # every arm finished: nothing runs again
 
 
+def test_bench_selection_fine_tunes_each_arm_in_several_orders_and_averages_them(tmp_path, monkeypatch, capsys):
+    """--orders 3: each arm's round runs three times on the same shared samples, the first in the default order (its
+    usual folder, so an earlier run's arm counts as it) and the others with rl.rft --order-seed 1 and 2."""
+    from bench import bench_selection
+
+    rm = tmp_path / "rm"
+    rm.mkdir()
+    (rm / "telerl_rm.json").write_text("{}")
+    calls = []
+    greedy = {"verifier": [0.5, 0.3, 0.4], "rm_only": [0.2, 0.35, 0.2]}  # by order
+
+    def fake_run(who, args, log):
+        out = Path(args[args.index("--out") + 1])
+        arm = out.name.split("_order")[0]
+        order = int(args[args.index("--order-seed") + 1]) if "--order-seed" in args else 0
+        calls.append((out.name, order, log.name))
+        for name in bench_selection.SHARED:
+            (out / name).mkdir(parents=True, exist_ok=True)
+            (out / name / ("config.json" if name == "sft" else "report.json")).write_text("{}")
+        summary = {"before": {"eval/success": 0.25, "eval/tasks": 40}, "before_sampled": {"1": 0.3},
+                   "rft": [{"heldout": {"eval/success": greedy[arm][order]},
+                            "heldout_sampled": {"1": 0.3 + order / 10}}],
+                   "fine_tuning": {"rft1": {"conversations": 140, "own": 40}}}
+        (out / "summary.json").write_text(json.dumps(summary))
+
+    monkeypatch.setattr(bench_selection, "run_program", fake_run)
+    argv = ["--rm", str(rm), "--out", str(tmp_path / "b"), "--seeds", "0", "--arms", "verifier", "rm_only",
+            "--orders", "3"]
+    assert bench_selection.main(argv) == 0
+    assert calls == [("verifier", 0, "verifier.log"), ("verifier_order1", 1, "verifier_order1.log"),
+                     ("verifier_order2", 2, "verifier_order2.log"), ("rm_only", 0, "rm_only.log"),
+                     ("rm_only_order1", 1, "rm_only_order1.log"), ("rm_only_order2", 2, "rm_only_order2.log")]
+    seed0 = tmp_path / "b" / "seed0"
+    assert (seed0 / "rm_only_order2" / "sample1").resolve() == (seed0 / "verifier" / "sample1").resolve()
+    report = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert report["arms"]["verifier"]["heldout"]["mean"] == pytest.approx(0.4)  # the orders' mean
+    assert report["arms"]["rm_only"]["gain_sampled"]["mean"] == pytest.approx(0.1)
+    assert [r["heldout"] for r in report["orders"]["0"]["rm_only"]] == [0.2, 0.35, 0.2]
+    text = (tmp_path / "b" / "results.md").read_text()
+    assert "- verifier: seed 0 greedy 0.500 / 0.300 / 0.400, sampled 0.300 / 0.400 / 0.500; std over orders: " \
+           "greedy 0.100, sampled 0.100" in text
+    calls.clear()
+    assert bench_selection.main(argv) == 0 and calls == []  # every order finished: nothing runs again
+    with pytest.raises(SystemExit):
+        bench_selection.main([*argv[:-1], "0"])
+    assert "--orders 0: at least 1" in capsys.readouterr().err
+
+
 def test_the_selection_plot_pairs_each_runs_arms_and_names_a_bad_file(tmp_path, capsys):
     """Gains are each run's arm over that run's own start (runs from several results files, each seed one run); a
     file that is not bench_selection's is named, not a crash."""
