@@ -1,6 +1,7 @@
 """The reward-selection ablation's plot (bench_selection): each arm's held-out gain over its own run's SFT start,
 greedy and sampled pass^1 side by side, a point per run and seed with a run's arms joined (they share the start and
-the samples, so the lines are the paired comparison), and each arm's mean ± std over all of them.
+the samples, so the lines are the paired comparison), and each arm's mean ± std over all of them. A run fine-tuned in
+several orders (bench_selection --orders) is plotted at its order mean, with a bar from its lowest to its highest order.
 
     python -m bench.selection_plot runs/bench_sel0/results.json runs/bench_sel1/results.json --out selection.png
 
@@ -16,6 +17,15 @@ import sys
 from pathlib import Path
 
 Gains = dict[str, dict[str, float]]  # run label -> arm -> gain
+Ranges = dict[str, dict[str, tuple[float, float]]]  # run label -> arm -> (lowest, highest) gain over orders
+
+
+def _greedy_gain(r: dict) -> float:
+    return r["heldout"] - r["before"]
+
+
+def _sampled_gain(r: dict) -> float:
+    return r["heldout_sampled"] - r["before_sampled"]
 
 
 def paired_gains(reports: dict[str, dict]) -> tuple[list[str], Gains, Gains]:
@@ -31,9 +41,24 @@ def paired_gains(reports: dict[str, dict]) -> tuple[list[str], Gains, Gains]:
             for arm, r in by_arm.items():
                 if arm not in arms:
                     arms.append(arm)
-                greedy[label][arm] = r["heldout"] - r["before"]
-                sampled[label][arm] = r["heldout_sampled"] - r["before_sampled"]
+                greedy[label][arm] = _greedy_gain(r)
+                sampled[label][arm] = _sampled_gain(r)
     return arms, greedy, sampled
+
+
+def order_ranges(reports: dict[str, dict]) -> tuple[Ranges, Ranges]:
+    """The lowest and highest gain of each run's arm over its fine-tuning orders, greedy then sampled, for the arms
+    fine-tuned in more than one order (reports from before bench_selection --orders have none)."""
+    greedy: Ranges = {}
+    sampled: Ranges = {}
+    for name, report in reports.items():
+        for seed, by_arm in (report.get("orders") or {}).items():
+            for arm, results in by_arm.items():
+                if len(results) > 1:
+                    for ranges, gain in ((greedy, _greedy_gain), (sampled, _sampled_gain)):
+                        gains = [gain(r) for r in results]
+                        ranges.setdefault(f"{name} seed {seed}", {})[arm] = (min(gains), max(gains))
+    return greedy, sampled
 
 
 def plot(reports: dict[str, dict], out: str | Path) -> Path:
@@ -44,10 +69,14 @@ def plot(reports: dict[str, dict], out: str | Path) -> Path:
 
     arms, *measures = paired_gains(reports)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, gains, title in zip(axes, measures, ("held-out greedy success", "held-out pass^1, sampled")):
+    for ax, gains, ranges, title in zip(axes, measures, order_ranges(reports),
+                                        ("held-out greedy success", "held-out pass^1, sampled")):
         for i, (label, by_arm) in enumerate(gains.items()):
             xs = [arms.index(a) + 0.06 * (i - (len(gains) - 1) / 2) for a in by_arm]
-            ax.plot(xs, list(by_arm.values()), "o-", alpha=0.6, lw=1, ms=4, label=label)
+            (line,) = ax.plot(xs, list(by_arm.values()), "o-", alpha=0.6, lw=1, ms=4, label=label)
+            for x, arm in zip(xs, by_arm):
+                if arm in ranges.get(label, {}):
+                    ax.vlines(x, *ranges[label][arm], color=line.get_color(), alpha=0.35, lw=3)
         for x, arm in enumerate(arms):
             values = [by_arm[arm] for by_arm in gains.values() if arm in by_arm]
             std = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -58,7 +87,8 @@ def plot(reports: dict[str, dict], out: str | Path) -> Path:
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("gain (40 held-out tasks)")
     axes[1].legend(fontsize=7, loc="best")
-    fig.suptitle("One rejection-sampling round, what each arm imitates (points: runs; black: mean ± std)", fontsize=10)
+    fig.suptitle("One rejection-sampling round, what each arm imitates (points: runs, at their mean over fine-tuning "
+                 "orders; bars: lowest to highest order; black: mean ± std over runs)", fontsize=9)
     fig.tight_layout()
     path = Path(out)
     fig.savefig(path, dpi=110)

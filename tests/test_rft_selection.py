@@ -239,6 +239,14 @@ def test_the_selection_plot_pairs_each_runs_arms_and_names_a_bad_file(tmp_path, 
     assert greedy["a seed 0"] == pytest.approx({"verifier": 0.1, "gated": 0.05})
     assert greedy["b seed 0"]["verifier"] == pytest.approx(-0.05)  # over its own start, 0.5
     assert sampled["a seed 0"]["gated"] == pytest.approx(0.025)
+    assert selection_plot.order_ranges(reports) == ({}, {})  # no orders: no bars
+    # a: verifier fine-tuned in 3 orders (greedy gains 0.0, 0.1, 0.2 over 0.25); gated in one, so no bar
+    reports["a"]["orders"] = {"0": {"verifier": [{"before": 0.25, "before_sampled": 0.3, "heldout": 0.25 + g,
+                                                  "heldout_sampled": 0.3 - g} for g in (0.1, 0.0, 0.2)],
+                                    "gated": [reports["a"]["runs"]["0"]["gated"]]}}
+    greedy_ranges, sampled_ranges = selection_plot.order_ranges(reports)
+    assert greedy_ranges == {"a seed 0": {"verifier": pytest.approx((0.0, 0.2))}}
+    assert sampled_ranges["a seed 0"]["verifier"] == pytest.approx((-0.2, 0.0))
     paths = []
     for name, r in reports.items():
         (tmp_path / name).mkdir()
