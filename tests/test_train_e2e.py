@@ -233,7 +233,7 @@ def test_two_grpo_steps_then_resume(tmp_path, sft_model):
         while True:
             assert server.poll() is None, "rl.serve exited: " + (tmp_path / "serve.log").read_text()[-3000:]
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5)
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5).close()
                 break
             except OSError:
                 assert time.monotonic() < deadline, "rl.serve did not come up in 600 s"
