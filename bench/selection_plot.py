@@ -72,9 +72,10 @@ def plot(reports: dict[str, dict], out: str | Path) -> Path:
     for ax, gains, ranges, title in zip(axes, measures, order_ranges(reports),
                                         ("held-out greedy success", "held-out pass^1, sampled")):
         for i, (label, by_arm) in enumerate(gains.items()):
-            xs = [arms.index(a) + 0.06 * (i - (len(gains) - 1) / 2) for a in by_arm]
-            (line,) = ax.plot(xs, list(by_arm.values()), "o-", alpha=0.6, lw=1, ms=4, label=label)
-            for x, arm in zip(xs, by_arm):
+            ran = [a for a in arms if a in by_arm]  # left to right, whatever order the run's arms ran in
+            xs = [arms.index(a) + 0.06 * (i - (len(gains) - 1) / 2) for a in ran]
+            (line,) = ax.plot(xs, [by_arm[a] for a in ran], "o-", alpha=0.6, lw=1, ms=4, label=label)
+            for x, arm in zip(xs, ran):
                 if arm in ranges.get(label, {}):
                     ax.vlines(x, *ranges[label][arm], color=line.get_color(), alpha=0.35, lw=3)
         for x, arm in enumerate(arms):
