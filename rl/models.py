@@ -373,6 +373,11 @@ def _hf_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def is_local_path(name_or_path: str) -> bool:
+    """A model.name spelled as a local folder (absolute, ./ ~/, or deeper than a hub id's owner/name)."""
+    return Path(name_or_path).is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
+
+
 def resolve_model(name_or_path: str, tiny: dict | None = None) -> Path:
     """A model folder for a config's `model.name` (see the module docstring). `tiny`: the shape of the "tiny"
     model (model.tiny: layers, hidden, intermediate, max_positions); None = build_tiny_model's defaults."""
@@ -389,7 +394,7 @@ def resolve_model(name_or_path: str, tiny: dict | None = None) -> Path:
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"{path} is a directory but not a model folder: it has no config.json")
         return path
-    if path.exists() or path.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1:
+    if path.exists() or is_local_path(name_or_path):
         raise ModelNotFoundError(f"{name_or_path!r} is not a model directory (and not 'tiny', 'smollm2-135m' "
                                  "or a hub id like 'Qwen/Qwen2.5-0.5B-Instruct')")
     from huggingface_hub import snapshot_download

@@ -14,7 +14,8 @@ For one component over one step (every list has one entry per episode; `groups` 
                    this is the on-policy counterpart of the static pairs' surface-matched subset.
   best_of_group    over groups with a passing episode: the share where the component's top-scored episode passed
                    (ties at the top share the credit): would best-of-n selection by this component pick a success?
-  spearman_checks  rank correlation with the verifiable checks score over all episodes (average ranks for ties).
+  spearman_checks  rank correlation with the verifiable checks score over all episodes (average ranks for ties;
+                   tau2's own reward where the reward's weights leave the checks at 0: checks_scores).
   group_std        the component's mean within-group standard deviation: ~0 means it cannot tell the group apart.
 A statistic without data (no mixed group, a constant score) is left out, never reported as 0.
 """
@@ -104,8 +105,11 @@ def audit_component(groups: list, verdicts: list[bool], checks: list[float], val
 
 def checks_scores(components: list[dict]) -> list[float]:
     """Each episode's verifiable score: the reward's `checks` component, or tau2's reward where only that was kept
-    (an rl.evaluate folder)."""
-    return [c.get("checks", c.get("tau2", 0.0)) for c in components]
+    (an rl.evaluate folder) or where the checks are the same for every episode while tau2's verdicts are not (a
+    reward with the checks' weights at 0, as in an rm_only ablation: the audit still compares with the verifier)."""
+    checks = [c.get("checks", c.get("tau2", 0.0)) for c in components]
+    tau2 = [c.get("tau2", 0.0) for c in components]
+    return tau2 if len(set(checks)) == 1 and len(set(tau2)) > 1 else checks
 
 
 def audit_step(groups: list, verdicts: list[bool], components: list[dict],

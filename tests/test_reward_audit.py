@@ -47,6 +47,19 @@ def test_audit_step_names_components_and_skips_missing_ones():
     assert audit_step(GROUPS, PASSED, [{"checks": c} for c in CHECKS]) == {}
 
 
+def test_an_rm_only_reward_is_still_correlated_with_the_verifier():
+    """With the checks' weights at 0 (the rm_only arm) every episode's checks score is 0; the rank correlation then
+    uses tau2's own reward instead of going missing where the audit matters most."""
+    tau2 = [float(p) for p in PASSED]
+    components = [{"checks": 0.0, "tau2": t, "rm": r} for t, r in zip(tau2, RM)]
+    m = audit_step(GROUPS, PASSED, components)
+    assert m["reward/rm_vs_verifier/spearman_checks"] == pytest.approx(spearman(RM, tau2))
+    weighted = audit_step(GROUPS, PASSED, [{"checks": c, "tau2": t, "rm": r} for c, t, r in zip(CHECKS, tau2, RM)])
+    assert weighted["reward/rm_vs_verifier/spearman_checks"] == pytest.approx(spearman(RM, CHECKS))  # checks first
+    nothing_passed = [{"checks": 0.0, "tau2": 0.0, "rm": r} for r in RM]
+    assert "reward/rm_vs_verifier/spearman_checks" not in audit_step(GROUPS, [False] * 7, nothing_passed)
+
+
 def test_the_alarm_rings_after_patience_low_steps_and_resets(capsys):
     monitor = AuditMonitor(min_agreement=0.6, patience=2)
     key, alarm = "reward/rm_vs_verifier/pairwise_acc", "reward/rm_vs_verifier/alarm"

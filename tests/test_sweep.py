@@ -13,6 +13,7 @@ import pytest
 
 from rl.run_dir import RunDir
 from rl.tools.sweep.cli import main, run_sweep
+from rl.tools.sweep.results import _mean_curve, _series
 from rl.tools.sweep.runners import LocalTrain, SequentialRunner
 from rl.tools.sweep.spec import DONE_FILE, SweepError, _parse_override_value, expand, load_sweep, plan, render
 from tests.conftest import REPO_ROOT
@@ -164,6 +165,7 @@ def test_override_values_round_trip(value):
     ("params:\n  algorithm.name: [grpo, grpo]\n", ["sweep.yaml:4:", "distinct values"]),
     ("seeds: [0, 0]\n", ["sweep.yaml:3:", "distinct seeds"]),
     ("seeds: 3\n", ["sweep.yaml:3:", "a non-empty list of integers"]),
+    ("smooth: 0\n", ["sweep.yaml:3:", "smooth", "an integer >= 1"]),
     ("mode: grid\nmode: random\n", ["sweep.yaml:4:", "duplicate sweep key 'mode'"]),
     ("params:\n  algorithm.name: [grpo\n", ["sweep.yaml:", "YAML syntax error"]),
     ("overrides: [reward.rm_path=/nonexistent/rm, reward.rm_weight=0.5]\n",
@@ -215,6 +217,17 @@ def test_the_repo_sweeps_load(tmp_path, monkeypatch):
                                                or rm_only.action_weight or rm_only.malformed_call_penalty)
         assert {by_arm[a].mixing for a in arms[2:]} == {"weighted", "gated", "multiplicative"}
         assert {by_arm[a].rm_weight for a in arms[2:]} == {0.5}
+    # GRPO on the laptop learning task from an SFT warm start: both the start and the RM are placeholders
+    tiny = load_sweep(Path(REPO_ROOT) / "configs" / "sweeps" / "reward_mixing_tiny.yaml")
+    (tmp_path / "runs" / "rm_learn" / "model").mkdir(parents=True)
+    with pytest.raises(SweepError, match=r"model\.name 'runs/bench_sel0/seed0/verifier/sft' is not a folder"):
+        plan(tiny)
+    runs = plan(tiny, check_paths=False)
+    assert tiny.base_config.name == "learn_tiny.yaml" and len(runs) == 15
+    by_arm = {r.arm.name: r.config.reward for r in runs if r.seed == 0}
+    assert list(by_arm) == ["checks_only", "rm_only", "gated", "weighted", "multiplicative"]
+    assert by_arm["rm_only"].task_weight == 0 and by_arm["rm_only"].rm_weight == 1
+    assert by_arm["gated"].mixing == "gated" and by_arm["checks_only"].rm_weight == 0
 
 
 # ------------------------------------------------------------------------------- running, resuming, results
@@ -281,6 +294,21 @@ def test_aggregates_read_metrics_jsonl(tmp_path):
         assert (out / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     plan_file = json.loads((out / "sweep.json").read_text())
     assert [a["name"] for a in plan_file["arms"]] == ["algorithm=grpo", "algorithm=rloo"]
+
+
+def test_smoothed_curves_average_a_window_of_steps_not_of_logged_values():
+    curve = [{"step": s, "success_rate": float(s % 2)} for s in range(1, 9)]  # 1, 0, 1, 0, ...
+    for s in (4, 8):
+        curve[s - 1]["eval/success"] = s / 10  # logged every 4 steps
+    assert _series(curve, "success_rate") == [(s, float(s % 2)) for s in range(1, 9)]
+    smoothed = dict(_series(curve, "success_rate", smooth=2))
+    assert smoothed[1] == 1.0 and all(smoothed[s] == 0.5 for s in range(2, 9))  # step 1 has no step 0 beside it
+    assert _series(curve, "eval/success", smooth=4) == [(4, 0.4), (8, 0.8)]  # one value in each 4-step window
+    assert _series(curve, "eval/success", smooth=5) == [(4, 0.4), (8, pytest.approx(0.6))]
+    other = [{"step": s, "success_rate": 1.0} for s in range(1, 9)]
+    steps, mean, std = _mean_curve([curve, other], "success_rate", smooth=2)
+    assert steps == list(range(1, 9)) and mean[0] == 1.0 and mean[1:] == [0.75] * 7
+    assert std[1] == pytest.approx(0.3536, abs=1e-4)
 
 
 def test_list_mode_runs_named_arms_each_setting_its_own_keys(tmp_path):
@@ -423,16 +451,19 @@ def test_sweep_of_real_training_runs_as_ray_jobs_and_resumes(tmp_path):
         assert "2 finished (2 skipped as already done), 0 failed" in second.stdout
         assert jobs() == before, "the re-run submitted jobs for finished runs"
 
-        # A job that fails (the trainer cannot find its model): reported with the job's log, not fatal.
+        # A job that fails (its model folder holds no model; a missing folder would stop the sweep before any job):
+        # reported with the job's log, not fatal.
+        (tmp_path / "empty").mkdir()
         bad = tmp_path / "bad.yaml"
-        bad.write_text(f"base_config: {TINY}\nsweep_dir: {tmp_path / 'bad'}\nparams:\n  model.name: [/nonexistent]\n")
+        bad.write_text(f"base_config: {TINY}\nsweep_dir: {tmp_path / 'bad'}\n"
+                       f"params:\n  model.name: [{tmp_path / 'empty'}]\n")
         third = subprocess.run([*cmd[:4], str(bad), *cmd[5:]], env=head.env, cwd=REPO_ROOT, capture_output=True,
                                text=True, timeout=180)
         assert third.returncode == 1 and "0 finished (0 skipped as already done), 1 failed" in third.stdout, \
             third.stdout + third.stderr[-3000:]
         [row] = rows(tmp_path / "bad" / "results.csv")
         assert row["status"] == "failed" and "FAILED" in row["error"], row
-        assert "'/nonexistent' is not a model directory" in row["error"], row["error"]
+        assert "is a directory but not a model folder" in row["error"], row["error"]
     finally:
         left = head.close()
     assert not left, f"processes of the test's Ray head survived: {sorted(left)}"

@@ -141,13 +141,21 @@ def write_results(sweep: Sweep, results: list[RunResult]) -> dict[str, Path]:
     return {"csv": csv_path, "md": md_path, **{f"plot:{a or 'compare'}": p for a, p in plots.items()}}
 
 
-def _mean_curve(curves: list[list[dict]], metric: str) -> tuple[list[int], list[float], list[float]]:
+def _series(curve: list[dict], metric: str, smooth: int = 1) -> list[tuple[int, float]]:
+    """(step, value) wherever the run logged the metric; with smooth > 1 each value is the mean of those logged in
+    the last `smooth` steps (a window in steps, so a metric logged every 8 steps stays as it is at smooth=4)."""
+    points = [(int(row["step"]), float(row[metric])) for row in curve if isinstance(row.get(metric), (int, float))]
+    if smooth == 1:
+        return points
+    return [(s, statistics.mean(v for t, v in points if s - smooth < t <= s)) for s, _ in points]
+
+
+def _mean_curve(curves: list[list[dict]], metric: str, smooth: int = 1) -> tuple[list[int], list[float], list[float]]:
     """Mean and std over seeds at every step some seed logged the metric."""
     by_step: dict[int, list[float]] = {}
     for curve in curves:
-        for row in curve:
-            if isinstance(row.get(metric), (int, float)):
-                by_step.setdefault(int(row["step"]), []).append(float(row[metric]))
+        for step, value in _series(curve, metric, smooth):
+            by_step.setdefault(step, []).append(value)
     steps = sorted(by_step)
     return (steps, [statistics.mean(by_step[s]) for s in steps],
             [statistics.stdev(by_step[s]) if len(by_step[s]) > 1 else 0.0 for s in steps])
@@ -169,17 +177,19 @@ def _plot(sweep: Sweep, results: list[RunResult]) -> dict[str | None, Path]:
     plot_dir.mkdir(exist_ok=True)
     out: dict[str | None, Path] = {}
 
+    smoothed = f" (mean over {sweep.smooth} steps)" if sweep.smooth > 1 else ""
+
     def panels(title: str):
         fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.6), squeeze=False)
         fig.suptitle(title, fontsize=10)
         for ax, m in zip(axes[0], metrics):
-            ax.set_title(m, fontsize=9)
+            ax.set_title(m + smoothed, fontsize=9)
             ax.set_xlabel("step")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         return fig, axes[0]
 
     def band(ax, curves, m, label, color):
-        steps, mean, std = _mean_curve(curves, m)
+        steps, mean, std = _mean_curve(curves, m, sweep.smooth)
         if steps:
             ax.plot(steps, mean, marker="o", ms=3, color=color, label=label)
             ax.fill_between(steps, [a - b for a, b in zip(mean, std)], [a + b for a, b in zip(mean, std)],
@@ -191,8 +201,8 @@ def _plot(sweep: Sweep, results: list[RunResult]) -> dict[str | None, Path]:
         fig, axes = panels(f"{sweep.name}: {a}")
         for ax, m in zip(axes, metrics):
             for r in runs:
-                steps = [row["step"] for row in r.curve if m in row]
-                ax.plot(steps, [row[m] for row in r.curve if m in row], lw=0.8, alpha=0.5, color="gray",
+                points = _series(r.curve, m, sweep.smooth)
+                ax.plot([s for s, _ in points], [v for _, v in points], lw=0.8, alpha=0.5, color="gray",
                         label=f"seed {r.run.seed}" + ("" if r.status == "finished" else f" ({r.status})"))
             band(ax, [r.curve for r in runs], m, f"mean ± std ({len(runs)} seeds)", colors[0])
         for ax in axes:  # one legend, on the first panel with curves

@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rl.config import Config, ConfigError, _yaml_lines, load_config
+from rl.models import is_local_path
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DONE_FILE = "done.json"  # written by the sweep into a run's run_dir once the run exited 0: "finished"
@@ -55,6 +56,7 @@ class Sweep:
     params: list[Param]  # grid and random
     overrides: list[str]  # applied to every run
     metrics: list[str]  # summarised in results.md and plotted
+    smooth: int = 1  # plots only: each point the mean of the values logged in the last `smooth` steps
     num_samples: int | None = None  # random only
     random_seed: int = 0  # random only: the same sweep file always expands to the same arms (resume needs that)
     arms: dict[str, dict[str, Any]] = field(default_factory=dict)  # list only: arm name -> {dotted key: value}
@@ -96,6 +98,8 @@ SWEEP_KEYS = {
     "params": "dotted config key -> list of values (grid), or {choices: [...]} / {low, high, log} (random)",
     "arms": "list only: arm name -> {dotted config key: value} (e.g. an ablation's named variants)",
     "metrics": "metrics.jsonl keys summarised in results.md and plotted (default [reward/mean, success_rate])",
+    "smooth": "plots: each point the mean of a metric's values over the last N steps (default 1: as logged); "
+              "results.md's values stay as logged",
 }
 
 
@@ -181,6 +185,9 @@ def load_sweep(path: str | Path) -> Sweep:
     metrics = data.get("metrics", ["reward/mean", "success_rate"])
     if not isinstance(metrics, list) or not metrics or any(not isinstance(m, str) or not m for m in metrics):
         raise bad("metrics", metrics, "a non-empty list of metric names, e.g. [reward/mean, success_rate]")
+    smooth = data.get("smooth", 1)
+    if type(smooth) is not int or smooth < 1:
+        raise bad("smooth", smooth, "an integer >= 1 (steps)")
 
     raw_params = data.get("params") or {}
     if not isinstance(raw_params, dict):
@@ -200,7 +207,7 @@ def load_sweep(path: str | Path) -> Sweep:
 
     base = _find_base(path, data["base_config"], where("base_config"))
     return Sweep(path=path, base_config=base, sweep_dir=Path(data["sweep_dir"]), mode=mode, seeds=seeds,
-                 params=params, overrides=list(overrides), metrics=metrics, num_samples=num_samples,
+                 params=params, overrides=list(overrides), metrics=metrics, smooth=smooth, num_samples=num_samples,
                  random_seed=random_seed, arms=arms, lines=lines)
 
 
@@ -447,12 +454,16 @@ def _explain(msg: str, overrides: list[str], source: dict[str, str], sweep: Swee
 
 
 def _check_paths(runs: list[Run]) -> None:
-    # Every run would load the reward model at start and fail the same way: say so once, before any runs.
+    # Every run would load these at start and fail the same way: say so once, before any runs.
     for run in runs:
         rm = run.config.reward.rm_path
         if rm and not Path(rm).is_dir():
             raise SweepError(f"arm '{run.arm.name}': reward.rm_path {rm!r} is not a folder; train the reward model "
                              f"first (python -m rl.rm.train ...) or point reward.rm_path at one")
+        model = run.config.model.name
+        if is_local_path(model) and not Path(model).expanduser().is_dir():
+            raise SweepError(f"arm '{run.arm.name}': model.name {model!r} is not a folder; make that model first "
+                             f"(an SFT warm start: rl.rft or rl.sft) or point model.name at one")
 
 
 def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
