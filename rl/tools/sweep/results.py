@@ -3,6 +3,7 @@ run), results.md (mean ± std over seeds per arm, failed runs with their log tai
 """
 from __future__ import annotations
 
+import bisect
 import csv
 import json
 import os
@@ -147,7 +148,10 @@ def _series(curve: list[dict], metric: str, smooth: int = 1) -> list[tuple[int, 
     points = [(int(row["step"]), float(row[metric])) for row in curve if isinstance(row.get(metric), (int, float))]
     if smooth == 1:
         return points
-    return [(s, statistics.mean(v for t, v in points if s - smooth < t <= s)) for s, _ in points]
+    points.sort(key=lambda p: p[0])
+    steps, values = [s for s, _ in points], [v for _, v in points]
+    # each window found by bisection: steps x window, not steps^2 (a run can log thousands of steps)
+    return [(s, statistics.mean(values[bisect.bisect_right(steps, s - smooth):i + 1])) for i, s in enumerate(steps)]
 
 
 def _mean_curve(curves: list[list[dict]], metric: str, smooth: int = 1) -> tuple[list[int], list[float], list[float]]:
